@@ -1,0 +1,124 @@
+"""Runs every enabled connector in its own thread, restarts them after retryable errors,
+and turns SIGTERM/SIGINT into a clean stop (flush Kafka, confirm, exit 0).
+
+Retryable: a lost PostgreSQL connection, a slot still held by a dying walsender, Kafka
+unreachable or refusing records (the connector restarts from the confirmed LSN, so
+nothing is lost). Fatal: configuration the user must fix (wrong topic policy, missing
+privileges, corrupt stream). A fatal error stops that connector loudly; the others go on;
+the daemon exits 1 when no connector is left running.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+import structlog
+from prometheus_client import start_http_server
+
+from cdc import metrics
+from cdc.config import ConnectorConfig, DaemonConfig
+from cdc.errors import CdcError, ProtocolError, SinkError, SlotError, SourceError, TopicConfigError
+from cdc.pipeline import ConnectorPipeline
+
+__all__ = ["ConnectorRunner", "is_retryable", "run_daemon"]
+
+# Restart backoff: first retry soon (a blip), then back off to spare a struggling server.
+BACKOFF_INITIAL_S = 1.0
+BACKOFF_MAX_S = 60.0
+# A connector that streamed this long before failing starts its backoff afresh.
+BACKOFF_RESET_AFTER_S = 120.0
+
+
+def is_retryable(error: CdcError) -> bool:
+    """Errors that a restart from the confirmed LSN can heal without a human."""
+    if isinstance(error, (ProtocolError, SlotError, TopicConfigError)):
+        return False
+    return isinstance(error, (SourceError, SinkError))
+
+
+class ConnectorRunner(threading.Thread):
+    """One connector's thread: run the pipeline, restart it with backoff, report failure."""
+
+    def __init__(
+        self, daemon: DaemonConfig, connector: ConnectorConfig, stop: threading.Event
+    ) -> None:
+        super().__init__(name=f"connector-{connector.name}", daemon=True)
+        self._daemon = daemon
+        self._connector = connector
+        self._stop_event = stop
+        self.failure: BaseException | None = None
+        self._log = structlog.get_logger("cdc.daemon").bind(
+            connector=connector.name, slot=connector.slot
+        )
+
+    def run(self) -> None:
+        backoff = BACKOFF_INITIAL_S
+        while not self._stop_event.is_set():
+            started = time.monotonic()
+            try:
+                ConnectorPipeline(self._daemon, self._connector, self._stop_event).run()
+            except CdcError as exc:
+                if not is_retryable(exc):
+                    self._fail(exc)
+                    return
+                if time.monotonic() - started > BACKOFF_RESET_AFTER_S:
+                    backoff = BACKOFF_INITIAL_S
+                metrics.CONNECTOR_RESTARTS.labels(connector=self._connector.name).inc()
+                self._log.warning(
+                    "connector_restarting",
+                    error=str(exc),
+                    error_type=type(exc).__name__,
+                    retry_in_s=backoff,
+                )
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            except Exception as exc:
+                self._fail(exc)
+                return
+            else:
+                return
+
+    def _fail(self, exc: BaseException) -> None:
+        self.failure = exc
+        if isinstance(exc, CdcError):
+            self._log.error("connector_failed", error=str(exc), error_type=type(exc).__name__)
+        else:
+            self._log.exception("connector_crashed", error_type=type(exc).__name__)
+
+
+def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or until every connector has failed (exit 1)."""
+    log = structlog.get_logger("cdc.daemon")
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        if daemon.metrics.port is not None:
+            start_http_server(daemon.metrics.port, addr=daemon.metrics.host)
+            log.info("metrics_listening", host=daemon.metrics.host, port=daemon.metrics.port)
+        runners = [ConnectorRunner(daemon, c, stop) for c in connectors if c.enabled]
+        if not runners:
+            log.error("no_connector_enabled")
+            return 1
+        log.info("daemon_started", connectors=[r.name for r in runners])
+        for runner in runners:
+            runner.start()
+        while not stop.is_set() and any(r.is_alive() for r in runners):
+            stop.wait(0.5)
+        stop.set()
+        for runner in runners:
+            runner.join()
+        failed = [r for r in runners if r.failure is not None]
+        log.info("daemon_stopped", failed_connectors=[r.name for r in failed])
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

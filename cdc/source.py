@@ -1,0 +1,385 @@
+"""Edge: the PostgreSQL side. Prepares the slot and publication, then moves replication bytes.
+
+Two connections per connector: a normal one for catalog queries and DDL (a replication
+connection accepts only the simple query protocol, so no parameters), and a
+``replication="database"`` one that runs CREATE_REPLICATION_SLOT and START_REPLICATION and
+then carries the COPY_BOTH stream. This module moves bytes; it does not decode them.
+"""
+
+from __future__ import annotations
+
+import select
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import SlotError, SourceError
+from cdc.lsn import format_lsn, parse_lsn
+
+__all__ = [
+    "SESSION_OPTIONS",
+    "ReplicationSource",
+    "ServerInfo",
+    "SlotInfo",
+    "TableInfo",
+    "protocol_version_for",
+]
+
+# The text output of every value depends on these settings of the session that runs the
+# output functions: pgoutput runs them in the walsender, with our startup options. The
+# value converters assume exactly these (cdc.protocol.values).
+SESSION_OPTIONS = (
+    "-c datestyle=ISO,MDY -c timezone=UTC -c intervalstyle=postgres "
+    "-c extra_float_digits=3 -c bytea_output=hex"
+)
+
+MIN_SERVER_VERSION = 100000  # pgoutput and logical replication appeared in PostgreSQL 10
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    version_num: int
+    database: str
+    wal_level: str
+    encoding: str
+
+
+@dataclass(frozen=True, slots=True)
+class SlotInfo:
+    name: str
+    confirmed_flush_lsn: int
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """A published table and what its replica identity lets us capture."""
+
+    schema: str
+    name: str
+    replica_identity: str  # relreplident: d, n, f, i
+    key_columns: tuple[str, ...]  # replica-identity key columns, empty when none
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+def protocol_version_for(server_version_num: int) -> int:
+    """The highest pgoutput protocol the server speaks (docs: Logical Streaming Protocol)."""
+    if server_version_num >= 160000:
+        return 4
+    if server_version_num >= 150000:
+        return 3
+    if server_version_num >= 140000:
+        return 2
+    return 1
+
+
+def _source_error(action: str, exc: BaseException) -> SourceError:
+    # psycopg error messages never contain the password, but the DSN could appear in
+    # connection errors as host/user only; we still scrub via the logging layer.
+    return SourceError(f"{action} failed: {str(exc).strip()}")
+
+
+class ReplicationSource:
+    """One connector's two PostgreSQL connections and the COPY_BOTH byte stream."""
+
+    def __init__(self, dsn: str, *, slot: str, publication: str, application_name: str) -> None:
+        self._dsn = dsn
+        self.slot = slot
+        self.publication = publication
+        self._application_name = application_name
+        self._sql: psycopg.Connection[Any] | None = None
+        self._repl: psycopg.Connection[Any] | None = None
+        self._pgconn: Any = None
+        self._socket = -1
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def connect(self) -> ServerInfo:
+        """Open both connections and check the server can do logical replication."""
+        try:
+            self._sql = psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                application_name=f"{self._application_name}:setup",
+                options=SESSION_OPTIONS,
+            )
+            self._repl = psycopg.connect(
+                self._dsn,
+                autocommit=True,
+                replication="database",
+                application_name=self._application_name,
+                options=SESSION_OPTIONS,
+            )
+            row = self._sql.execute(
+                "SELECT current_setting('server_version_num')::int, current_database(),"
+                " current_setting('wal_level'), current_setting('server_encoding')"
+            ).fetchone()
+        except psycopg.Error as exc:
+            self.close()
+            raise _source_error("connecting to PostgreSQL", exc) from exc
+        assert row is not None
+        info = ServerInfo(version_num=row[0], database=row[1], wal_level=row[2], encoding=row[3])
+        if info.version_num < MIN_SERVER_VERSION:
+            raise SourceError(
+                f"PostgreSQL {info.version_num} is too old: logical replication with pgoutput"
+                " needs PostgreSQL 10 or later"
+            )
+        if info.wal_level != "logical":
+            raise SourceError(
+                f"wal_level is {info.wal_level!r} on database {info.database!r}: set"
+                " wal_level = logical in postgresql.conf and restart PostgreSQL"
+            )
+        if info.encoding != "UTF8":
+            raise SourceError(
+                f"database {info.database!r} uses encoding {info.encoding}: cdc reads UTF8"
+                " databases only"
+            )
+        return info
+
+    def ensure_publication(self, tables: list[tuple[str, str]] | None, *, create: bool) -> None:
+        """Create the publication when missing: for the configured tables, or all tables.
+
+        An existing publication is used as it is, except that configured tables it lacks
+        are added when ``create`` is allowed (otherwise that is an error naming them).
+        """
+        conn = self._require_sql()
+        try:
+            row = conn.execute(
+                "SELECT puballtables FROM pg_publication WHERE pubname = %s", (self.publication,)
+            ).fetchone()
+            if row is None:
+                if not create:
+                    raise SlotError(
+                        f"publication {self.publication!r} does not exist: create it"
+                        " (CREATE PUBLICATION ... FOR TABLE ...) or set create_publication: true"
+                    )
+                self._check_tables_exist(conn, tables)
+                if tables is None:
+                    query = sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(
+                        sql.Identifier(self.publication)
+                    )
+                else:
+                    query = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                        sql.Identifier(self.publication),
+                        sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables),
+                    )
+                conn.execute(query)
+                return
+            if row[0] or tables is None:
+                return
+            published = {
+                (s, t)
+                for s, t in conn.execute(
+                    "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                    (self.publication,),
+                )
+            }
+            missing = [t for t in tables if t not in published]
+            if not missing:
+                return
+            names = ", ".join(f"{s}.{t}" for s, t in missing)
+            if not create:
+                raise SlotError(
+                    f"publication {self.publication!r} lacks tables {names}: add them"
+                    " (ALTER PUBLICATION ... ADD TABLE) or set create_publication: true"
+                )
+            self._check_tables_exist(conn, missing)
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(self.publication),
+                    sql.SQL(", ").join(sql.Identifier(s, t) for s, t in missing),
+                )
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SlotError(
+                f"not allowed to create or alter publication {self.publication!r}:"
+                f" {str(exc).strip()}. FOR ALL TABLES needs a superuser; FOR TABLE needs"
+                " ownership of each table. Ask a DBA to create the publication, then set"
+                " create_publication: false"
+            ) from exc
+        except psycopg.Error as exc:
+            raise _source_error(f"preparing publication {self.publication!r}", exc) from exc
+
+    @staticmethod
+    def _check_tables_exist(
+        conn: psycopg.Connection[Any], tables: list[tuple[str, str]] | None
+    ) -> None:
+        if not tables:
+            return
+        missing = [
+            f"{s}.{t}"
+            for s, t in tables
+            if conn.execute(
+                "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s", (s, t)
+            ).fetchone()
+            is None
+        ]
+        if missing:
+            raise SlotError(
+                f"configured tables do not exist: {', '.join(missing)}: fix `tables` in the"
+                " connector file or create them"
+            )
+
+    def published_tables(self) -> list[TableInfo]:
+        """Every table of the publication, with its replica identity and key columns."""
+        conn = self._require_sql()
+        try:
+            rows = conn.execute(
+                """
+                SELECT n.nspname, c.relname, c.relreplident,
+                       coalesce((
+                         SELECT array_agg(a.attname ORDER BY k.ord)
+                         FROM pg_index i
+                         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                         WHERE i.indrelid = c.oid
+                           AND CASE c.relreplident
+                                 WHEN 'd' THEN i.indisprimary
+                                 WHEN 'i' THEN i.indisreplident
+                                 ELSE false END
+                       ), '{}')
+                FROM pg_publication_tables p
+                JOIN pg_namespace n ON n.nspname = p.schemaname
+                JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+                WHERE p.pubname = %s
+                ORDER BY 1, 2
+                """,
+                (self.publication,),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise _source_error(f"reading tables of publication {self.publication!r}", exc) from exc
+        return [TableInfo(s, t, ri, tuple(keys)) for s, t, ri, keys in rows]
+
+    def ensure_slot(self, *, create: bool) -> SlotInfo:
+        """Find the slot, or create it; refuse a slot of another plugin or database."""
+        conn = self._require_sql()
+        try:
+            row = conn.execute(
+                "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, active_pid"
+                " FROM pg_replication_slots WHERE slot_name = %s",
+                (self.slot,),
+            ).fetchone()
+            database = conn.execute("SELECT current_database()").fetchone()
+        except psycopg.Error as exc:
+            raise _source_error(f"looking up replication slot {self.slot!r}", exc) from exc
+        assert database is not None
+        if row is not None:
+            plugin, slot_type, slot_db, confirmed, active_pid = row
+            if slot_type != "logical" or plugin != "pgoutput":
+                raise SlotError(
+                    f"replication slot {self.slot!r} exists but is {slot_type} with plugin"
+                    f" {plugin!r}; cdc needs a logical pgoutput slot: choose another `slot`"
+                )
+            if slot_db != database[0]:
+                raise SlotError(
+                    f"replication slot {self.slot!r} belongs to database {slot_db!r}, not"
+                    f" {database[0]!r}: choose another `slot`"
+                )
+            if active_pid is not None:
+                raise SourceError(
+                    f"replication slot {self.slot!r} is in use by server process {active_pid}"
+                    " (another cdc instance, or one that just died and is not yet noticed)"
+                )
+            if confirmed is None:
+                raise SlotError(f"replication slot {self.slot!r} has no confirmed position")
+            return SlotInfo(self.slot, parse_lsn(confirmed), created=False)
+        if not create:
+            raise SlotError(
+                f"replication slot {self.slot!r} does not exist: create it or set create_slot: true"
+            )
+        repl = self._require_repl()
+        try:
+            result = repl.execute(
+                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
+                    sql.Identifier(self.slot)
+                )
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise _source_error(f"creating replication slot {self.slot!r}", exc) from exc
+        assert result is not None
+        return SlotInfo(self.slot, parse_lsn(result[1]), created=True)
+
+    # --- streaming ------------------------------------------------------------------
+
+    def start(self, start_lsn: int, protocol_version: int) -> None:
+        """START_REPLICATION from ``start_lsn``; the connection is then in COPY_BOTH."""
+        repl = self._require_repl()
+        options = [f"proto_version '{protocol_version}'", f"publication_names '{self.publication}'"]
+        if protocol_version >= 2:
+            options.append("messages 'true'")
+        command = (
+            f'START_REPLICATION SLOT "{self.slot}" LOGICAL {format_lsn(start_lsn)}'
+            f" ({', '.join(options)})"
+        )
+        try:
+            repl.execute(command)
+        except psycopg.Error as exc:
+            raise _source_error(f"starting replication from slot {self.slot!r}", exc) from exc
+        self._pgconn = repl.pgconn
+        self._socket = repl.pgconn.socket
+
+    def read(self) -> memoryview | bytes | None:
+        """One CopyData payload if one is buffered, else None (never blocks)."""
+        pgconn = self._pgconn
+        nbytes, data = pgconn.get_copy_data(1)
+        if nbytes > 0:
+            return data  # type: ignore[no-any-return]
+        if nbytes == 0:
+            return None
+        raise self._stream_ended()
+
+    def wait(self, timeout: float) -> None:
+        """Block until the server sends something or ``timeout`` passes, then buffer it."""
+        readable, _, _ = select.select([self._socket], [], [], timeout)
+        if readable:
+            try:
+                self._pgconn.consume_input()
+            except psycopg.Error as exc:
+                raise _source_error("reading the replication stream", exc) from exc
+
+    def send(self, payload: bytes) -> None:
+        """Send one CopyData message (a standby status update) and flush it."""
+        pgconn = self._pgconn
+        try:
+            while pgconn.put_copy_data(payload) == 0:
+                select.select([], [self._socket], [], 1.0)
+            while pgconn.flush() == 1:
+                select.select([], [self._socket], [], 1.0)
+        except psycopg.Error as exc:
+            raise _source_error("sending a status update to PostgreSQL", exc) from exc
+
+    def _stream_ended(self) -> SourceError:
+        error = ""
+        try:
+            result = self._pgconn.get_result()
+            if result is not None and result.error_message:
+                error = result.error_message.decode(errors="replace").strip()
+        except psycopg.Error as exc:
+            error = str(exc).strip()
+        return SourceError(
+            f"PostgreSQL ended the replication stream of slot {self.slot!r}: {error or 'no reason'}"
+        )
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def close(self) -> None:
+        for conn in (self._repl, self._sql):
+            if conn is not None:
+                conn.close()
+        self._repl = self._sql = None
+        self._pgconn = None
+
+    def _require_sql(self) -> psycopg.Connection[Any]:
+        if self._sql is None:
+            raise SourceError("not connected to PostgreSQL")
+        return self._sql
+
+    def _require_repl(self) -> psycopg.Connection[Any]:
+        if self._repl is None:
+            raise SourceError("not connected to PostgreSQL")
+        return self._repl
