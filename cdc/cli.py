@@ -1,0 +1,154 @@
+"""Command line of ``cdc``: ``cdc validate`` and ``cdc run``.
+
+Its one job is to parse arguments, load the configuration, and hand over: configuration
+errors are printed (file, key, what to do) with exit status 2; everything else belongs to
+:mod:`cdc.daemon`. This module must not connect to PostgreSQL or Kafka itself, and must
+not configure logging anywhere but here, once, before the daemon starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, cast
+
+import click
+
+from cdc import __version__
+from cdc.config import ConnectorConfig, DaemonConfig, load_files
+from cdc.errors import ConfigError
+from cdc.logging import configure_logging, redact_dsn
+
+__all__ = ["EXIT_CONFIG_ERROR", "cli", "main"]
+
+#: Exit status for a configuration mistake; click uses the same for usage errors.
+EXIT_CONFIG_ERROR = 2
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LOG_FORMATS = ("auto", "json", "console")
+
+_config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("config/cdc.yaml"),
+    envvar="CDC_CONFIG",
+    show_default=True,
+    show_envvar=True,
+    help="Daemon-wide configuration file.",
+)
+_connectors_option = click.option(
+    "--connectors",
+    "connectors_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("connectors"),
+    envvar="CDC_CONNECTORS",
+    show_default=True,
+    show_envvar=True,
+    help="Folder of connector files (*.yaml, *.yml), one per database.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="cdc", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Stream PostgreSQL changes (logical replication, pgoutput) into Kafka.
+
+    Each row change goes to a retention topic (every change, kept forever) and a
+    compacted topic (latest row per key, tombstone on delete).
+    """
+
+
+def _load(config_path: Path, connectors_dir: Path) -> tuple[DaemonConfig, list[ConnectorConfig]]:
+    try:
+        return load_files(config_path, connectors_dir)
+    except ConfigError as exc:
+        # Messages never hold a password by construction; scrub anyway, cheaply.
+        click.echo(f"cdc: configuration error: {redact_dsn(str(exc))}", err=True)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+
+
+class _KeepUnknown(dict[str, str]):
+    """format_map helper: fill only {connector}, leave the per-table placeholders."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _partial_template(template: str, connector: str) -> str:
+    # Templates hold no literal braces (config rejects them), so format_map is exact.
+    return template.format_map(_KeepUnknown(connector=connector))
+
+
+def _describe(connector: ConnectorConfig, daemon: DaemonConfig) -> str:
+    topics = connector.effective_topics(daemon)
+    tables = ",".join(connector.tables) if connector.tables else "all tables"
+    state = "" if connector.enabled else " (disabled)"
+    return (
+        f"{connector.name}{state}: slot={connector.slot} publication={connector.publication} "
+        f"tables={tables} retention={_partial_template(topics.retention, connector.name)} "
+        f"compacted={_partial_template(topics.compacted, connector.name)}"
+    )
+
+
+@cli.command()
+@_config_option
+@_connectors_option
+def validate(config_path: Path, connectors_dir: Path) -> None:
+    """Load and check the configuration without connecting to anything.
+
+    Prints one line per connector; exits 2 on the first configuration error.
+    """
+    daemon, connectors = _load(config_path, connectors_dir)
+    for connector in connectors:
+        click.echo(_describe(connector, daemon))
+
+
+@cli.command()
+@_config_option
+@_connectors_option
+@click.option(
+    "--log-level",
+    type=click.Choice(_LOG_LEVELS, case_sensitive=False),
+    default=None,
+    help="Override log.level from the configuration file.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(_LOG_FORMATS, case_sensitive=False),
+    default=None,
+    help="Override log.format: console, json (one object per line) or auto (console on a TTY).",
+)
+def run(
+    config_path: Path,
+    connectors_dir: Path,
+    log_level: str | None,
+    log_format: str | None,
+) -> None:
+    """Run every enabled connector until stopped (SIGINT/SIGTERM)."""
+    daemon, connectors = _load(config_path, connectors_dir)
+    enabled = [connector for connector in connectors if connector.enabled]
+    if not enabled:
+        click.echo(
+            f"cdc: configuration error: {connectors_dir}: every connector has enabled: false; "
+            "enable at least one",
+            err=True,
+        )
+        raise SystemExit(EXIT_CONFIG_ERROR)
+
+    # click.Choice and LogConfig have both checked the values.
+    fmt = cast(Literal["auto", "json", "console"], (log_format or daemon.log.format).lower())
+    configure_logging((log_level or daemon.log.level).lower(), fmt)
+
+    # Imported here so `cdc validate` (and its tests) never load the I/O edges.
+    from cdc.daemon import run_daemon  # noqa: PLC0415
+
+    raise SystemExit(run_daemon(daemon, enabled))
+
+
+def main() -> None:
+    """Console-script entry point (``cdc = "cdc.cli:main"``)."""
+    cli(prog_name="cdc")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,815 @@
+"""Configuration of ``cdc``: the daemon-wide file and one file per connector.
+
+Its one job is to turn YAML text into frozen, validated models, and every mistake into a
+:class:`~cdc.errors.ConfigError` naming the file, the dotted key and what is expected.
+``load_daemon_config_text`` and ``load_connector_config_text`` are pure (text and an
+environment mapping in, a model out); only :func:`load_files` touches the file system.
+This module must not connect to PostgreSQL or Kafka, log, or print, and no error message
+or ``repr`` it produces may contain a password.
+
+Environment variables are interpolated into string *values* after YAML parsing, so a
+secret full of YAML-special characters (``:``, ``#``, quotes) is taken verbatim:
+``${NAME}``, ``${NAME:-default}`` (default used when unset or empty) and ``$${`` for a
+literal ``${``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+import string
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from cdc.errors import ConfigError
+
+__all__ = [
+    "TEMPLATE_PLACEHOLDERS",
+    "ConnectorConfig",
+    "DaemonConfig",
+    "KafkaConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "PostgresConfig",
+    "TopicsConfig",
+    "TopicsOverride",
+    "load_connector_config_text",
+    "load_daemon_config_text",
+    "load_files",
+]
+
+#: Placeholders a topic name template may use.
+TEMPLATE_PLACEHOLDERS = frozenset({"connector", "database", "schema", "table"})
+
+# Kafka topic names: legal characters and maximum length (Kafka's Topic.validate).
+_TOPIC_ILLEGAL_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+_TOPIC_MAX_LENGTH = 249
+
+# PostgreSQL identifiers are at most NAMEDATALEN-1 = 63 bytes. Slot names are further
+# restricted to lower-case letters, digits and underscores (ReplicationSlotValidateName);
+# publications get the same rule so the source can put them in SQL without quoting.
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+_CONNECTOR_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+# librdkafka properties that cdc sets itself because delivery guarantees depend on them.
+# Each maps to the reason shown to the user.
+_OWNED_KAFKA_PROPERTIES: Mapping[str, str] = {
+    "bootstrap.servers": "it is set from kafka.bootstrap_servers",
+    "metadata.broker.list": "it is set from kafka.bootstrap_servers",
+    "enable.idempotence": (
+        "cdc enables the idempotent producer so retries never duplicate or reorder changes"
+    ),
+    "acks": (
+        "cdc uses acks=all so a change is confirmed to PostgreSQL only once every "
+        "in-sync replica has it"
+    ),
+    "request.required.acks": (
+        "cdc uses acks=all so a change is confirmed to PostgreSQL only once every "
+        "in-sync replica has it"
+    ),
+    "max.in.flight.requests.per.connection": (
+        "cdc bounds in-flight requests so the idempotent producer keeps per-key order"
+    ),
+    "max.in.flight": (
+        "cdc bounds in-flight requests so the idempotent producer keeps per-key order"
+    ),
+    "retries": "the idempotent producer must retry until delivery.timeout.ms",
+    "message.send.max.retries": "the idempotent producer must retry until delivery.timeout.ms",
+    "partitioner": (
+        "cdc fixes the partitioner so every change of a row key lands on the same "
+        "partition as before (compaction and per-key order depend on it)"
+    ),
+    "transactional.id": "cdc does not use Kafka transactions",
+    "delivery.report.only.error": (
+        "cdc needs a delivery report for every event to know which LSN is safe to confirm"
+    ),
+}
+
+# Topic-level configs that define what each topic *is*; the sink sets them. (retention.ms
+# defaults to -1, every change kept forever, but a user may choose a finite retention.)
+_OWNED_RETENTION_TOPIC_CONFIGS: Mapping[str, str] = {
+    "cleanup.policy": "the retention topic is always cleanup.policy=delete",
+}
+_OWNED_COMPACTED_TOPIC_CONFIGS: Mapping[str, str] = {
+    "cleanup.policy": "the compacted topic is always cleanup.policy=compact",
+}
+
+# Kafka property names that carry secrets: masked in repr().
+_SECRET_PROPERTY = re.compile(r"password|secret|ssl\.key\.pem|oauthbearer\.config|jaas", re.I)
+
+_ENV_REFERENCE = re.compile(
+    r"(?P<escape>\$\$\{)"
+    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:(?!\$\{)[^}])*))?\}"
+    r"|(?P<invalid>\$\{)"
+)
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _check_template(template: str) -> str:
+    """Reject unknown placeholders and characters Kafka would refuse, at load time."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(
+            f"is not a valid topic name template ({exc}); write {{ and }} only around "
+            f"one of {_placeholder_list()}"
+        ) from None
+    literal = []
+    for text, field, spec, conversion in parsed:
+        literal.append(text)
+        if field is None:
+            continue
+        if field in TEMPLATE_PLACEHOLDERS and (spec or conversion):
+            raise ValueError(
+                f"placeholder {{{field}}} must not carry a conversion or format spec "
+                f"(write plain {{{field}}})"
+            )
+        if field not in TEMPLATE_PLACEHOLDERS:
+            raise ValueError(
+                f"unknown placeholder {{{field}}} in topic name template; "
+                f"use only {_placeholder_list()}"
+            )
+    text = "".join(literal)
+    bad = sorted(set(_TOPIC_ILLEGAL_CHAR.findall(text)))
+    if bad:
+        raise ValueError(
+            f"topic name template contains {''.join(bad)!r}; Kafka topic names allow only "
+            "letters, digits, '.', '_' and '-'"
+        )
+    if not template:
+        raise ValueError("topic name template must not be empty")
+    return template
+
+
+def _placeholder_list() -> str:
+    return ", ".join(f"{{{name}}}" for name in sorted(TEMPLATE_PLACEHOLDERS))
+
+
+def _check_replication_factor(value: int) -> int:
+    if value == -1 or value >= 1:
+        return value
+    raise ValueError("must be -1 (the broker's default.replication.factor) or at least 1")
+
+
+def _stringify_topic_configs(value: Any) -> Any:
+    """Kafka's admin API takes topic configs as strings; accept YAML numbers and booleans."""
+    if not isinstance(value, Mapping):
+        return value
+    converted: dict[Any, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, bool):
+            converted[key] = "true" if item else "false"
+        elif isinstance(item, int | float):
+            converted[key] = str(item)
+        else:
+            converted[key] = item
+    return converted
+
+
+def _owned_key_checker(owned: Mapping[str, str], where: str) -> Any:
+    def check(key: str) -> str:
+        if not key:
+            raise ValueError("property names must not be empty")
+        reason = owned.get(key)
+        if reason is not None:
+            raise ValueError(f"{key!r} cannot be set in {where}: {reason}; remove it")
+        return key
+
+    return check
+
+
+_TopicTemplate = Annotated[str, AfterValidator(_check_template)]
+_Partitions = Annotated[int, Field(ge=1)]
+_ReplicationFactor = Annotated[int, AfterValidator(_check_replication_factor)]
+_RetentionConfigs = Annotated[
+    dict[
+        Annotated[
+            str,
+            AfterValidator(_owned_key_checker(_OWNED_RETENTION_TOPIC_CONFIGS, "retention_configs")),
+        ],
+        str,
+    ],
+    BeforeValidator(_stringify_topic_configs),
+]
+_CompactedConfigs = Annotated[
+    dict[
+        Annotated[
+            str,
+            AfterValidator(_owned_key_checker(_OWNED_COMPACTED_TOPIC_CONFIGS, "compacted_configs")),
+        ],
+        str,
+    ],
+    BeforeValidator(_stringify_topic_configs),
+]
+_KafkaPropertyName = Annotated[
+    str, AfterValidator(_owned_key_checker(_OWNED_KAFKA_PROPERTIES, "kafka.properties"))
+]
+
+
+def _check_property_value(value: Any) -> Any:
+    # One clear message instead of pydantic's one-error-per-union-member.
+    if not isinstance(value, bool | int | float | str):
+        # pydantic turns only ValueError (not TypeError) into a validation error.
+        raise ValueError(  # noqa: TRY004
+            f"must be a string, number or boolean, found {_yaml_type(value)}"
+        )
+    return value
+
+
+# In smart-union mode an exact type match wins, so YAML `true` stays a bool and `5` an int.
+_KafkaPropertyValue = Annotated[bool | int | float | str, BeforeValidator(_check_property_value)]
+
+
+# --------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    """Base: unknown keys are errors (typos must not be silently ignored), values frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Model):
+    """How to reach Kafka, plus pass-through librdkafka properties."""
+
+    bootstrap_servers: Annotated[str, Field(min_length=1)]
+    properties: dict[_KafkaPropertyName, _KafkaPropertyValue] = Field(default_factory=dict)
+
+    def librdkafka_config(self) -> dict[str, str]:
+        """Return ``bootstrap.servers`` and the pass-through properties as librdkafka strings.
+
+        The sink adds the properties cdc owns (``enable.idempotence``, ``acks`` …) on top.
+        """
+        config = {"bootstrap.servers": self.bootstrap_servers}
+        for key, value in self.properties.items():
+            if isinstance(value, bool):
+                config[key] = "true" if value else "false"
+            else:
+                config[key] = str(value)
+        return config
+
+    def __repr_args__(self) -> Any:
+        # Keep sasl.password, ssl.key.password … out of repr(), str() and tracebacks.
+        for name, value in super().__repr_args__():
+            if name == "properties" and isinstance(value, Mapping):
+                masked = {
+                    key: "**********" if _SECRET_PROPERTY.search(key) else item
+                    for key, item in value.items()
+                }
+                yield name, masked
+            else:
+                yield name, value
+
+
+class TopicsConfig(_Model):
+    """Topic names and creation settings; the daemon defaults, merged per connector."""
+
+    retention: _TopicTemplate = "{connector}.{schema}.{table}"
+    compacted: _TopicTemplate = "{connector}.{schema}.{table}.latest"
+    partitions: _Partitions = 6
+    replication_factor: _ReplicationFactor = 3
+    retention_configs: _RetentionConfigs = Field(default_factory=dict)
+    compacted_configs: _CompactedConfigs = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _distinct_templates(self) -> TopicsConfig:
+        if self.retention == self.compacted:
+            raise ValueError(
+                "retention and compacted topic templates are equal; they must name "
+                "different topics (a topic cannot be both kept forever and compacted)"
+            )
+        return self
+
+    def retention_topic(self, connector: str, database: str, schema: str, table: str) -> str:
+        """Name of the topic that keeps every change of ``schema.table``.
+
+        Raises:
+            ConfigError: the rendered name is longer than Kafka allows.
+        """
+        return _render_topic(
+            self.retention,
+            "topics.retention",
+            connector=connector,
+            database=database,
+            schema=schema,
+            table=table,
+        )
+
+    def compacted_topic(self, connector: str, database: str, schema: str, table: str) -> str:
+        """Name of the compacted topic holding the latest row per key of ``schema.table``.
+
+        Raises:
+            ConfigError: the rendered name is longer than Kafka allows.
+        """
+        return _render_topic(
+            self.compacted,
+            "topics.compacted",
+            connector=connector,
+            database=database,
+            schema=schema,
+            table=table,
+        )
+
+
+def _render_topic(
+    template: str, key: str, *, connector: str, database: str, schema: str, table: str
+) -> str:
+    # PostgreSQL names may contain characters Kafka refuses; like Debezium, replace them
+    # with "_" rather than fail on a table the user cannot rename.
+    values = {
+        "connector": _TOPIC_ILLEGAL_CHAR.sub("_", connector),
+        "database": _TOPIC_ILLEGAL_CHAR.sub("_", database),
+        "schema": _TOPIC_ILLEGAL_CHAR.sub("_", schema),
+        "table": _TOPIC_ILLEGAL_CHAR.sub("_", table),
+    }
+    name = template.format_map(values)
+    if len(name) > _TOPIC_MAX_LENGTH or name in {".", ".."}:
+        raise ConfigError(
+            f"topic name for {schema}.{table} would be {name[:60]!r}… ({len(name)} characters); "
+            f"Kafka allows at most {_TOPIC_MAX_LENGTH}: shorten the template",
+            key=key,
+        )
+    return name
+
+
+class TopicsOverride(_Model):
+    """Per-connector overrides of the daemon's ``topics`` defaults; every key optional."""
+
+    retention: _TopicTemplate | None = None
+    compacted: _TopicTemplate | None = None
+    partitions: _Partitions | None = None
+    replication_factor: _ReplicationFactor | None = None
+    retention_configs: _RetentionConfigs | None = None
+    compacted_configs: _CompactedConfigs | None = None
+
+
+class LogConfig(_Model):
+    """Log level and rendering."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class MetricsConfig(_Model):
+    """Where the Prometheus endpoint listens; ``port: null`` disables it."""
+
+    host: Annotated[str, Field(min_length=1)] = "127.0.0.1"
+    # 0 asks the OS for any free port (useful in tests).
+    port: Annotated[int, Field(ge=0, le=65535)] | None = 9187
+
+
+class DaemonConfig(_Model):
+    """The daemon-wide file (``config/cdc.yaml``)."""
+
+    kafka: KafkaConfig
+    topics: TopicsConfig = Field(default_factory=TopicsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+
+
+class PostgresConfig(_Model):
+    """How to reach PostgreSQL. The DSN is secret: it holds the password."""
+
+    dsn: SecretStr
+
+    @field_validator("dsn")
+    @classmethod
+    def _not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError(
+                "must not be empty; give a libpq connection string, e.g. "
+                "postgresql://user:${PASSWORD}@host:5432/dbname"
+            )
+        return value
+
+
+def _check_table(entry: str) -> str:
+    """Normalise ``table`` or ``schema.table`` to ``schema.table``."""
+    parts = entry.split(".")
+    if len(parts) == 1:
+        parts = ["public", parts[0]]
+    if len(parts) != 2 or not all(part.strip() for part in parts):
+        raise ValueError(
+            "expected 'schema.table' or 'table' (meaning public.table), with exactly "
+            "the names stored in the catalog (no quotes)"
+        )
+    return ".".join(parts)
+
+
+def _derived_name(name: str) -> str:
+    return "cdc_" + re.sub(r"[^a-z0-9_]", "_", name.lower())
+
+
+_SLOT_RULE = (
+    "must be 1 to 63 characters of a-z, 0-9 and _ (when omitted it is derived from name "
+    "as cdc_<name>; set it explicitly if that is too long)"
+)
+
+
+class ConnectorConfig(_Model):
+    """One connector: one PostgreSQL database, one slot, one publication."""
+
+    name: str
+    postgres: PostgresConfig
+    slot: str
+    publication: str
+    tables: tuple[Annotated[str, AfterValidator(_check_table)], ...] | None = None
+    topics: TopicsOverride = Field(default_factory=TopicsOverride)
+    create_slot: bool = True
+    create_publication: bool = True
+    status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
+    max_in_flight_events: Annotated[int, Field(ge=1)] = 100_000
+    enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_names(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("name"), str):
+            derived = _derived_name(data["name"])
+            data = dict(data)
+            data.setdefault("slot", derived)
+            data.setdefault("publication", derived)
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _CONNECTOR_NAME.fullmatch(value):
+            raise ValueError("must be letters, digits, '.', '_' or '-' (it is used in topic names)")
+        return value
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _check_slot(cls, value: str) -> str:
+        if not _SLOT_NAME.fullmatch(value):
+            raise ValueError(_SLOT_RULE)
+        return value
+
+    @field_validator("tables")
+    @classmethod
+    def _check_tables(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("list at least one table, or omit tables to capture all tables")
+        seen: set[str] = set()
+        for table in value:
+            if table in seen:
+                raise ValueError(f"{table} is listed twice")
+            seen.add(table)
+        return value
+
+    @property
+    def table_names(self) -> list[tuple[str, str]] | None:
+        """``(schema, table)`` pairs, or ``None`` for a publication ``FOR ALL TABLES``."""
+        if self.tables is None:
+            return None
+        return [(schema, table) for schema, _, table in (t.partition(".") for t in self.tables)]
+
+    def effective_topics(self, daemon: DaemonConfig) -> TopicsConfig:
+        """The daemon's topic defaults with this connector's overrides applied.
+
+        ``retention_configs`` and ``compacted_configs`` are merged key by key (the
+        connector wins); every other key replaces the default.
+
+        Raises:
+            ConfigError: the merged settings are inconsistent (e.g. equal templates).
+        """
+        return _merge_topics(daemon.topics, self.topics, source=None)
+
+
+def _merge_topics(
+    defaults: TopicsConfig, overrides: TopicsOverride, *, source: str | None
+) -> TopicsConfig:
+    merged = defaults.model_dump()
+    changes = overrides.model_dump(exclude_none=True)
+    if not changes:
+        return defaults
+    for key in ("retention_configs", "compacted_configs"):
+        if key in changes:
+            changes[key] = {**merged[key], **changes[key]}
+    merged.update(changes)
+    try:
+        return TopicsConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _config_error(exc, TopicsConfig, source=source, prefix=("topics",)) from None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _UniqueKeyLoader.construct_mapping,
+)
+
+
+def _parse_yaml(text: str, source: str, required_top: str) -> dict[str, Any]:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        # Never str(exc): it quotes the offending line, which may hold a password.
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(
+            f"invalid YAML{where}: {exc.problem or exc.context}", source=source
+        ) from None
+    except yaml.YAMLError:
+        raise ConfigError("invalid YAML", source=source) from None
+    if data is None:
+        raise ConfigError(
+            f"file is empty; expected a mapping with at least the key {required_top!r}",
+            source=source,
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"expected a mapping of keys at the top level, found {_yaml_type(data)}",
+            source=source,
+        )
+    return data
+
+
+def _yaml_type(value: object) -> str:
+    """The YAML name of a parsed value's type, for messages that must not echo the value."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return f"a {type(value).__name__}"
+
+
+def _format_key(loc: Sequence[int | str]) -> str | None:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part == "[key]":
+            continue  # pydantic's marker for "the dict key itself"
+        else:
+            out += f".{part}" if out else part
+    return out or None
+
+
+def _interpolate(
+    value: Any, env: Mapping[str, str], source: str, loc: tuple[int | str, ...]
+) -> Any:
+    if isinstance(value, str):
+        return _interpolate_string(value, env, source, loc) if "${" in value else value
+    if isinstance(value, dict):
+        return {key: _interpolate(item, env, source, (*loc, key)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(item, env, source, (*loc, i)) for i, item in enumerate(value)]
+    return value
+
+
+def _interpolate_string(
+    text: str, env: Mapping[str, str], source: str, loc: tuple[int | str, ...]
+) -> str:
+    def replace(match: re.Match[str]) -> str:
+        if match["escape"]:
+            return "${"
+        if match["invalid"]:
+            raise ConfigError(
+                "invalid ${...} reference; write ${NAME} or ${NAME:-default}, "
+                "and $${ for a literal ${",
+                source=source,
+                key=_format_key(loc),
+            )
+        name = match["name"]
+        default = match["default"]
+        found = env.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        if found is not None:
+            return found  # set but empty, and no default: empty is what was asked for
+        raise ConfigError(
+            f"environment variable {name} is not set; export it, or write "
+            f"${{{name}:-default}} to give a default",
+            source=source,
+            key=_format_key(loc),
+        )
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType, Annotated):
+        for arg in get_args(annotation):
+            found = _nested_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
+    current: type[BaseModel] | None = root
+    for part in loc:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return None
+        current = _nested_model(current.model_fields[part].annotation)
+    return current
+
+
+def _describe(error: Any, root: type[BaseModel]) -> str:
+    """One error as a sentence saying what is expected. Never includes the input value."""
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "missing":
+        return "required key is missing; add it"
+    if kind == "extra_forbidden":
+        model = _model_at(root, loc[:-1])
+        if model is None:
+            return "unknown key; remove it"
+        allowed = list(model.model_fields)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"unknown key; {hint}allowed keys here: {', '.join(allowed)}"
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"expected a mapping of keys, found {_yaml_type(error.get('input'))}"
+    message = str(error["msg"])
+    return message.removeprefix("Value error, ")
+
+
+def _config_error(
+    exc: ValidationError,
+    root: type[BaseModel],
+    *,
+    source: str | None,
+    prefix: tuple[str, ...] = (),
+) -> ConfigError:
+    # An unknown key first: it is usually the typo that also makes a required key "missing".
+    errors = sorted(
+        exc.errors(include_url=False, include_input=True),
+        key=lambda error: error["type"] != "extra_forbidden",
+    )
+    first, rest = errors[0], errors[1:]
+    message = _describe(first, root)
+    for other in rest:
+        key = _format_key((*prefix, *other["loc"])) or "(top level)"
+        message += f"\n  also {key}: {_describe(other, root)}"
+    return ConfigError(message, source=source, key=_format_key((*prefix, *first["loc"])))
+
+
+_ModelT = TypeVar("_ModelT", bound=BaseModel)
+
+
+def _load_model(
+    model: type[_ModelT],
+    text: str,
+    *,
+    source: str,
+    env: Mapping[str, str],
+    required_top: str,
+) -> _ModelT:
+    data = _parse_yaml(text, source, required_top)
+    data = _interpolate(data, env, source, ())
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, model, source=source) from None
+
+
+def load_daemon_config_text(text: str, *, source: str, env: Mapping[str, str]) -> DaemonConfig:
+    """Parse and validate the daemon-wide YAML file.
+
+    Args:
+        text: the file's contents.
+        source: the file's path, used in error messages.
+        env: environment for ``${VAR}`` interpolation.
+
+    Raises:
+        ConfigError: invalid YAML, a missing variable, or a key that fails validation.
+    """
+    return _load_model(DaemonConfig, text, source=source, env=env, required_top="kafka")
+
+
+def load_connector_config_text(
+    text: str, *, source: str, env: Mapping[str, str]
+) -> ConnectorConfig:
+    """Parse and validate one connector's YAML file.
+
+    Raises:
+        ConfigError: invalid YAML, a missing variable, or a key that fails validation.
+    """
+    return _load_model(ConnectorConfig, text, source=source, env=env, required_top="name")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("file not found", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("file is not UTF-8 text", source=str(path)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read file: {exc.strerror}", source=str(path)) from None
+
+
+def load_files(
+    config_path: Path,
+    connectors_dir: Path,
+    env: Mapping[str, str] | None = None,
+) -> tuple[DaemonConfig, list[ConnectorConfig]]:
+    """Load the daemon file and every ``*.yaml``/``*.yml`` connector file (sorted by name).
+
+    Hidden files (starting with ``.``, e.g. editor lock files) are skipped. Disabled
+    connectors are returned too (``enabled=False``); callers decide what to run.
+
+    Raises:
+        ConfigError: any file is invalid, the folder is missing or holds no connector
+            files, or two connectors share a name or a slot.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    daemon = load_daemon_config_text(_read(config_path), source=str(config_path), env=environ)
+
+    if not connectors_dir.is_dir():
+        raise ConfigError(
+            "connectors folder not found; create it or point --connectors / CDC_CONNECTORS "
+            "at the folder holding the connector *.yaml files",
+            source=str(connectors_dir),
+        )
+    paths = sorted(
+        path
+        for path in connectors_dir.iterdir()
+        if path.suffix in {".yaml", ".yml"} and not path.name.startswith(".") and path.is_file()
+    )
+    if not paths:
+        raise ConfigError(
+            "no connector files (*.yaml or *.yml) in this folder; add one per database",
+            source=str(connectors_dir),
+        )
+
+    connectors: list[ConnectorConfig] = []
+    names: dict[str, Path] = {}
+    slots: dict[str, Path] = {}
+    for path in paths:
+        connector = load_connector_config_text(_read(path), source=str(path), env=environ)
+        if connector.name in names:
+            raise ConfigError(
+                f"connector name {connector.name!r} is also used by {names[connector.name]}; "
+                "connector names must be unique",
+                source=str(path),
+                key="name",
+            )
+        if connector.slot in slots:
+            raise ConfigError(
+                f"slot {connector.slot!r} is also used by {slots[connector.slot]}; two "
+                "connectors cannot share a replication slot",
+                source=str(path),
+                key="slot",
+            )
+        _merge_topics(daemon.topics, connector.topics, source=str(path))
+        names[connector.name] = path
+        slots[connector.slot] = path
+        connectors.append(connector)
+    return daemon, connectors
