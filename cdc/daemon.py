@@ -75,7 +75,7 @@ class ConnectorRunner(threading.Thread):
                 )
                 self._stop_event.wait(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a bug stops this connector loudly, not the thread silently
                 self._fail(exc)
                 return
             else:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -31,6 +31,7 @@ from cdc.protocol.messages import (
     Origin,
     PrimaryKeepalive,
     Relation,
+    ReplicaIdentity,
     Truncate,
     Type,
     Update,
@@ -73,6 +74,7 @@ class ConnectorPipeline:
             connector=connector.name, slot=connector.slot
         )
         self._ensured: set[tuple[str, str]] = set()
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._database = ""
         self._max_records = max(1, connector.max_in_flight_events) * RECORDS_PER_EVENT
         self._tracker = PositionTracker(0)
@@ -108,13 +110,15 @@ class ConnectorPipeline:
             source.ensure_publication(cfg.table_names, create=cfg.create_publication)
             tables = source.published_tables()
             self._report_tables(tables)
+            self._keys = {(t.schema, t.name): t.key_columns for t in tables}
             self._sink = KafkaSink(
                 self._daemon.kafka.bootstrap_servers,
                 self._daemon.kafka.properties,
                 client_id=f"cdc-{cfg.name}",
                 max_queued_records=self._max_records + 10_000,
-                error_callback=self._on_kafka_error,
+                log=self._log,
             )
+            self._sink.list_topics()
             self._ensure_topics((t.schema, t.name, bool(t.key_columns)) for t in tables)
             slot = source.ensure_slot(create=cfg.create_slot)
             if slot.created:
@@ -193,10 +197,20 @@ class ConnectorPipeline:
             self._log.info("topic_created", topic=name)
         self._ensured.update((schema, table) for schema, table, _ in tables)
 
-    def _on_kafka_error(self, error: Any) -> None:
-        # librdkafka reports transient broker trouble here and retries by itself;
-        # fatal errors also fail deliveries, which stop the connector via the tracker.
-        self._log.warning("kafka_client_error", error=str(error))
+    def _key_columns(self, relation: Relation) -> tuple[str, ...] | None:
+        """Key by the primary key where pgoutput's key flags do not name it.
+
+        Under REPLICA IDENTITY FULL every column is flagged, under NOTHING none: keying
+        by those would make every update a key change, or lose the key altogether.
+        """
+        if relation.replica_identity not in (ReplicaIdentity.FULL, ReplicaIdentity.NOTHING):
+            return None
+        name = (relation.namespace, relation.name)
+        keys = self._keys.get(name)
+        if keys is None:
+            assert self._source is not None
+            keys = self._keys[name] = self._source.key_columns(*name)
+        return keys
 
     # --- streaming ------------------------------------------------------------------
 
@@ -216,6 +230,7 @@ class ConnectorPipeline:
                 cfg.name, self._database, s, t
             ),
             options=ValueOptions(),
+            key_columns=self._key_columns,
         )
         tracker = self._tracker
         read = source.read
@@ -238,7 +253,7 @@ class ConnectorPipeline:
                 source.wait(IDLE_WAIT_S)
                 continue
             message = parse_copy_data(data)
-            if type(message) is PrimaryKeepalive:
+            if isinstance(message, PrimaryKeepalive):
                 self._server_wal_end = message.wal_end
                 tracker.on_keepalive(message.wal_end)
                 if message.reply_requested:
@@ -246,8 +261,7 @@ class ConnectorPipeline:
                 continue
             self._server_wal_end = message.wal_end
             lsn = message.wal_start
-            if lsn > self._received:
-                self._received = lsn
+            self._received = max(self._received, lsn)
             msg = decode(message.data)
             kind = type(msg)
             if kind is Insert or kind is Update or kind is Delete or kind is Truncate:
@@ -283,28 +297,30 @@ class ConnectorPipeline:
                     ):
                         return
             elif kind is Begin:
+                begin = cast(Begin, msg)
                 tx = tracker.begin()
                 on_delivery = tx.on_delivery
                 tx_ctx = TxContext(
-                    xid=msg.xid,  # type: ignore[union-attr]
-                    commit_lsn=msg.final_lsn,  # type: ignore[union-attr]
-                    commit_ts_us=msg.commit_ts + _PG_EPOCH_US,  # type: ignore[union-attr]
+                    xid=begin.xid,
+                    commit_lsn=begin.final_lsn,
+                    commit_ts_us=begin.commit_ts + _PG_EPOCH_US,
                     last_commit_lsn=last_commit_lsn,
                 )
             elif kind is Commit:
+                commit = cast(Commit, msg)
                 if tx is None:
                     raise SourceError(
                         f"commit without a transaction at LSN {format_lsn(lsn)}:"
                         " the replication stream is out of order"
                     )
-                tracker.commit(tx, msg.end_lsn)  # type: ignore[union-attr]
-                last_commit_lsn = msg.commit_lsn  # type: ignore[union-attr]
-                self._last_commit_ts_us = msg.commit_ts + _PG_EPOCH_US  # type: ignore[union-attr]
+                tracker.commit(tx, commit.end_lsn)
+                last_commit_lsn = commit.commit_lsn
+                self._last_commit_ts_us = commit.commit_ts + _PG_EPOCH_US
                 self._transactions += 1
                 tx = None
                 tx_ctx = None
             elif kind is Relation:
-                relation: Relation = msg  # type: ignore[assignment]
+                relation = cast(Relation, msg)
                 if (relation.namespace, relation.name) not in self._ensured:
                     has_key = any(c.is_key for c in relation.columns)
                     self._ensure_topics([(relation.namespace, relation.name, has_key)])

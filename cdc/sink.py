@@ -9,7 +9,9 @@ delivery callbacks out.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import logging
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.errors import SinkError, TopicConfigError
 
-__all__ = ["PRODUCER_DEFAULTS", "PRODUCER_REQUIRED", "KafkaSink", "TopicSpec"]
+__all__ = ["PRODUCER_DEFAULTS", "PRODUCER_REQUIRED", "ClientLog", "KafkaSink", "TopicSpec"]
 
 # Properties correctness depends on; config.py refuses user overrides of these.
 PRODUCER_REQUIRED: Mapping[str, Any] = {
@@ -39,7 +41,46 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "queue.buffering.max.kbytes": 262_144,
 }
 
-ADMIN_TIMEOUT_S = 30.0
+ADMIN_TIMEOUT_S = 15.0
+# librdkafka repeats a broker-down line every few hundred ms; say each thing once a while.
+CLIENT_LOG_REPEAT_S = 30.0
+
+
+class ClientLog:
+    """Routes librdkafka's log lines and errors into structlog, without the repeats.
+
+    confluent-kafka calls ``log(level, fmt, *args)`` (the ``logging.Logger`` shape) from
+    ``poll()``; without a logger, librdkafka writes raw lines to stderr, which breaks
+    JSON-lines logging and floods it while a broker is down.
+    """
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+        self._last: dict[str, float] = {}
+
+    def _due(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -CLIENT_LOG_REPEAT_S) < CLIENT_LOG_REPEAT_S:
+            return False
+        self._last[key] = now
+        return True
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        message = fmt % args if args else fmt
+        facility = str(args[0]) if args else ""
+        if not self._due(f"log:{facility}"):
+            return
+        if level >= logging.ERROR:
+            self._log.error("kafka_client_log", message=message)
+        elif level >= logging.WARNING:
+            self._log.warning("kafka_client_log", message=message)
+        else:
+            self._log.info("kafka_client_log", message=message)
+
+    def error(self, error: Any) -> None:
+        """The producer's ``error_cb``: transient trouble that librdkafka retries itself."""
+        if self._due(f"error:{error.code() if hasattr(error, 'code') else error}"):
+            self._log.warning("kafka_client_error", error=str(error))
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +104,16 @@ class KafkaSink:
         *,
         client_id: str,
         max_queued_records: int,
-        error_callback: Callable[[Any], None] | None = None,
+        log: Any,
     ) -> None:
-        common: dict[str, Any] = {"bootstrap.servers": bootstrap_servers, **properties}
+        self.bootstrap_servers = bootstrap_servers
+        client_log = ClientLog(log)
+        common: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            **properties,
+            "logger": client_log,
+            "error_cb": client_log.error,
+        }
         producer_config = {
             **PRODUCER_DEFAULTS,
             **common,
@@ -73,8 +121,6 @@ class KafkaSink:
             "client.id": client_id,
             "queue.buffering.max.messages": max_queued_records,
         }
-        if error_callback is not None:
-            producer_config["error_cb"] = error_callback
         try:
             self._producer = Producer(producer_config)
             self._admin = AdminClient({**common, "client.id": f"{client_id}-admin"})
@@ -82,6 +128,17 @@ class KafkaSink:
             raise SinkError(f"invalid Kafka client configuration: {exc}") from exc
         self.produce = self._producer.produce
         self.poll = self._producer.poll
+
+    def list_topics(self) -> set[str]:
+        """Topic names; also the start-up check that Kafka answers at all."""
+        try:
+            return set(self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+        except KafkaException as exc:
+            raise SinkError(
+                f"cannot reach Kafka at {self.bootstrap_servers} within {ADMIN_TIMEOUT_S:.0f}s:"
+                f" {exc}. Check kafka.bootstrap_servers and kafka.properties (security.protocol,"
+                " sasl.*) in the daemon config"
+            ) from exc
 
     def ensure_topics(self, specs: Iterable[TopicSpec]) -> list[str]:
         """Create missing topics; refuse existing ones whose cleanup policy is wrong.
@@ -91,10 +148,7 @@ class KafkaSink:
         wanted = {spec.name: spec for spec in specs}
         if not wanted:
             return []
-        try:
-            existing = set(self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
-        except KafkaException as exc:
-            raise SinkError(f"cannot reach Kafka to list topics: {exc}") from exc
+        existing = self.list_topics()
         missing = [spec for name, spec in wanted.items() if name not in existing]
         created: list[str] = []
         if missing:

@@ -60,7 +60,10 @@ class TableInfo:
     schema: str
     name: str
     replica_identity: str  # relreplident: d, n, f, i
-    key_columns: tuple[str, ...]  # replica-identity key columns, empty when none
+    # The event key: the replica-identity index's columns under USING INDEX, else the
+    # primary key's (also under FULL and NOTHING, where pgoutput's key flags would mark
+    # every column or none); empty when the table has neither.
+    key_columns: tuple[str, ...]
 
     @property
     def qualified(self) -> str:
@@ -239,9 +242,8 @@ class ReplicationSource:
                          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
                          WHERE i.indrelid = c.oid
                            AND CASE c.relreplident
-                                 WHEN 'd' THEN i.indisprimary
                                  WHEN 'i' THEN i.indisreplident
-                                 ELSE false END
+                                 ELSE i.indisprimary END
                        ), '{}')
                 FROM pg_publication_tables p
                 JOIN pg_namespace n ON n.nspname = p.schemaname
@@ -254,6 +256,26 @@ class ReplicationSource:
         except psycopg.Error as exc:
             raise _source_error(f"reading tables of publication {self.publication!r}", exc) from exc
         return [TableInfo(s, t, ri, tuple(keys)) for s, t, ri, keys in rows]
+
+    def key_columns(self, schema: str, table: str) -> tuple[str, ...]:
+        """The primary key of one table, for a table that appears after start-up."""
+        conn = self._require_sql()
+        try:
+            row = conn.execute(
+                """
+                SELECT coalesce(array_agg(a.attname ORDER BY k.ord), '{}')
+                FROM pg_index i
+                JOIN pg_class c ON c.oid = i.indrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+                JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+                WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary
+                """,
+                (schema, table),
+            ).fetchone()
+        except psycopg.Error as exc:
+            raise _source_error(f"reading the primary key of {schema}.{table}", exc) from exc
+        return tuple(row[0]) if row else ()
 
     def ensure_slot(self, *, create: bool) -> SlotInfo:
         """Find the slot, or create it; refuse a slot of another plugin or database."""

@@ -90,7 +90,7 @@ class UnchangedToast(enum.Enum):
 
 UNCHANGED_TOAST: Final = UnchangedToast.UNCHANGED_TOAST
 
-TupleValue: TypeAlias = str | bytes | None | UnchangedToast
+TupleValue: TypeAlias = str | bytes | UnchangedToast | None
 TupleData: TypeAlias = tuple[TupleValue, ...]
 
 

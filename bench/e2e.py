@@ -1,0 +1,337 @@
+"""End-to-end benchmark: PostgreSQL -> cdc -> Kafka (both topics), against pg_recvlogical.
+
+Prints one JSON line per run. Not a test: numbers, never assertions. Workload (issue #2):
+100,000 rows inserted in transactions of 1,000 rows into a six-column table (bigint key,
+int, ~100-char text, numeric, timestamptz, small jsonb).
+
+    .venv/bin/python -m bench.e2e [--rows 100000] [--tx-rows 1000] [--keep DIR]
+
+Measures, on throwaway PostgreSQL and Kafka started beside the daemon:
+- backlog: rows written first, then the daemon starts; events/s from its first read to
+  the last record consumed back from both topics;
+- live: the daemon streams while the rows are written; events/s from the first commit to
+  the last record consumed back from both topics;
+- raw: pg_recvlogical (pgoutput, same publication) reading the same changes to /dev/null;
+- latency: commit -> consumed from Kafka, p50/p99, at a steady offered 10,000 rows/s;
+- the daemon's CPU seconds per 100,000 events and its peak RSS.
+Consumption time bounds acknowledgement time from above, so the rates are conservative.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from cdc.testing.kafka import start_kafka
+from cdc.testing.postgres import find_postgres_bin_dir, start_postgres
+
+TABLE = """
+CREATE TABLE bench (
+    id bigint PRIMARY KEY,
+    qty integer NOT NULL,
+    note text NOT NULL,
+    price numeric(12,2) NOT NULL,
+    created_at timestamptz NOT NULL,
+    attrs jsonb NOT NULL
+)
+"""
+
+INSERT = """
+INSERT INTO bench
+SELECT g, g % 1000, repeat(md5(g::text), 3) || 'abcd', (g % 100000) / 100.0, now(),
+       jsonb_build_object('k', g, 'ok', true, 'tag', 'bench')
+FROM generate_series(%s::bigint, %s::bigint) AS g
+"""
+
+
+def _insert(conn: psycopg.Connection[Any], first: int, count: int) -> None:
+    with conn.transaction():
+        conn.execute(INSERT, (first, first + count - 1))
+
+
+class TopicCounter(threading.Thread):
+    """Consumes both topics from the beginning; records when each reaches a target."""
+
+    def __init__(self, bootstrap: str, topics: list[str], target: int) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.target = target
+        self.counts = dict.fromkeys(topics, 0)
+        self.done_at: dict[str, float] = {}
+        self.latencies_us: list[int] = []
+        self.collect_latency = False
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": f"bench-{time.time_ns()}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 5,
+                "fetch.min.bytes": 1,
+            }
+        )
+        assignments = []
+        for wanted in self.topics:
+            meta = consumer.list_topics(wanted, timeout=30).topics[wanted]
+            assignments += [TopicPartition(wanted, p, 0) for p in meta.partitions]
+        consumer.assign(assignments)
+        retention = self.topics[0]
+        while not self.stop.is_set() and len(self.done_at) < len(self.topics):
+            batch = consumer.consume(num_messages=5000, timeout=0.2)
+            now = time.time()
+            for msg in batch:
+                if msg.error():
+                    continue
+                topic, payload = msg.topic(), msg.value()
+                if topic is None:
+                    continue
+                self.counts[topic] += 1
+                if self.collect_latency and topic == retention and payload is not None:
+                    value = orjson.loads(payload)
+                    self.latencies_us.append(int(now * 1e6) - value["source"]["ts_us"])
+            for name, count in self.counts.items():
+                if count >= self.target and name not in self.done_at:
+                    self.done_at[name] = now
+        consumer.close()
+
+
+def _ensure_topics(bootstrap: str, topics: list[str], timeout: float = 60) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(t in admin.list_topics(timeout=10).topics for t in topics):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"topics {topics} not created within {timeout}s")
+
+
+class DaemonProcess:
+    def __init__(self, workdir: Path, bootstrap: str, dsn: str, name: str) -> None:
+        (workdir / "connectors").mkdir(parents=True, exist_ok=True)
+        (workdir / "cdc.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "kafka": {"bootstrap_servers": bootstrap},
+                    "topics": {"partitions": 6, "replication_factor": 1},
+                    "log": {"level": "info", "format": "json"},
+                    "metrics": {"port": None},
+                }
+            )
+        )
+        (workdir / "connectors" / f"{name}.yaml").write_text(
+            yaml.safe_dump(
+                {
+                    "name": name,
+                    "postgres": {"dsn": dsn},
+                    "slot": name,
+                    "publication": name,
+                    "tables": ["public.bench"],
+                }
+            )
+        )
+        self.log = (workdir / f"{name}.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cdc",
+                "run",
+                "--config",
+                str(workdir / "cdc.yaml"),
+                "--connectors",
+                str(workdir / "connectors"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def peak_rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+        self.log.close()
+
+
+def _wal_lsn(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def run(rows: int, tx_rows: int, base: Path) -> dict[str, Any]:
+    pg = start_postgres(base / "pg")
+    kafka = start_kafka(base / "kafka")
+    try:
+        admin_dsn = pg.dsn()
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for db in ("backlog", "live", "latency"):
+                conn.execute(f"CREATE DATABASE {db}")
+        result: dict[str, Any] = {
+            "bench": "e2e",
+            "rows": rows,
+            "tx_rows": tx_rows,
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        }
+
+        # --- backlog, and the raw walsender rate on the same WAL --------------------
+        dsn = pg.dsn(dbname="backlog")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+            conn.execute("CREATE PUBLICATION backlog FOR TABLE bench")
+            conn.execute("SELECT pg_create_logical_replication_slot('backlog', 'pgoutput')")
+            conn.execute("SELECT pg_create_logical_replication_slot('raw', 'pgoutput')")
+            for first in range(1, rows + 1, tx_rows):
+                _insert(conn, first, min(tx_rows, rows - first + 1))
+            end_lsn = _wal_lsn(conn)
+        recvlogical = shutil.which("pg_recvlogical") or str(
+            find_postgres_bin_dir() / "pg_recvlogical"
+        )
+        started = time.perf_counter()
+        subprocess.run(
+            [
+                recvlogical,
+                "-d",
+                dsn,
+                "--slot",
+                "raw",
+                "--start",
+                "--endpos",
+                end_lsn,
+                "-o",
+                "proto_version=1",
+                "-o",
+                "publication_names=backlog",
+                "-f",
+                "/dev/null",
+                "--no-loop",
+            ],
+            check=True,
+        )
+        raw_s = time.perf_counter() - started
+        result["raw_pg_recvlogical_events_per_s"] = round(rows / raw_s)
+        topics = ["backlog.public.bench", "backlog.public.bench.latest"]
+        counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
+        daemon = DaemonProcess(base / "backlog", kafka.bootstrap_servers, dsn, "backlog")
+        _ensure_topics(kafka.bootstrap_servers, topics)
+        started_wall = time.time()
+        counter.start()
+        counter.join(600)
+        backlog_s = max(counter.done_at.values()) - started_wall
+        result["backlog_events_per_s"] = round(rows / backlog_s)
+        result["backlog_ratio_to_raw"] = round(result["backlog_events_per_s"] / (rows / raw_s), 3)
+        cpu = daemon.cpu_seconds()
+        result["backlog_cpu_s_per_100k_events"] = round(cpu * 100_000 / rows, 2)
+        result["backlog_peak_rss_mb"] = round(daemon.peak_rss_mb(), 1)
+        daemon.stop()
+
+        # --- live: the daemon streams while the rows are written --------------------
+        dsn = pg.dsn(dbname="live")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+        daemon = DaemonProcess(base / "live", kafka.bootstrap_servers, dsn, "live")
+        topics = ["live.public.bench", "live.public.bench.latest"]
+        _ensure_topics(kafka.bootstrap_servers, topics)
+        time.sleep(1.0)
+        counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
+        counter.start()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            first_commit = None
+            for first in range(1, rows + 1, tx_rows):
+                _insert(conn, first, min(tx_rows, rows - first + 1))
+                if first_commit is None:
+                    first_commit = time.time()
+            writes_done = time.time()
+        counter.join(600)
+        assert first_commit is not None
+        live_s = max(counter.done_at.values()) - first_commit
+        result["live_events_per_s"] = round(rows / live_s)
+        result["live_write_rows_per_s"] = round(rows / (writes_done - first_commit))
+        result["live_ratio_to_raw"] = round(result["live_events_per_s"] / (rows / raw_s), 3)
+        result["live_cpu_s_per_100k_events"] = round(daemon.cpu_seconds() * 100_000 / rows, 2)
+        result["live_peak_rss_mb"] = round(daemon.peak_rss_mb(), 1)
+        daemon.stop()
+
+        # --- latency at a steady offered load of 10,000 rows/s ----------------------
+        dsn = pg.dsn(dbname="latency")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(TABLE)
+        daemon = DaemonProcess(base / "latency", kafka.bootstrap_servers, dsn, "latency")
+        topics = ["latency.public.bench", "latency.public.bench.latest"]
+        _ensure_topics(kafka.bootstrap_servers, topics)
+        time.sleep(1.0)
+        rate, seconds, batch = 10_000, 10, 100
+        total = rate * seconds
+        counter = TopicCounter(kafka.bootstrap_servers, topics, total)
+        counter.collect_latency = True
+        counter.start()
+        time.sleep(1.0)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            start = time.perf_counter()
+            for i, first in enumerate(range(1, total + 1, batch)):
+                due = start + i * batch / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                _insert(conn, first, batch)
+            offered_s = time.perf_counter() - start
+        counter.join(120)
+        latencies = sorted(counter.latencies_us)
+        result["latency_offered_rows_per_s"] = round(total / offered_s)
+        result["latency_p50_ms"] = round(latencies[len(latencies) // 2] / 1000, 1)
+        result["latency_p99_ms"] = round(latencies[int(len(latencies) * 0.99)] / 1000, 1)
+        result["latency_max_ms"] = round(latencies[-1] / 1000, 1)
+        daemon.stop()
+        return result
+    finally:
+        kafka.stop()
+        pg.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--tx-rows", type=int, default=1_000)
+    parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
+    args = parser.parse_args()
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        result = run(args.rows, args.tx_rows, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
+            os.chmod(tmp, 0o755)
+            result = run(args.rows, args.tx_rows, Path(tmp))
+    print(orjson.dumps(result).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Turn pgoutput row changes into Kafka records: Debezium's envelope and the compacted row.
+
+The one job: from one Insert, Update, Delete or Truncate (and the transaction it belongs
+to), build the bytes of every Kafka message it produces. No I/O, no logging, no clock
+(processing time comes in as ``now_us``), no Kafka client.
+
+Each table has two topics.
+
+Retention topic (every change, in Debezium's PostgreSQL connector format as written by
+JsonConverter with ``schemas.enable=false``, so Debezium consumers read it unchanged):
+
+- key: the key columns as a JSON object, ``{"id":1}``; ``null`` (no key) when the table
+  has no key columns;
+- value::
+
+    {"before": {...} | null,
+     "after": {...} | null,
+     "source": {"version": "<cdc version>", "connector": "postgresql",
+                "name": "<connector name>", "ts_ms": <commit time, ms>,
+                "snapshot": "false", "db": "<database>",
+                "sequence": "[\\"<last commit LSN>\\",\\"<LSN>\\"]",
+                "ts_us": <commit time, us>, "ts_ns": <commit time, ns>,
+                "schema": "<schema>", "table": "<table>", "txId": <xid>,
+                "lsn": <LSN of the change>, "xmin": null, "origin": null,
+                "origin_lsn": null},
+     "transaction": null,
+     "op": "c" | "u" | "d" | "t",
+     "ts_ms": <processing time, ms>, "ts_us": ..., "ts_ns": ...}
+
+  LSNs in ``sequence`` are decimal strings; the first is ``null`` when the previous
+  commit's LSN is unknown, as in Debezium. Keys appear in this order.
+
+Compacted topic (the latest row per key, for consumers that want a table, not a log):
+the same key bytes; the value is the ``after`` row as a flat JSON object for inserts and
+updates, and a tombstone (no value) for deletes. Tables without key columns have no
+compacted records, since Kafka cannot compact unkeyed messages.
+
+Per change:
+
+- Insert: ``op "c"``, ``before`` null.
+- Update: ``op "u"``; ``before`` is the old row when the server sent one (REPLICA
+  IDENTITY FULL: the whole row; the key columns with the others ``null`` when the identity
+  key was sent), otherwise ``null`` as in Debezium. When the key changed, like Debezium:
+  a ``"d"`` event for the old key (and a tombstone for it on the compacted topic), then a
+  ``"c"`` event for the new key.
+- Delete: ``op "d"``, ``after`` null, ``before`` the old row (key columns only, others
+  ``null``, unless REPLICA IDENTITY FULL); tombstone on the compacted topic.
+- Truncate: ``op "t"``, one event per table, key and ``before``/``after`` null; retention
+  topic only (a compacted topic cannot express "all keys gone").
+
+An unchanged TOASTed value the server did not send becomes Debezium's placeholder
+``"__debezium_unavailable_value"``, never ``null``, unless the old row sent with the same
+Update (REPLICA IDENTITY FULL, or the key) holds its value: then that exact value is used.
+
+Where we differ from Debezium (beyond the values, see ``cdc.protocol.values``): Debezium
+puts both records on one topic and marks a key change with ``__debezium.oldkey`` /
+``newkey`` headers; records here carry no headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import orjson
+
+from cdc import __version__
+from cdc.errors import ConversionError
+from cdc.protocol.messages import (
+    UNCHANGED_TOAST,
+    Delete,
+    Insert,
+    Relation,
+    ReplicaIdentity,
+    Truncate,
+    TupleData,
+    Update,
+)
+from cdc.protocol.values import JsonValue, RowConverter, ValueOptions
+
+__all__ = [
+    "EnvelopeEncoder",
+    "Record",
+    "TableEncoder",
+    "TxContext",
+]
+
+_dumps: Final = orjson.dumps
+
+# Debezium's source.connector for PostgreSQL; consumers dispatch on it.
+CONNECTOR_TYPE: Final = "postgresql"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka message. ``value`` ``None`` is a tombstone (never ``b""``)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class TxContext:
+    """What the envelope needs of the current transaction; built once at Begin."""
+
+    xid: int
+    commit_lsn: int  # Begin.final_lsn
+    commit_ts_us: int  # Unix epoch microseconds
+    last_commit_lsn: int | None  # LSN of the previous commit, if known
+
+
+Row = dict[str, JsonValue]
+
+
+class TableEncoder:
+    """Everything about one table that does not change per event, computed once.
+
+    Built by ``EnvelopeEncoder.table`` for each Relation message; per event only the rows
+    are converted and the dicts serialised.
+    """
+
+    __slots__ = (
+        "_db",
+        "_key_in_old",
+        "_key_indexes",
+        "_key_names",
+        "_name",
+        "_rows",
+        "_schema",
+        "_table",
+        "compacted_topic",
+        "has_key",
+        "key_columns",
+        "relation",
+        "retention_topic",
+    )
+
+    def __init__(
+        self,
+        relation: Relation,
+        *,
+        connector: str,
+        database: str,
+        retention_topic: str,
+        compacted_topic: str,
+        options: ValueOptions,
+        key_columns: Sequence[str] | None = None,
+    ) -> None:
+        self.relation = relation
+        self.retention_topic = retention_topic
+        self.compacted_topic = compacted_topic
+        qualified = f"{relation.namespace}.{relation.name}"
+        self._rows = RowConverter(relation.columns, options, table=qualified)
+        names = [c.name for c in relation.columns]
+        if key_columns is None:
+            key_columns = [c.name for c in relation.columns if c.is_key]
+        else:
+            missing = [k for k in key_columns if k not in names]
+            if missing:
+                raise ConversionError(
+                    f"table {qualified} has no column {', '.join(missing)} configured as its "
+                    f"key; its columns are {', '.join(names)}",
+                    table=qualified,
+                )
+        self.key_columns: tuple[str, ...] = tuple(key_columns)
+        self.has_key = bool(self.key_columns)
+        self._key_names = self.key_columns
+        self._key_indexes = tuple(names.index(k) for k in self.key_columns)
+        # Old tuples of kind "K" hold only the replica identity columns; the key can be
+        # read from them only if it is part of the identity (always so by default).
+        identity = {c.name for c in relation.columns if c.is_key}
+        self._key_in_old = relation.replica_identity is ReplicaIdentity.FULL or identity.issuperset(
+            self.key_columns
+        )
+        self._name = connector
+        self._db = database
+        self._schema = relation.namespace
+        self._table = relation.name
+
+    # -- building blocks --------------------------------------------------------------
+
+    def _source(self, tx: TxContext, lsn: int) -> Row:
+        ts_us = tx.commit_ts_us
+        last = tx.last_commit_lsn
+        return {
+            "version": __version__,
+            "connector": CONNECTOR_TYPE,
+            "name": self._name,
+            "ts_ms": ts_us // 1000,
+            "snapshot": "false",
+            "db": self._db,
+            "sequence": f'[null,"{lsn}"]' if last is None else f'["{last}","{lsn}"]',
+            "ts_us": ts_us,
+            "ts_ns": ts_us * 1000,
+            "schema": self._schema,
+            "table": self._table,
+            "txId": tx.xid,
+            "lsn": lsn,
+            "xmin": None,
+            "origin": None,
+            "origin_lsn": None,
+        }
+
+    def _event(
+        self, op: str, before: Row | None, after: Row | None, source: Row, now_us: int
+    ) -> bytes:
+        return _dumps(
+            {
+                "before": before,
+                "after": after,
+                "source": source,
+                "transaction": None,
+                "op": op,
+                "ts_ms": now_us // 1000,
+                "ts_us": now_us,
+                "ts_ns": now_us * 1000,
+            }
+        )
+
+    def _key(self, row: Row) -> bytes:
+        return _dumps({name: row[name] for name in self._key_names})
+
+    def _convert(self, values: TupleData, lsn: int) -> Row:
+        try:
+            return self._rows.convert(values)
+        except ConversionError as exc:
+            raise ConversionError(
+                f"{exc} (at LSN {lsn})",
+                table=exc.table,
+                column=exc.column,
+                type_name=exc.type_name,
+                lsn=lsn,
+            ) from exc
+
+    def _check_old_key(self, lsn: int) -> None:
+        if not self._key_in_old:
+            raise ConversionError(
+                f"table {self._schema}.{self._table}: the old row sent by the server lacks "
+                f"key column(s) {', '.join(self.key_columns)}, so the changed or deleted "
+                "key is unknown; make the key the table's replica identity (ALTER TABLE ... "
+                "REPLICA IDENTITY USING INDEX or FULL)",
+                table=f"{self._schema}.{self._table}",
+                lsn=lsn,
+            )
+
+    # -- changes ----------------------------------------------------------------------
+
+    def insert(self, message: Insert, tx: TxContext, lsn: int, now_us: int) -> list[Record]:
+        """Records for an inserted row."""
+        after = self._convert(message.new, lsn)
+        value = self._event("c", None, after, self._source(tx, lsn), now_us)
+        if not self.has_key:
+            return [Record(self.retention_topic, None, value)]
+        key = self._key(after)
+        return [
+            Record(self.retention_topic, key, value),
+            Record(self.compacted_topic, key, _dumps(after)),
+        ]
+
+    def update(self, message: Update, tx: TxContext, lsn: int, now_us: int) -> list[Record]:
+        """Records for an updated row: one ``u`` event, or ``d`` + ``c`` if the key changed."""
+        old = message.old
+        new = message.new
+        if old is None:
+            for index, name in zip(self._key_indexes, self._key_names):  # noqa: B905
+                if new[index] is UNCHANGED_TOAST:
+                    # A key is never a placeholder: it would address the wrong Kafka key.
+                    raise ConversionError(
+                        f"table {self._schema}.{self._table}: the server sent neither the "
+                        f"unchanged TOASTed key column {name!r} nor the old key, so the "
+                        "record key is unknown",
+                        table=f"{self._schema}.{self._table}",
+                        column=name,
+                        lsn=lsn,
+                    )
+            after = self._convert(new, lsn)
+            value = self._event("u", None, after, self._source(tx, lsn), now_us)
+            if not self.has_key:
+                return [Record(self.retention_topic, None, value)]
+            key = self._key(after)
+            return [
+                Record(self.retention_topic, key, value),
+                Record(self.compacted_topic, key, _dumps(after)),
+            ]
+        if message.old_kind == "K":
+            self._check_old_key(lsn)
+        if UNCHANGED_TOAST in new:
+            # The old row (FULL) or key carries the exact value the server left out.
+            new = tuple(
+                o if n is UNCHANGED_TOAST and o.__class__ is str else n
+                for n, o in zip(new, old)  # noqa: B905 (RowConverter checks lengths)
+            )
+        before = self._convert(old, lsn)
+        after = self._convert(new, lsn)
+        source = self._source(tx, lsn)
+        if not self.has_key:
+            return [
+                Record(self.retention_topic, None, self._event("u", before, after, source, now_us))
+            ]
+        old_key = self._key(before)
+        key = self._key(after)
+        if old_key == key:
+            return [
+                Record(self.retention_topic, key, self._event("u", before, after, source, now_us)),
+                Record(self.compacted_topic, key, _dumps(after)),
+            ]
+        return [
+            Record(self.retention_topic, old_key, self._event("d", before, None, source, now_us)),
+            Record(self.compacted_topic, old_key, None),
+            Record(self.retention_topic, key, self._event("c", None, after, source, now_us)),
+            Record(self.compacted_topic, key, _dumps(after)),
+        ]
+
+    def delete(self, message: Delete, tx: TxContext, lsn: int, now_us: int) -> list[Record]:
+        """Records for a deleted row: a ``d`` event and a tombstone."""
+        if message.old_kind == "K" and self.has_key:
+            self._check_old_key(lsn)
+        before = self._convert(message.old, lsn)
+        value = self._event("d", before, None, self._source(tx, lsn), now_us)
+        if not self.has_key:
+            return [Record(self.retention_topic, None, value)]
+        key = self._key(before)
+        return [
+            Record(self.retention_topic, key, value),
+            Record(self.compacted_topic, key, None),
+        ]
+
+    def truncate(self, tx: TxContext, lsn: int, now_us: int) -> Record:
+        """The ``t`` event of this table; it has no key and no compacted counterpart."""
+        return Record(
+            self.retention_topic, None, self._event("t", None, None, self._source(tx, lsn), now_us)
+        )
+
+
+class EnvelopeEncoder:
+    """Encodes the changes of one connector; keeps one ``TableEncoder`` per Relation.
+
+    Args:
+        connector: the connector name (``source.name``; Debezium's topic prefix).
+        database: the database name (``source.db``).
+        retention_topic: ``(schema, table) -> topic`` of the change events.
+        compacted_topic: ``(schema, table) -> topic`` of the latest rows.
+        options: how values are converted.
+        key_columns: ``relation -> key column names``, or ``None`` to use the replica
+            identity columns the Relation message flags. Needed for REPLICA IDENTITY FULL
+            tables, where PostgreSQL flags every column: the edge looks up the primary key
+            (``pg_index.indisprimary``) so the key is the primary key, as in Debezium.
+    """
+
+    __slots__ = (
+        "_compacted_topic",
+        "_connector",
+        "_database",
+        "_key_columns",
+        "_options",
+        "_retention_topic",
+        "_tables",
+    )
+
+    def __init__(
+        self,
+        *,
+        connector: str,
+        database: str,
+        retention_topic: Callable[[str, str], str],
+        compacted_topic: Callable[[str, str], str],
+        options: ValueOptions,
+        key_columns: Callable[[Relation], Sequence[str] | None] | None = None,
+    ) -> None:
+        self._connector = connector
+        self._database = database
+        self._retention_topic = retention_topic
+        self._compacted_topic = compacted_topic
+        self._options = options
+        self._key_columns = key_columns
+        self._tables: dict[int, TableEncoder] = {}
+
+    def table(self, relation: Relation) -> TableEncoder:
+        """The encoder of ``relation``, built on first use and whenever a new Relation
+        message (a new object, even with the same OID) replaces the previous one."""
+        encoder = self._tables.get(relation.oid)
+        if encoder is not None and encoder.relation is relation:
+            return encoder
+        schema, name = relation.namespace, relation.name
+        encoder = TableEncoder(
+            relation,
+            connector=self._connector,
+            database=self._database,
+            retention_topic=self._retention_topic(schema, name),
+            compacted_topic=self._compacted_topic(schema, name),
+            options=self._options,
+            key_columns=None if self._key_columns is None else self._key_columns(relation),
+        )
+        self._tables[relation.oid] = encoder
+        return encoder
+
+    def encode(
+        self, message: Insert | Update | Delete | Truncate, tx: TxContext, lsn: int, now_us: int
+    ) -> list[Record]:
+        """All records of one change, in the order they must be produced.
+
+        Args:
+            message: the decoded change.
+            tx: its transaction.
+            lsn: the LSN of the change (``source.lsn``).
+            now_us: processing time, Unix epoch microseconds (top-level ``ts_*``).
+
+        Raises:
+            ConversionError: a value cannot be converted exactly; ``table``, ``column``,
+                ``type_name`` and ``lsn`` say which.
+        """
+        if isinstance(message, Insert):
+            return self.table(message.relation).insert(message, tx, lsn, now_us)
+        if isinstance(message, Update):
+            return self.table(message.relation).update(message, tx, lsn, now_us)
+        if isinstance(message, Delete):
+            return self.table(message.relation).delete(message, tx, lsn, now_us)
+        return [self.table(r).truncate(tx, lsn, now_us) for r in message.relations]

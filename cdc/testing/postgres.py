@@ -1,0 +1,295 @@
+"""Start and stop a real, throwaway PostgreSQL server as a local child process.
+
+``start_postgres`` runs ``initdb`` into a folder and starts ``postgres`` on 127.0.0.1 with
+logical decoding enabled, for tests, the demo and the benchmark. Nothing is mocked and
+``fsync`` stays on: crash tests (``kill()`` then ``restart()``) must see real durability.
+
+It must not touch any cluster it did not create, and the daemon must never import it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+import psycopg
+
+from cdc.testing import ServiceError, free_port, log_tail, stop_process_group
+
+__all__ = ["PostgresServer", "find_postgres_bin_dir", "start_postgres"]
+
+# Seconds to wait for the first accepted connection. A cold start on a busy 2-core CI
+# machine takes about a second; crash recovery after kill() takes longer.
+START_TIMEOUT = 60.0
+# Seconds a fast shutdown may take before SIGKILL. It waits for WAL senders to stream the
+# shutdown checkpoint, which hangs when a replication client stopped reading.
+STOP_TIMEOUT = 30.0
+# Longest unix socket folder we use: the socket path (folder + "/.s.PGSQL.NNNNN") must fit
+# in sockaddr_un.sun_path (108 bytes on Linux). Past it we listen on TCP only.
+MAX_SOCKET_DIR_LEN = 80
+# PostgreSQL refuses to run as root; as root we run it as this OS user (Debian's package
+# creates it).
+POSTGRES_OS_USER = "postgres"
+
+# Settings every test cluster gets; ``settings=`` may override any of them.
+DEFAULT_SETTINGS: Mapping[str, str] = {
+    "wal_level": "logical",  # pgoutput logical replication needs it
+    "max_replication_slots": "20",  # one slot per connector under test, and spares
+    "max_wal_senders": "20",
+    "listen_addresses": "127.0.0.1",  # loopback only: never reachable from outside
+    "logging_collector": "off",  # log to stderr, which goes to postgres.log
+    "log_line_prefix": "%m [%p] %q%u@%d ",
+}
+
+
+@dataclass(slots=True)
+class PostgresServer:
+    """A running throwaway PostgreSQL server. Mutable: ``restart()`` swaps the process."""
+
+    host: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    settings: Mapping[str, str]
+    bin_dir: Path
+    os_user: str | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
+        """Return a libpq URL for ``dbname`` as ``user`` (trust auth: no password)."""
+        return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname)}"
+
+    @property
+    def running(self) -> bool:
+        """Whether the postmaster process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT), as ``pg_ctl stop -m fast``; SIGKILL after a timeout.
+
+        Calling it on a stopped server does nothing.
+        """
+        if self._process is not None:
+            stop_process_group(self._process, signal.SIGINT, STOP_TIMEOUT)
+            self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend at once, like a power cut for the WAL.
+
+        Committed transactions survive (fsync is on); ``restart()`` runs crash recovery.
+        """
+        if self._process is not None:
+            stop_process_group(self._process, signal.SIGKILL, STOP_TIMEOUT)
+            self._process = None
+
+    def restart(self) -> None:
+        """Start the server again on the same data folder and port; stop it first if up."""
+        self.stop()
+        self._process = _spawn(self)
+        _wait_ready(self)
+
+    def __enter__(self) -> PostgresServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_postgres(
+    base_dir: Path, *, port: int | None = None, settings: Mapping[str, str] | None = None
+) -> PostgresServer:
+    """Create (if needed) and start a PostgreSQL cluster under ``base_dir``.
+
+    ``base_dir/pgdata`` holds the cluster, ``base_dir/postgres.log`` the server log and
+    ``base_dir/socket`` the unix socket. A folder that already holds a cluster is reused
+    without ``initdb``, so a test can start again where a killed server left off.
+
+    Args:
+        base_dir: a folder of our own; created if missing.
+        port: TCP port on 127.0.0.1; a free one when None.
+        settings: extra ``postgresql.conf`` settings, over ``DEFAULT_SETTINGS``.
+
+    Returns:
+        The running server; it accepts connections.
+
+    Raises:
+        ServiceError: no PostgreSQL binaries, initdb failed, or the server did not start.
+    """
+    bin_dir = find_postgres_bin_dir()
+    base_dir = base_dir.resolve()
+    base_dir.mkdir(parents=True, exist_ok=True)
+    os_user = POSTGRES_OS_USER if os.geteuid() == 0 else None
+    data_dir = base_dir / "pgdata"
+    socket_dir = base_dir / "socket"
+    socket_dir.mkdir(exist_ok=True)
+    merged = {
+        **DEFAULT_SETTINGS,
+        # Empty disables unix sockets when the path would not fit in sun_path.
+        "unix_socket_directories": str(socket_dir)
+        if len(str(socket_dir)) <= MAX_SOCKET_DIR_LEN
+        else "",
+        **(settings or {}),
+    }
+    if os_user is not None:
+        _hand_over(base_dir, os_user)
+    if not (data_dir / "PG_VERSION").exists():
+        _initdb(bin_dir, data_dir, base_dir / "initdb.log", os_user)
+    server = PostgresServer(
+        host="127.0.0.1",
+        port=port if port is not None else free_port(),
+        data_dir=data_dir,
+        log_path=base_dir / "postgres.log",
+        settings=merged,
+        bin_dir=bin_dir,
+        os_user=os_user,
+    )
+    server._process = _spawn(server)
+    # A test run that dies before its fixtures finish must not leave a postmaster behind.
+    atexit.register(server.stop)
+    try:
+        _wait_ready(server)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def find_postgres_bin_dir() -> Path:
+    """Return the folder holding ``initdb`` and ``postgres``: from PATH, else Debian's.
+
+    Debian's ``postgresql`` package keeps them in ``/usr/lib/postgresql/<major>/bin``,
+    off PATH; the newest major version wins.
+    """
+    on_path = shutil.which("initdb")
+    if on_path is not None:
+        bin_dir = Path(on_path).resolve().parent
+        if (bin_dir / "postgres").exists():
+            return bin_dir
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    for initdb in reversed(candidates):
+        if (initdb.parent / "postgres").exists():
+            return initdb.parent
+    raise ServiceError(
+        "PostgreSQL server binaries (initdb, postgres) not found on PATH or under "
+        "/usr/lib/postgresql/*/bin: run scripts/bootstrap, or apt-get install postgresql"
+    )
+
+
+def _hand_over(base_dir: Path, os_user: str) -> None:
+    """Let ``os_user`` reach and own ``base_dir``, since PostgreSQL will not run as root.
+
+    Folders above it (pytest's ``/tmp/pytest-of-root`` is 0700) get the search bit for
+    others, only where it is missing: enough to reach the folder, not to list its parents.
+    """
+    for parent in reversed(base_dir.parents):
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+    for root, dirs, files in os.walk(base_dir):
+        shutil.chown(root, os_user, os_user)
+        for name in dirs + files:
+            shutil.chown(os.path.join(root, name), os_user, os_user)
+
+
+def _initdb(bin_dir: Path, data_dir: Path, log_path: Path, os_user: str | None) -> None:
+    command = [
+        str(bin_dir / "initdb"),
+        "-D",
+        str(data_dir),
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "-E",
+        "UTF8",
+        "--locale=C",
+        # Skips initdb's own final flush of the fresh cluster (seconds on a slow disk). The
+        # running server keeps fsync on, which is what the crash tests rely on.
+        "--no-sync",
+    ]
+    with log_path.open("ab") as log:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=data_dir.parent,
+            check=False,
+            # Dropping root in the child (setgroups/setgid/setuid before exec) rather than
+            # through runuser: the process we hold is then the server itself.
+            user=os_user,
+            group=os_user,
+            extra_groups=None if os_user is None else [],
+        )
+    if result.returncode != 0:
+        raise ServiceError(
+            f"initdb failed with exit code {result.returncode}; {log_tail(log_path)}"
+        )
+
+
+def _spawn(server: PostgresServer) -> subprocess.Popen[bytes]:
+    command = [
+        str(server.bin_dir / "postgres"),
+        "-D",
+        str(server.data_dir),
+        "-p",
+        str(server.port),
+    ]
+    for name, value in server.settings.items():
+        command += ["-c", f"{name}={value}"]
+    with server.log_path.open("ab") as log:
+        # Our own session, so stop()/kill() can signal the postmaster and its backends as a
+        # group. The child keeps its own copy of the log descriptor.
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=server.data_dir.parent,
+            start_new_session=True,
+            user=server.os_user,
+            group=server.os_user,
+            extra_groups=None if server.os_user is None else [],
+        )
+
+
+def _wait_ready(server: PostgresServer) -> None:
+    """Return once the server accepts a connection; raise with its log tail otherwise."""
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        process = server._process
+        if process is None or process.poll() is not None:
+            code = None if process is None else process.returncode
+            raise ServiceError(
+                f"postgres exited with code {code} while starting on port {server.port}; "
+                f"{log_tail(server.log_path)}"
+            )
+        try:
+            with psycopg.connect(server.dsn(), connect_timeout=2, autocommit=True):
+                return
+        except psycopg.OperationalError as exc:
+            last_error = exc
+        time.sleep(0.1)
+    server.stop()
+    raise ServiceError(
+        f"postgres did not accept connections on port {server.port} within "
+        f"{START_TIMEOUT:.0f}s (last error: {last_error}); {log_tail(server.log_path)}"
+    )

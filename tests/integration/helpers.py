@@ -1,0 +1,211 @@
+"""Helpers for integration tests: a database per test, config files, the daemon as a
+process, and a consumer that reads topics from the beginning."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def create_database(admin_dsn: str, name: str) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def drop_database(admin_dsn: str, name: str, slot: str | None = None) -> None:
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if slot is not None:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND NOT active",
+                (slot,),
+            )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def write_config(
+    directory: Path,
+    bootstrap_servers: str,
+    connectors: Iterable[dict[str, Any]],
+    *,
+    partitions: int = 3,
+) -> tuple[Path, Path]:
+    """Write config/cdc.yaml and connectors/*.yaml; returns both paths."""
+    config_dir = directory / "config"
+    connectors_dir = directory / "connectors"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    connectors_dir.mkdir(parents=True, exist_ok=True)
+    daemon = {
+        "kafka": {"bootstrap_servers": bootstrap_servers},
+        "topics": {"partitions": partitions, "replication_factor": 1},
+        "log": {"level": "info", "format": "json"},
+        "metrics": {"port": None},
+    }
+    config_path = config_dir / "cdc.yaml"
+    config_path.write_text(yaml.safe_dump(daemon))
+    for connector in connectors:
+        (connectors_dir / f"{connector['name']}.yaml").write_text(yaml.safe_dump(connector))
+    return config_path, connectors_dir
+
+
+@dataclass
+class Daemon:
+    """`cdc run` as a child process, its log in a file."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @classmethod
+    def start(cls, config: Path, connectors: Path, log_path: Path) -> Daemon:
+        log = log_path.open("ab")
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cdc",
+                "run",
+                "--config",
+                str(config),
+                "--connectors",
+                str(connectors),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        return cls(process, log_path)
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for raw in self.log_path.read_bytes().splitlines():
+            try:
+                lines.append(orjson.loads(raw))
+            except orjson.JSONDecodeError:
+                lines.append({"event": "raw", "text": raw.decode(errors="replace")})
+        return lines
+
+    def wait_for_log(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_lines():
+                if line.get("event") == event:
+                    return line
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(
+            f"no {event!r} log line within {timeout}s; log:\n{self.log_path.read_text()}"
+        )
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+
+    def stop_quietly(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any  # decoded JSON, or None for a tombstone
+    raw_value: bytes | None
+
+
+def consume(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    until: Callable[[list[Message]], bool],
+    timeout: float = 60.0,
+) -> list[Message]:
+    """Read ``topic`` from the beginning until ``until(messages)`` holds or time runs out."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": unique_name("test"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = metadata.topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if until(messages):
+                return messages
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error():
+                    raise AssertionError(f"consumer error: {msg.error()}")
+                raw_key, raw_value = msg.key(), msg.value()
+                topic_name, partition, offset = msg.topic(), msg.partition(), msg.offset()
+                assert topic_name is not None
+                assert partition is not None
+                assert offset is not None
+                messages.append(
+                    Message(
+                        topic=topic_name,
+                        partition=partition,
+                        offset=offset,
+                        key=orjson.loads(raw_key) if raw_key is not None else None,
+                        value=orjson.loads(raw_value) if raw_value is not None else None,
+                        raw_value=raw_value,
+                    )
+                )
+        if until(messages):
+            return messages
+        raise AssertionError(f"topic {topic}: condition not met in {timeout}s; got {len(messages)}")
+    finally:
+        consumer.close()
+
+
+def at_least(n: int) -> Callable[[list[Message]], bool]:
+    return lambda messages: len(messages) >= n
+
+
+def slot_confirmed_lsn(dsn: str, slot: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
+            " WHERE slot_name = %s",
+            (slot,),
+        ).fetchone()
+    assert row is not None, f"slot {slot} missing"
+    return int(row[0])
+
+
+def current_wal_lsn(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    assert row is not None
+    return int(row[0])

@@ -1,0 +1,390 @@
+"""The daemon's main job on a real PostgreSQL and a real Kafka: changes in, both topics out."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from tests.integration.helpers import (
+    Daemon,
+    Message,
+    at_least,
+    consume,
+    create_database,
+    current_wal_lsn,
+    drop_database,
+    slot_confirmed_lsn,
+    unique_name,
+    write_config,
+)
+
+SCHEMA = """
+CREATE TABLE customers (
+    id bigint PRIMARY KEY, name text NOT NULL, email text,
+    balance numeric(12,2), updated_at timestamptz
+);
+CREATE TABLE orders (
+    id bigint PRIMARY KEY, customer_id bigint, amount numeric(10,2), status text, meta jsonb
+);
+CREATE TABLE audit_log (at timestamptz, message text);
+"""
+
+
+@dataclass
+class Env:
+    """One test's database, connector and daemon files."""
+
+    name: str
+    dsn: str
+    admin_dsn: str
+    slot: str
+    bootstrap: str
+    config: Path
+    connectors: Path
+    log_path: Path
+    daemons: list[Daemon]
+
+    def sql(self, *statements: str | tuple[str, tuple[Any, ...]]) -> None:
+        with psycopg.connect(self.dsn, autocommit=False) as conn:
+            for statement in statements:
+                if isinstance(statement, tuple):
+                    conn.execute(statement[0], statement[1])
+                else:
+                    conn.execute(statement)
+            conn.commit()
+
+    def rows(self, query: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(query).fetchall()
+
+    def start(self) -> Daemon:
+        daemon = Daemon.start(self.config, self.connectors, self.log_path)
+        self.daemons.append(daemon)
+        daemon.wait_for_log("streaming_started")
+        return daemon
+
+    def topic(self, table: str, *, compacted: bool = False) -> str:
+        return f"{self.name}.public.{table}" + (".latest" if compacted else "")
+
+
+@pytest.fixture
+def env(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[Env]:
+    name = unique_name("it")
+    admin_dsn = postgres_server.dsn()
+    create_database(admin_dsn, name)
+    dsn = postgres_server.dsn(dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    connector = {
+        "name": name,
+        "postgres": {"dsn": dsn},
+        "slot": name,
+        "publication": name,
+        "tables": ["public.customers", "public.orders"],
+        "status_interval_seconds": 1,
+    }
+    config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
+    environment = Env(
+        name,
+        dsn,
+        admin_dsn,
+        name,
+        kafka_server.bootstrap_servers,
+        config,
+        connectors,
+        tmp_path / "daemon.log",
+        [],
+    )
+    yield environment
+    for daemon in environment.daemons:
+        daemon.stop_quietly()
+    drop_database(admin_dsn, name, slot=name)
+
+
+WORKLOAD = [
+    [
+        "INSERT INTO customers VALUES"
+        " (1, 'Ada', 'ada@example.com', 10.50, '2026-01-02 03:04:05.123456+00')",
+        "INSERT INTO customers VALUES (2, 'Brian', NULL, 0, NULL)",
+        "INSERT INTO customers VALUES (3, 'Cleo', 'c@example.com', -1.25, now())",
+    ],
+    [
+        f"INSERT INTO orders VALUES ({i}, {1 + i % 3}, {i}.99, 'new', '{{\"n\": {i}}}')"
+        for i in range(1, 6)
+    ],
+    [
+        "UPDATE customers SET name = 'Ada L.' WHERE id = 1",
+        "UPDATE orders SET status = 'paid' WHERE id = 2",
+        "UPDATE orders SET status = 'shipped' WHERE id = 2",
+    ],
+    ["DELETE FROM orders WHERE id = 3", "DELETE FROM customers WHERE id = 3"],
+    ["UPDATE customers SET id = 20 WHERE id = 2"],
+    [
+        "INSERT INTO orders VALUES (6, 1, 1.00, 'new', NULL)",
+        "UPDATE orders SET amount = 2.00 WHERE id = 6",
+        "DELETE FROM orders WHERE id = 6",
+    ],
+]
+# Retention events per table: insert 3 + update 1 + delete 1 + key change (d + c) = 7
+CUSTOMER_EVENTS = 7
+ORDER_EVENTS = 5 + 2 + 1 + 3
+
+
+def _run_workload(env: Env) -> None:
+    for transaction in WORKLOAD:
+        env.sql(*transaction)
+
+
+def _by_key(messages: list[Message]) -> dict[str, list[Message]]:
+    grouped: dict[str, list[Message]] = {}
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        grouped.setdefault(repr(message.key), []).append(message)
+    return grouped
+
+
+def _latest(messages: list[Message]) -> dict[Any, Any]:
+    state: dict[Any, Any] = {}
+    for message in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        state[message.key["id"]] = message.value
+    return {k: v for k, v in state.items() if v is not None}
+
+
+def test_changes_reach_the_retention_topic_in_commit_order_per_key(env: Env) -> None:
+    env.start()
+    _run_workload(env)
+    customers = consume(env.bootstrap, env.topic("customers"), until=at_least(CUSTOMER_EVENTS))
+    orders = consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS))
+    assert len(customers) == CUSTOMER_EVENTS
+    assert len(orders) == ORDER_EVENTS
+
+    ops = {key: [m.value["op"] for m in msgs] for key, msgs in _by_key(customers).items()}
+    assert ops == {
+        repr({"id": 1}): ["c", "u"],
+        repr({"id": 2}): ["c", "d"],
+        repr({"id": 3}): ["c", "d"],
+        repr({"id": 20}): ["c"],
+    }
+    order_ops = {key: [m.value["op"] for m in msgs] for key, msgs in _by_key(orders).items()}
+    assert order_ops[repr({"id": 2})] == ["c", "u", "u"]
+    assert order_ops[repr({"id": 6})] == ["c", "u", "d"]
+    statuses = [m.value["after"]["status"] for m in _by_key(orders)[repr({"id": 2})]]
+    assert statuses == ["new", "paid", "shipped"]
+
+
+def test_events_carry_debezium_envelope_fields(env: Env) -> None:
+    env.start()
+    _run_workload(env)
+    customers = consume(env.bootstrap, env.topic("customers"), until=at_least(CUSTOMER_EVENTS))
+    first = next(m for m in customers if m.key == {"id": 1} and m.value["op"] == "c").value
+    assert first["before"] is None
+    assert first["after"] == {
+        "id": 1,
+        "name": "Ada",
+        "email": "ada@example.com",
+        "balance": "10.50",
+        "updated_at": "2026-01-02T03:04:05.123456Z",
+    }
+    source = first["source"]
+    assert source["connector"] == "postgresql"
+    assert source["name"] == env.name
+    assert source["db"] == env.name
+    assert (source["schema"], source["table"]) == ("public", "customers")
+    assert source["snapshot"] == "false"
+    assert isinstance(source["txId"], int)
+    assert isinstance(source["lsn"], int)
+    assert source["ts_ms"] <= first["ts_ms"]
+    lsns = [
+        m.value["source"]["lsn"]
+        for m in sorted(customers, key=lambda m: m.offset)
+        if m.partition == customers[0].partition
+    ]
+    assert lsns == sorted(lsns)
+
+
+def test_compacted_topic_holds_latest_rows_and_tombstones(env: Env) -> None:
+    env.start()
+    _run_workload(env)
+    latest = consume(
+        env.bootstrap, env.topic("customers", compacted=True), until=at_least(CUSTOMER_EVENTS)
+    )
+    tombstones = [m for m in latest if m.raw_value is None]
+    assert sorted(m.key["id"] for m in tombstones) == [2, 3]
+    table = {row[0]: row[1] for row in env.rows("SELECT id, name FROM customers")}
+    assert {k: v["name"] for k, v in _latest(latest).items()} == table
+
+    orders = consume(
+        env.bootstrap, env.topic("orders", compacted=True), until=at_least(ORDER_EVENTS)
+    )
+    state = _latest(orders)
+    assert sorted(state) == [r[0] for r in env.rows("SELECT id FROM orders ORDER BY id")]
+    assert state[2] == {
+        "id": 2,
+        "customer_id": 3,
+        "amount": "2.99",
+        "status": "shipped",
+        "meta": '{"n": 2}',
+    }
+
+
+def test_topics_are_created_with_their_cleanup_policies(env: Env) -> None:
+    env.start()
+    admin = AdminClient({"bootstrap.servers": env.bootstrap})
+    resources = [
+        ConfigResource(ConfigResource.Type.TOPIC, env.topic("orders")),
+        ConfigResource(ConfigResource.Type.TOPIC, env.topic("orders", compacted=True)),
+    ]
+    configs = {r.name: f.result() for r, f in admin.describe_configs(resources).items()}
+    retention = configs[env.topic("orders")]
+    compacted = configs[env.topic("orders", compacted=True)]
+    assert retention["cleanup.policy"].value == "delete"
+    assert retention["retention.ms"].value == "-1"
+    assert compacted["cleanup.policy"].value == "compact"
+    metadata = admin.list_topics(timeout=10)
+    assert len(metadata.topics[env.topic("orders")].partitions) == 3
+
+
+def test_existing_topic_with_wrong_cleanup_policy_stops_the_connector(env: Env) -> None:
+    admin = AdminClient({"bootstrap.servers": env.bootstrap})
+    topic = env.topic("customers")
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                topic, num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}
+            )
+        ]
+    )
+    futures[topic].result()
+    daemon = Daemon.start(env.config, env.connectors, env.log_path)
+    env.daemons.append(daemon)
+    assert daemon.process.wait(60) == 1
+    failed = daemon.wait_for_log("connector_failed")
+    assert topic in failed["error"]
+    assert "cleanup.policy=delete" in failed["error"]
+
+
+def test_sigterm_flushes_confirms_and_restarts_without_duplicates(env: Env) -> None:
+    daemon = env.start()
+    _run_workload(env)
+    consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS))
+    end_of_workload = current_wal_lsn(env.dsn)
+    assert daemon.terminate() == 0
+    assert slot_confirmed_lsn(env.admin_dsn, env.slot) >= end_of_workload - 1024
+    env.sql("INSERT INTO orders VALUES (7, 1, 7.00, 'new', NULL)")
+    env.start()
+    orders = consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS + 1))
+    time.sleep(2)  # anything duplicated would arrive within this window
+    orders = consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS + 1))
+    assert len(orders) == ORDER_EVENTS + 1
+    assert orders
+    assert max(m.key["id"] for m in orders) == 7
+
+
+def test_sigkill_at_any_moment_loses_no_committed_change(env: Env) -> None:
+    """Kill -9 twice while a workload commits; after a restart every row is in Kafka."""
+    stop = threading.Event()
+    committed: list[int] = []
+
+    def workload() -> None:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            next_id = 1000
+            while not stop.is_set():
+                with conn.transaction():
+                    for _ in range(20):
+                        conn.execute(
+                            "INSERT INTO orders VALUES (%s, 1, 1.00, 'new', NULL)", (next_id,)
+                        )
+                        next_id += 1
+                committed.extend(range(next_id - 20, next_id))
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=workload)
+    daemon = env.start()
+    writer.start()
+    try:
+        for _ in range(2):
+            time.sleep(1.5)
+            daemon.kill()
+            time.sleep(0.5)
+            daemon = env.start()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        writer.join()
+    assert len(committed) > 100
+    seen = consume(
+        env.bootstrap,
+        env.topic("orders"),
+        until=lambda msgs: {m.key["id"] for m in msgs} >= set(committed),
+        timeout=120,
+    )
+    assert {m.key["id"] for m in seen} >= set(committed)
+    latest = consume(
+        env.bootstrap,
+        env.topic("orders", compacted=True),
+        until=lambda msgs: {m.key["id"] for m in msgs} >= set(committed),
+        timeout=60,
+    )
+    assert set(_latest(latest)) == {r[0] for r in env.rows("SELECT id FROM orders")}
+
+
+def test_table_without_key_streams_with_null_keys_to_retention_only(env: Env) -> None:
+    env.sql(
+        "CREATE TABLE events_nokey (at timestamptz, message text)",
+        f"CREATE PUBLICATION {env.name} FOR TABLE customers, orders, events_nokey",
+    )
+    daemon = env.start()
+    warning = daemon.wait_for_log("table_without_key")
+    assert warning["table"] == "public.events_nokey"
+    env.sql("INSERT INTO events_nokey VALUES (now(), 'hello'), (now(), 'world')")
+    messages = consume(env.bootstrap, env.topic("events_nokey"), until=at_least(2))
+    assert [m.key for m in messages] == [None, None]
+    assert sorted(m.value["after"]["message"] for m in messages) == ["hello", "world"]
+    admin = AdminClient({"bootstrap.servers": env.bootstrap})
+    assert env.topic("events_nokey", compacted=True) not in admin.list_topics(timeout=10).topics
+
+
+def test_idle_slot_advances_while_other_tables_are_busy(env: Env) -> None:
+    """WAL written by unpublished tables does not pile up behind the slot."""
+    env.start()
+    env.sql("INSERT INTO customers VALUES (1, 'Ada', NULL, 1, now())")
+    consume(env.bootstrap, env.topic("customers"), until=at_least(1))
+    for _ in range(5):
+        env.sql(
+            "INSERT INTO audit_log SELECT now(), repeat('x', 1000) FROM generate_series(1, 200)"
+        )
+    target = current_wal_lsn(env.dsn)
+    deadline = time.monotonic() + 30
+    while slot_confirmed_lsn(env.admin_dsn, env.slot) < target and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert slot_confirmed_lsn(env.admin_dsn, env.slot) >= target
+
+
+def test_unreachable_kafka_is_a_retried_error_not_a_crash(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    name = unique_name("it")
+    admin_dsn = postgres_server.dsn()
+    create_database(admin_dsn, name)
+    try:
+        with psycopg.connect(postgres_server.dsn(dbname=name), autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        connector = {"name": name, "postgres": {"dsn": postgres_server.dsn(dbname=name)}}
+        config, connectors = write_config(tmp_path, "127.0.0.1:1", [connector])
+        daemon = Daemon.start(config, connectors, tmp_path / "d.log")
+        try:
+            line = daemon.wait_for_log("connector_restarting", timeout=90)
+            assert "cannot reach Kafka at 127.0.0.1:1" in line["error"]
+            assert "kafka.bootstrap_servers" in line["error"]
+            assert daemon.terminate() == 0
+        finally:
+            daemon.stop_quietly()
+    finally:
+        drop_database(admin_dsn, name, slot=f"cdc_{name}")

@@ -1,0 +1,469 @@
+"""Debezium-compatible envelope and compacted records (cdc.envelope)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cdc import __version__
+from cdc.envelope import EnvelopeEncoder, Record, TxContext
+from cdc.errors import ConversionError
+from cdc.protocol.messages import (
+    UNCHANGED_TOAST,
+    Column,
+    Delete,
+    Insert,
+    Relation,
+    ReplicaIdentity,
+    Truncate,
+    Update,
+)
+from cdc.protocol.values import UNAVAILABLE_VALUE_PLACEHOLDER, ValueOptions
+
+SAMPLE = Path("/work/shared/debezium-sample-event.json")
+
+TX = TxContext(
+    xid=12933, commit_lsn=3748886600, commit_ts_us=1795777711720845, last_commit_lsn=None
+)
+LSN = 3748886512
+NOW_US = 1795777711936065
+
+
+def relation(
+    identity: ReplicaIdentity = ReplicaIdentity.DEFAULT,
+    *,
+    oid: int = 16384,
+    name: str = "items",
+    key_flags: Sequence[int] = (1, 0, 0),
+) -> Relation:
+    return Relation(
+        xid=None,
+        oid=oid,
+        namespace="public",
+        name=name,
+        replica_identity=identity,
+        columns=(
+            Column(key_flags[0], "id", 20, -1),
+            Column(key_flags[1], "note", 25, -1),
+            Column(key_flags[2], "amount", 1700, ((12 << 16) | 2) + 4),
+        ),
+    )
+
+
+ITEMS = relation()
+ITEMS_FULL = relation(ReplicaIdentity.FULL, key_flags=(1, 1, 1))
+NO_KEY = relation(ReplicaIdentity.NOTHING, oid=16390, name="log", key_flags=(0, 0, 0))
+
+
+def encoder(**kwargs: Any) -> EnvelopeEncoder:
+    return EnvelopeEncoder(
+        connector="shop",
+        database="postgres",
+        retention_topic=lambda schema, table: f"shop.{schema}.{table}",
+        compacted_topic=lambda schema, table: f"shop.{schema}.{table}.latest",
+        options=ValueOptions(),
+        **kwargs,
+    )
+
+
+def source(table: str = "items", lsn: int = LSN, sequence: str | None = None) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "connector": "postgresql",
+        "name": "shop",
+        "ts_ms": 1795777711720,
+        "snapshot": "false",
+        "db": "postgres",
+        "sequence": sequence or f'[null,"{lsn}"]',
+        "ts_us": 1795777711720845,
+        "ts_ns": 1795777711720845000,
+        "schema": "public",
+        "table": table,
+        "txId": 12933,
+        "lsn": lsn,
+        "xmin": None,
+        "origin": None,
+        "origin_lsn": None,
+    }
+
+
+def event(
+    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, table: str = "items"
+) -> dict[str, Any]:
+    return {
+        "before": before,
+        "after": after,
+        "source": source(table),
+        "transaction": None,
+        "op": op,
+        "ts_ms": 1795777711936,
+        "ts_us": NOW_US,
+        "ts_ns": NOW_US * 1000,
+    }
+
+
+def decoded(records: list[Record]) -> list[tuple[str, Any, Any]]:
+    """Records as (topic, key, value) with JSON parsed, for readable comparisons."""
+    return [
+        (
+            r.topic,
+            None if r.key is None else orjson.loads(r.key),
+            None if r.value is None else orjson.loads(r.value),
+        )
+        for r in records
+    ]
+
+
+ROW = {"id": 1, "note": "zürich ☃", "amount": "-0.00"}
+ROW2 = {"id": 1, "note": "new", "amount": "12.50"}
+
+
+# --- insert --------------------------------------------------------------------------
+
+
+def test_insert_exact_bytes() -> None:
+    records = encoder().encode(
+        Insert(xid=None, relation=ITEMS, new=("1", "zürich ☃", "-0.00")), TX, LSN, NOW_US
+    )
+    assert records == [
+        Record(
+            "shop.public.items",
+            b'{"id":1}',
+            b'{"before":null,"after":{"id":1,"note":"z\xc3\xbcrich \xe2\x98\x83","amount":"-0.00"},'
+            b'"source":{"version":"' + __version__.encode() + b'","connector":"postgresql",'
+            b'"name":"shop","ts_ms":1795777711720,"snapshot":"false","db":"postgres",'
+            b'"sequence":"[null,\\"3748886512\\"]","ts_us":1795777711720845,'
+            b'"ts_ns":1795777711720845000,"schema":"public","table":"items","txId":12933,'
+            b'"lsn":3748886512,"xmin":null,"origin":null,"origin_lsn":null},'
+            b'"transaction":null,"op":"c","ts_ms":1795777711936,"ts_us":1795777711936065,'
+            b'"ts_ns":1795777711936065000}',
+        ),
+        Record(
+            "shop.public.items.latest",
+            b'{"id":1}',
+            b'{"id":1,"note":"z\xc3\xbcrich \xe2\x98\x83","amount":"-0.00"}',
+        ),
+    ]
+
+
+def test_event_has_the_keys_of_the_debezium_sample_in_its_order() -> None:
+    sample = json.loads(SAMPLE.read_text())["value"]["payload"]
+    [retention, _] = encoder().encode(
+        Insert(xid=None, relation=ITEMS, new=("1", "x", "1.00")), TX, LSN, NOW_US
+    )
+    assert retention.value is not None
+    ours = orjson.loads(retention.value)
+    assert (list(ours), list(ours["source"])) == (list(sample), list(sample["source"]))
+    assert {k: type(v) for k, v in ours["source"].items()} == {
+        k: type(v) for k, v in sample["source"].items()
+    }
+
+
+def test_sequence_carries_the_last_commit_lsn() -> None:
+    tx = TxContext(xid=1, commit_lsn=200, commit_ts_us=0, last_commit_lsn=100)
+    [retention, _] = encoder().encode(
+        Insert(xid=None, relation=ITEMS, new=("1", "x", "1.00")), tx, 150, NOW_US
+    )
+    assert retention.value is not None
+    assert orjson.loads(retention.value)["source"]["sequence"] == '["100","150"]'
+
+
+# --- update --------------------------------------------------------------------------
+
+
+def test_update_without_old_tuple_has_null_before() -> None:
+    records = encoder().encode(
+        Update(xid=None, relation=ITEMS, old_kind=None, old=None, new=("1", "new", "12.50")),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("u", None, ROW2)),
+        ("shop.public.items.latest", {"id": 1}, ROW2),
+    ]
+
+
+def test_update_with_full_identity_has_the_old_row_as_before() -> None:
+    records = encoder(key_columns=lambda _r: ["id"]).encode(
+        Update(
+            xid=None,
+            relation=ITEMS_FULL,
+            old_kind="O",
+            old=("1", "zürich ☃", "-0.00"),
+            new=("1", "new", "12.50"),
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("u", ROW, ROW2)),
+        ("shop.public.items.latest", {"id": 1}, ROW2),
+    ]
+
+
+def test_update_changing_the_key_is_a_delete_then_a_create() -> None:
+    records = encoder().encode(
+        Update(
+            xid=None, relation=ITEMS, old_kind="K", old=("1", None, None), new=("2", "new", "1.00")
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    new_row = {"id": 2, "note": "new", "amount": "1.00"}
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("d", {"id": 1, "note": None, "amount": None}, None)),
+        ("shop.public.items.latest", {"id": 1}, None),
+        ("shop.public.items", {"id": 2}, event("c", None, new_row)),
+        ("shop.public.items.latest", {"id": 2}, new_row),
+    ]
+    assert records[1].value is None
+
+
+def test_update_changing_the_key_under_full_identity_is_a_delete_then_a_create() -> None:
+    records = encoder(key_columns=lambda _r: ["id"]).encode(
+        Update(
+            xid=None,
+            relation=ITEMS_FULL,
+            old_kind="O",
+            old=("1", "zürich ☃", "-0.00"),
+            new=("2", "zürich ☃", "-0.00"),
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert [(r.topic, r.key, r.value is None) for r in records] == [
+        ("shop.public.items", b'{"id":1}', False),
+        ("shop.public.items.latest", b'{"id":1}', True),
+        ("shop.public.items", b'{"id":2}', False),
+        ("shop.public.items.latest", b'{"id":2}', False),
+    ]
+    assert [orjson.loads(r.value)["op"] for r in records[::2] if r.value] == ["d", "c"]
+
+
+def test_update_with_unchanged_key_sent_as_old_key_is_an_update() -> None:
+    """PostgreSQL also sends the old key when it holds external TOAST values."""
+    records = encoder().encode(
+        Update(
+            xid=None, relation=ITEMS, old_kind="K", old=("1", None, None), new=("1", "new", "12.50")
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("u", {"id": 1, "note": None, "amount": None}, ROW2)),
+        ("shop.public.items.latest", {"id": 1}, ROW2),
+    ]
+
+
+def test_unchanged_toast_becomes_the_debezium_placeholder() -> None:
+    records = encoder().encode(
+        Update(
+            xid=None, relation=ITEMS, old_kind=None, old=None, new=("1", UNCHANGED_TOAST, "1.00")
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    after = {"id": 1, "note": UNAVAILABLE_VALUE_PLACEHOLDER, "amount": "1.00"}
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("u", None, after)),
+        ("shop.public.items.latest", {"id": 1}, after),
+    ]
+    assert b'"note":"__debezium_unavailable_value"' in (records[0].value or b"")
+
+
+def test_unchanged_toast_key_without_old_key_is_refused() -> None:
+    rel = relation(key_flags=(0, 1, 0))
+    with pytest.raises(ConversionError, match="TOASTed key") as caught:
+        encoder().encode(
+            Update(
+                xid=None, relation=rel, old_kind=None, old=None, new=("1", UNCHANGED_TOAST, "1")
+            ),
+            TX,
+            LSN,
+            NOW_US,
+        )
+    assert (caught.value.column, caught.value.lsn) == ("note", LSN)
+
+
+def test_unchanged_toast_is_filled_from_the_old_row_when_sent() -> None:
+    records = encoder(key_columns=lambda _r: ["id"]).encode(
+        Update(
+            xid=None,
+            relation=ITEMS_FULL,
+            old_kind="O",
+            old=("1", "long text", "1.00"),
+            new=("1", UNCHANGED_TOAST, "2.00"),
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert decoded(records)[1] == (
+        "shop.public.items.latest",
+        {"id": 1},
+        {"id": 1, "note": "long text", "amount": "2.00"},
+    )
+
+
+# --- delete --------------------------------------------------------------------------
+
+
+def test_delete_by_key_has_key_columns_only_and_a_tombstone() -> None:
+    records = encoder().encode(
+        Delete(xid=None, relation=ITEMS, old_kind="K", old=("1", None, None)), TX, LSN, NOW_US
+    )
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("d", {"id": 1, "note": None, "amount": None}, None)),
+        ("shop.public.items.latest", {"id": 1}, None),
+    ]
+    assert records[1] == Record("shop.public.items.latest", b'{"id":1}', None)
+
+
+def test_delete_with_full_identity_has_the_whole_old_row() -> None:
+    records = encoder(key_columns=lambda _r: ["id"]).encode(
+        Delete(xid=None, relation=ITEMS_FULL, old_kind="O", old=("1", "zürich ☃", "-0.00")),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert decoded(records) == [
+        ("shop.public.items", {"id": 1}, event("d", ROW, None)),
+        ("shop.public.items.latest", {"id": 1}, None),
+    ]
+
+
+# --- truncate ------------------------------------------------------------------------
+
+
+def test_truncate_is_one_unkeyed_event_per_table_on_the_retention_topic() -> None:
+    records = encoder().encode(
+        Truncate(xid=None, options=0, relations=(ITEMS, NO_KEY)), TX, LSN, NOW_US
+    )
+    assert decoded(records) == [
+        ("shop.public.items", None, event("t", None, None)),
+        ("shop.public.log", None, event("t", None, None, table="log")),
+    ]
+
+
+# --- tables without a key ------------------------------------------------------------
+
+
+def test_table_without_key_has_null_keys_and_no_compacted_records() -> None:
+    enc = encoder()
+    insert = enc.encode(Insert(xid=None, relation=NO_KEY, new=("1", "x", "1.00")), TX, LSN, NOW_US)
+    update = enc.encode(
+        Update(xid=None, relation=NO_KEY, old_kind=None, old=None, new=("1", "y", "1.00")),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    assert [(r.topic, r.key) for r in insert + update] == [
+        ("shop.public.log", None),
+        ("shop.public.log", None),
+    ]
+    assert not enc.table(NO_KEY).has_key
+
+
+def test_table_without_key_full_identity_update_and_delete() -> None:
+    rel = relation(ReplicaIdentity.FULL, oid=16391, name="log", key_flags=(1, 1, 1))
+    enc = encoder(key_columns=lambda _r: [])
+    update = enc.encode(
+        Update(
+            xid=None, relation=rel, old_kind="O", old=("1", "x", "1.00"), new=("1", "y", "1.00")
+        ),
+        TX,
+        LSN,
+        NOW_US,
+    )
+    delete = enc.encode(
+        Delete(xid=None, relation=rel, old_kind="O", old=("1", "y", "1.00")), TX, LSN, NOW_US
+    )
+    assert [(r.topic, r.key, orjson.loads(r.value or b"")["op"]) for r in update + delete] == [
+        ("shop.public.log", None, "u"),
+        ("shop.public.log", None, "d"),
+    ]
+
+
+# --- keys ------------------------------------------------------------------------------
+
+
+def test_composite_key_follows_column_order() -> None:
+    rel = relation(key_flags=(1, 1, 0))
+    [retention, compacted] = encoder().encode(
+        Insert(xid=None, relation=rel, new=("1", "a", "1.00")), TX, LSN, NOW_US
+    )
+    assert (retention.key, compacted.key) == (b'{"id":1,"note":"a"}', b'{"id":1,"note":"a"}')
+
+
+def test_full_identity_without_key_lookup_keys_on_every_flagged_column() -> None:
+    """PostgreSQL flags every column of a REPLICA IDENTITY FULL table as identity."""
+    [retention, _] = encoder().encode(
+        Insert(xid=None, relation=ITEMS_FULL, new=("1", "a", "1.00")), TX, LSN, NOW_US
+    )
+    assert retention.key == b'{"id":1,"note":"a","amount":"1.00"}'
+
+
+def test_key_lookup_naming_an_unknown_column_is_refused() -> None:
+    with pytest.raises(ConversionError, match="no column nope"):
+        encoder(key_columns=lambda _r: ["nope"]).table(ITEMS)
+
+
+def test_old_key_tuple_without_the_configured_key_is_refused() -> None:
+    rel = relation(ReplicaIdentity.INDEX, key_flags=(0, 1, 0))
+    enc = encoder(key_columns=lambda _r: ["id"])
+    with pytest.raises(ConversionError, match="REPLICA IDENTITY") as caught:
+        enc.encode(Delete(xid=None, relation=rel, old_kind="K", old=(None, "a", None)), TX, LSN, 7)
+    assert (caught.value.table, caught.value.lsn) == ("public.items", LSN)
+
+
+# --- errors and caching --------------------------------------------------------------
+
+
+def test_conversion_error_names_table_column_type_and_lsn() -> None:
+    with pytest.raises(ConversionError) as caught:
+        encoder().encode(Insert(xid=None, relation=ITEMS, new=("x", "x", "1.00")), TX, LSN, 0)
+    error = caught.value
+    assert (error.table, error.column, error.type_name, error.lsn) == (
+        "public.items",
+        "id",
+        "bigint",
+        LSN,
+    )
+    assert str(LSN) in str(error)
+
+
+def test_table_encoder_is_cached_per_relation_object() -> None:
+    calls: list[tuple[str, str]] = []
+
+    def topic(schema: str, table: str) -> str:
+        calls.append((schema, table))
+        return f"{schema}.{table}"
+
+    enc = EnvelopeEncoder(
+        connector="c",
+        database="d",
+        retention_topic=topic,
+        compacted_topic=topic,
+        options=ValueOptions(),
+    )
+    first = enc.table(ITEMS)
+    assert enc.table(ITEMS) is first
+    replaced = enc.table(relation())
+    assert replaced is not first
+    assert (replaced.retention_topic, replaced.compacted_topic, replaced.has_key) == (
+        "public.items",
+        "public.items",
+        True,
+    )
+    assert calls == [("public", "items")] * 4
