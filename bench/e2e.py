@@ -23,11 +23,13 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ import yaml
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from cdc.testing import free_port
 from cdc.testing.kafka import start_kafka
 from cdc.testing.postgres import find_postgres_bin_dir, start_postgres
 
@@ -53,7 +56,7 @@ CREATE TABLE bench (
 
 INSERT = """
 INSERT INTO bench
-SELECT g, g % 1000, repeat(md5(g::text), 3) || 'abcd', (g % 100000) / 100.0, now(),
+SELECT g, g %% 1000, repeat(md5(g::text), 3) || 'abcd', (g %% 100000) / 100.0, now(),
        jsonb_build_object('k', g, 'ok', true, 'tag', 'bench')
 FROM generate_series(%s::bigint, %s::bigint) AS g
 """
@@ -75,6 +78,7 @@ class TopicCounter(threading.Thread):
         self.counts = dict.fromkeys(topics, 0)
         self.done_at: dict[str, float] = {}
         self.latencies_us: list[int] = []
+        self.produce_latencies_us: list[int] = []  # commit -> the daemon's produce() call
         self.collect_latency = False
         self.stop = threading.Event()
 
@@ -96,7 +100,7 @@ class TopicCounter(threading.Thread):
         consumer.assign(assignments)
         retention = self.topics[0]
         while not self.stop.is_set() and len(self.done_at) < len(self.topics):
-            batch = consumer.consume(num_messages=5000, timeout=0.2)
+            batch = consumer.consume(num_messages=1000, timeout=0.005)
             now = time.time()
             for msg in batch:
                 if msg.error():
@@ -108,6 +112,9 @@ class TopicCounter(threading.Thread):
                 if self.collect_latency and topic == retention and payload is not None:
                     value = orjson.loads(payload)
                     self.latencies_us.append(int(now * 1e6) - value["source"]["ts_us"])
+                    # librdkafka stamps CreateTime when the daemon calls produce()
+                    produced_ms = msg.timestamp()[1]
+                    self.produce_latencies_us.append(produced_ms * 1000 - value["source"]["ts_us"])
             for name, count in self.counts.items():
                 if count >= self.target and name not in self.done_at:
                     self.done_at[name] = now
@@ -125,7 +132,15 @@ def _ensure_topics(bootstrap: str, topics: list[str], timeout: float = 60) -> No
 
 
 class DaemonProcess:
-    def __init__(self, workdir: Path, bootstrap: str, dsn: str, name: str) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        bootstrap: str,
+        dsn: str,
+        name: str,
+        profile: Path | None = None,
+        metrics_port: int | None = None,
+    ) -> None:
         (workdir / "connectors").mkdir(parents=True, exist_ok=True)
         (workdir / "cdc.yaml").write_text(
             yaml.safe_dump(
@@ -133,7 +148,7 @@ class DaemonProcess:
                     "kafka": {"bootstrap_servers": bootstrap},
                     "topics": {"partitions": 6, "replication_factor": 1},
                     "log": {"level": "info", "format": "json"},
-                    "metrics": {"port": None},
+                    "metrics": {"port": metrics_port},
                 }
             )
         )
@@ -149,17 +164,19 @@ class DaemonProcess:
             )
         )
         self.log = (workdir / f"{name}.log").open("ab")
+        command = [
+            sys.executable, "-m", "cdc", "run",
+            "--config", str(workdir / "cdc.yaml"),
+            "--connectors", str(workdir / "connectors"),
+        ]  # fmt: skip
+        if profile is not None:  # py-spy (pip install py-spy) samples the daemon's stacks
+            command = [
+                "py-spy", "record", "--format", "raw", "--rate", "250",
+                "-o", str(profile), "--", *command,
+            ]  # fmt: skip
+        self.profiling = profile is not None
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cdc",
-                "run",
-                "--config",
-                str(workdir / "cdc.yaml"),
-                "--connectors",
-                str(workdir / "connectors"),
-            ],
+            command,
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
@@ -176,9 +193,38 @@ class DaemonProcess:
         return float("nan")
 
     def stop(self) -> None:
-        self.process.terminate()
+        if self.profiling:  # py-spy writes its profile on SIGINT and stops the daemon too
+            self.process.send_signal(signal.SIGINT)
+        else:
+            self.process.terminate()
         self.process.wait(60)
         self.log.close()
+
+
+def _histogram_quantiles(port: int, name: str, quantiles: tuple[float, ...]) -> list[float]:
+    """Quantiles (ms) of a Prometheus histogram, interpolated inside its buckets."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith(f"{name}_bucket{{"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((float(bound), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1]
+    results = []
+    for q in quantiles:
+        target = q * total
+        previous_bound, previous_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= target:
+                if bound == float("inf"):
+                    results.append(previous_bound * 1000)
+                else:
+                    share = (target - previous_count) / max(count - previous_count, 1e-9)
+                    results.append((previous_bound + share * (bound - previous_bound)) * 1000)
+                break
+            previous_bound, previous_count = bound, count
+    return results
 
 
 def _wal_lsn(conn: psycopg.Connection[Any]) -> str:
@@ -187,7 +233,7 @@ def _wal_lsn(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
-def run(rows: int, tx_rows: int, base: Path) -> dict[str, Any]:
+def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
     try:
@@ -241,7 +287,9 @@ def run(rows: int, tx_rows: int, base: Path) -> dict[str, Any]:
         result["raw_pg_recvlogical_events_per_s"] = round(rows / raw_s)
         topics = ["backlog.public.bench", "backlog.public.bench.latest"]
         counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
-        daemon = DaemonProcess(base / "backlog", kafka.bootstrap_servers, dsn, "backlog")
+        daemon = DaemonProcess(
+            base / "backlog", kafka.bootstrap_servers, dsn, "backlog", profile=profile
+        )
         _ensure_topics(kafka.bootstrap_servers, topics)
         started_wall = time.time()
         counter.start()
@@ -285,7 +333,10 @@ def run(rows: int, tx_rows: int, base: Path) -> dict[str, Any]:
         dsn = pg.dsn(dbname="latency")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(TABLE)
-        daemon = DaemonProcess(base / "latency", kafka.bootstrap_servers, dsn, "latency")
+        metrics_port = free_port()
+        daemon = DaemonProcess(
+            base / "latency", kafka.bootstrap_servers, dsn, "latency", metrics_port=metrics_port
+        )
         topics = ["latency.public.bench", "latency.public.bench.latest"]
         _ensure_topics(kafka.bootstrap_servers, topics)
         time.sleep(1.0)
@@ -310,6 +361,14 @@ def run(rows: int, tx_rows: int, base: Path) -> dict[str, Any]:
         result["latency_p50_ms"] = round(latencies[len(latencies) // 2] / 1000, 1)
         result["latency_p99_ms"] = round(latencies[int(len(latencies) * 0.99)] / 1000, 1)
         result["latency_max_ms"] = round(latencies[-1] / 1000, 1)
+        p50, p99 = _histogram_quantiles(metrics_port, "cdc_commit_to_ack_seconds", (0.5, 0.99))
+        result["latency_commit_to_ack_p50_ms"] = round(p50, 1)
+        result["latency_commit_to_ack_p99_ms"] = round(p99, 1)
+        produced = sorted(counter.produce_latencies_us)
+        result["latency_commit_to_produce_p50_ms"] = round(produced[len(produced) // 2] / 1000, 1)
+        result["latency_commit_to_produce_p99_ms"] = round(
+            produced[int(len(produced) * 0.99)] / 1000, 1
+        )
         daemon.stop()
         return result
     finally:
@@ -322,14 +381,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--tx-rows", type=int, default=1_000)
     parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
+    parser.add_argument(
+        "--profile", type=Path, help="write a py-spy profile of the backlog run to this file"
+    )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.tx_rows, args.keep)
+        result = run(args.rows, args.tx_rows, args.keep, args.profile)
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.tx_rows, Path(tmp))
+            result = run(args.rows, args.tx_rows, Path(tmp), args.profile)
     print(orjson.dumps(result).decode(), flush=True)
 
 

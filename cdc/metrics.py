@@ -6,10 +6,11 @@ periodic housekeeping, so no per-event call reaches prometheus-client.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "BACKPRESSURE_SECONDS",
+    "COMMIT_TO_ACK_SECONDS",
     "CONFIRMED_LSN",
     "CONNECTOR_RESTARTS",
     "CONNECTOR_UP",
@@ -49,3 +50,13 @@ CONNECTOR_UP = Gauge("cdc_connector_up", "1 while the connector streams", ["conn
 CONNECTOR_RESTARTS = Counter(
     "cdc_connector_restarts", "Restarts after a retryable error", ["connector"]
 )
+COMMIT_TO_ACK_SECONDS = Histogram(
+    "cdc_commit_to_ack_seconds",
+    "From a source transaction's commit to the moment Kafka has acknowledged all of its"
+    " records and those of every earlier transaction (so its LSN can be confirmed)",
+    ["connector"],
+    buckets=(
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+        0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ),
+)  # fmt: skip

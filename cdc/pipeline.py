@@ -52,6 +52,9 @@ HOUSEKEEPING_EVERY = 512
 CONFIRM_INTERVAL_S = 1.0
 # Wait on the socket at most this long when idle, so stop requests are seen quickly.
 IDLE_WAIT_S = 0.1
+# ... and at most this long while Kafka owes acks: acks are only seen in poll(), and the
+# commit-to-confirm latency should not wait for the next WAL message to arrive.
+ACK_WAIT_S = 0.002
 # Periodic structured summary (never a line per row).
 PROGRESS_LOG_INTERVAL_S = 60.0
 # On SIGTERM, wait this long for Kafka to acknowledge what was produced.
@@ -91,6 +94,7 @@ class ConnectorPipeline:
         self._source: ReplicationSource | None = None
         self._sink: KafkaSink | None = None
         self._labels = {"connector": connector.name}
+        self._latency = metrics.COMMIT_TO_ACK_SECONDS.labels(**self._labels)
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -250,7 +254,9 @@ class ConnectorPipeline:
             data = read()
             if data is None:
                 self._housekeeping()
-                source.wait(IDLE_WAIT_S)
+                # Records awaiting acks: wake soon to see them (confirm promptly);
+                # otherwise sleep until the server sends something.
+                source.wait(ACK_WAIT_S if len(sink) else IDLE_WAIT_S)
                 continue
             message = parse_copy_data(data)
             if isinstance(message, PrimaryKeepalive):
@@ -298,7 +304,7 @@ class ConnectorPipeline:
                         return
             elif kind is Begin:
                 begin = cast(Begin, msg)
-                tx = tracker.begin()
+                tx = tracker.begin(begin.commit_ts + _PG_EPOCH_US)
                 on_delivery = tx.on_delivery
                 tx_ctx = TxContext(
                     xid=begin.xid,
@@ -353,9 +359,10 @@ class ConnectorPipeline:
         while not ready():
             sink.poll(0.1)
             self._check_failures()
-            # Not reading means not seeing keepalives: speak first, so PostgreSQL does
-            # not end the connection after wal_sender_timeout.
-            self._send_status(force=False)
+            self._observe_latency()
+            # Not reading means not seeing keepalives: speak first, every second, so
+            # PostgreSQL does not end the connection after wal_sender_timeout.
+            self._send_status(force=False, heartbeat=True)
             if self._stop.is_set():
                 break
         waited = time.monotonic() - started
@@ -368,6 +375,7 @@ class ConnectorPipeline:
         assert sink is not None
         sink.poll(0)
         self._check_failures()
+        self._observe_latency()
         self._send_status(force=False)
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_LOG_INTERVAL_S:
@@ -382,6 +390,19 @@ class ConnectorPipeline:
             )
             self._last_progress = now
 
+    def _observe_latency(self) -> None:
+        """Commit -> confirmable latency of the transactions the last poll completed."""
+        tracker = self._tracker
+        tracker.confirmable()
+        completed = tracker.completed
+        if not completed:
+            return
+        now_us = time.time_ns() // 1000
+        histogram = self._latency
+        for commit_ts_us in completed:
+            histogram.observe(max(0, now_us - commit_ts_us) / 1e6)
+        completed.clear()
+
     def _check_failures(self) -> None:
         failures = self._tracker.failures
         if failures:
@@ -393,7 +414,10 @@ class ConnectorPipeline:
                 topic=first.topic,
             )
 
-    def _send_status(self, *, force: bool) -> None:
+    def _send_status(self, *, force: bool, heartbeat: bool = False) -> None:
+        """Tell the slot what is safe: at once when ``force``, else at most once a second
+        when the confirmed LSN moved (or, with ``heartbeat``, anyway), and at least every
+        ``status_interval_seconds``."""
         now = time.monotonic()
         confirmed = self._tracker.confirmable()
         elapsed = now - self._last_status
@@ -401,6 +425,7 @@ class ConnectorPipeline:
             return
         if (
             not force
+            and not heartbeat
             and confirmed == self._last_sent_confirmed
             and elapsed < self._cfg.status_interval_seconds
         ):
@@ -444,6 +469,7 @@ class ConnectorPipeline:
         assert sink is not None
         remaining = sink.flush(SHUTDOWN_FLUSH_S)
         self._check_failures()
+        self._observe_latency()
         self._send_status(force=True)
         self._log.info(
             "streaming_stopped",

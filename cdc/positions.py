@@ -37,12 +37,13 @@ class Transaction:
     call it directly: one bound method per transaction, no closure per record.
     """
 
-    __slots__ = ("_failures", "closed", "end_lsn", "pending")
+    __slots__ = ("_failures", "closed", "commit_ts_us", "end_lsn", "pending")
 
-    def __init__(self, failures: list[DeliveryFailure]) -> None:
+    def __init__(self, failures: list[DeliveryFailure], commit_ts_us: int) -> None:
         self.pending = 0
         self.end_lsn = 0
         self.closed = False
+        self.commit_ts_us = commit_ts_us
         self._failures = failures
 
     def on_delivery(self, err: Any, msg: Any) -> None:
@@ -55,13 +56,16 @@ class Transaction:
 class PositionTracker:
     """Tracks transactions in commit order and yields the highest confirmable LSN."""
 
-    __slots__ = ("_confirmed", "_open", "_txs", "failures")
+    __slots__ = ("_confirmed", "_open", "_txs", "completed", "failures")
 
     def __init__(self, start_lsn: int) -> None:
         self._confirmed = start_lsn
         self._txs: deque[Transaction] = deque()
         self._open: Transaction | None = None
         self.failures: list[DeliveryFailure] = []
+        # Commit timestamps of transactions that became confirmable, oldest first, for
+        # the commit-to-acknowledgement latency metric; the pipeline drains it.
+        self.completed: list[int] = []
 
     @property
     def confirmed(self) -> int:
@@ -79,9 +83,9 @@ class PositionTracker:
         self._advance()
         return not self._txs
 
-    def begin(self) -> Transaction:
+    def begin(self, commit_ts_us: int = 0) -> Transaction:
         """Start tracking the next transaction, in commit order (pgoutput sends them so)."""
-        tx = Transaction(self.failures)
+        tx = Transaction(self.failures, commit_ts_us)
         self._txs.append(tx)
         self._open = tx
         return tx
@@ -112,3 +116,4 @@ class PositionTracker:
                 return
             txs.popleft()
             self._confirmed = max(self._confirmed, tx.end_lsn)
+            self.completed.append(tx.commit_ts_us)

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from cdc.testing.kafka import start_kafka
 from tests.integration.helpers import (
     Daemon,
     Message,
@@ -387,4 +388,80 @@ def test_unreachable_kafka_is_a_retried_error_not_a_crash(
         finally:
             daemon.stop_quietly()
     finally:
+        drop_database(admin_dsn, name, slot=f"cdc_{name}")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _walsender_pids(dsn: str, application_name: str) -> list[int]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_replication WHERE application_name = %s",
+            (application_name,),
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.slow
+def test_kafka_outage_pauses_reading_keeps_the_slot_alive_and_loses_nothing(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    """Kafka down: bounded memory, the walsender is not timed out, all rows arrive after."""
+    name = unique_name("it")
+    admin_dsn = postgres_server.dsn()
+    create_database(admin_dsn, name)
+    dsn = postgres_server.dsn(dbname=name)
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        # A short timeout makes a silent client fail fast: the daemon must keep talking.
+        conn.execute(f"ALTER DATABASE {name} SET wal_sender_timeout = '3s'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    kafka = start_kafka(tmp_path / "kafka")
+    daemon: Daemon | None = None
+    try:
+        connector = {
+            "name": name,
+            "postgres": {"dsn": dsn},
+            "tables": ["public.orders"],
+            "max_in_flight_events": 500,
+        }
+        config, connectors = write_config(tmp_path, kafka.bootstrap_servers, [connector])
+        daemon = Daemon.start(config, connectors, tmp_path / "d.log")
+        daemon.wait_for_log("streaming_started")
+        topic = f"{name}.public.orders"
+        insert = "INSERT INTO orders SELECT g, 1, 1.00, 'new', NULL FROM generate_series(%s::bigint, %s::bigint) g"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(insert, (1, 100))
+        consume(kafka.bootstrap_servers, topic, until=at_least(100))
+        walsenders = _walsender_pids(dsn, f"cdc:{name}")
+        assert len(walsenders) == 1
+
+        kafka.kill()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for first in range(101, 20_101, 1000):
+                conn.execute(insert, (first, first + 999))
+        daemon.wait_for_log("kafka_backpressure_started", timeout=30)
+        time.sleep(8)  # well past wal_sender_timeout
+        assert _walsender_pids(dsn, f"cdc:{name}") == walsenders
+        assert _rss_mb(daemon.process.pid) < 250
+        assert not [e for e in daemon.log_lines() if e.get("event") == "connector_restarting"]
+
+        kafka.restart()
+        seen = consume(
+            kafka.bootstrap_servers,
+            topic,
+            until=lambda msgs: len({m.key["id"] for m in msgs}) >= 20_100,
+            timeout=120,
+        )
+        assert {m.key["id"] for m in seen} == set(range(1, 20_101))
+        assert daemon.terminate() == 0
+    finally:
+        if daemon is not None:
+            daemon.stop_quietly()
+        kafka.stop()
         drop_database(admin_dsn, name, slot=f"cdc_{name}")
