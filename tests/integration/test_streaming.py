@@ -434,7 +434,10 @@ def test_kafka_outage_pauses_reading_keeps_the_slot_alive_and_loses_nothing(
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
         daemon.wait_for_log("streaming_started")
         topic = f"{name}.public.orders"
-        insert = "INSERT INTO orders SELECT g, 1, 1.00, 'new', NULL FROM generate_series(%s::bigint, %s::bigint) g"
+        insert = (
+            "INSERT INTO orders SELECT g, 1, 1.00, 'new', NULL"
+            " FROM generate_series(%s::bigint, %s::bigint) g"
+        )
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(insert, (1, 100))
         consume(kafka.bootstrap_servers, topic, until=at_least(100))
