@@ -113,3 +113,8 @@ def test_confirmed_is_end_of_longest_fully_acked_prefix(sizes: list[int], rnd: o
             prefix += 1
         assert tracker.confirmable() == prefix * 10
     assert tracker.confirmable() == len(sizes) * 10
+
+
+def test_fresh_tracker_confirms_its_start() -> None:
+    assert PositionTracker(5).confirmable() == 5
+    assert PositionTracker(5).idle
