@@ -64,6 +64,15 @@ class ConnectorRunner(threading.Thread):
                 if not is_retryable(exc):
                     self._fail(exc)
                     return
+                if self._stop_event.is_set():
+                    # Stopping: nothing unacknowledged was confirmed, so a later start
+                    # sends it again. Say so rather than announce a restart.
+                    self._log.warning(
+                        "connector_stopped_with_error",
+                        error=str(exc),
+                        error_type=type(exc).__name__,
+                    )
+                    return
                 if time.monotonic() - started > BACKOFF_RESET_AFTER_S:
                     backoff = BACKOFF_INITIAL_S
                 metrics.CONNECTOR_RESTARTS.labels(connector=self._connector.name).inc()

@@ -89,6 +89,7 @@ class ConnectorPipeline:
         self._events = {"c": 0, "u": 0, "d": 0, "t": 0}
         self._events_published = dict.fromkeys(self._events, 0)
         self._transactions = 0
+        self._logical_messages = 0
         self._transactions_published = 0
         self._last_commit_ts_us = 0
         self._source: ReplicationSource | None = None
@@ -336,10 +337,11 @@ class ConnectorPipeline:
                             table=f"{relation.namespace}.{relation.name}",
                             detail="events get a null key and skip the compacted topic",
                         )
-            elif kind is Type or kind is Origin or kind is LogicalMessage:
-                # Types are cached by the decoder; origins and logical messages are
-                # published by later features, not dropped silently: counted in logs.
-                pass
+            elif kind is LogicalMessage:
+                # Not published yet (a later feature); counted in stream_progress.
+                self._logical_messages += 1
+            elif kind is Type or kind is Origin:
+                pass  # types are cached by the decoder; origins carry nothing to publish
             else:
                 raise SourceError(
                     f"unexpected pgoutput message {kind.__name__} at LSN {format_lsn(lsn)}:"
@@ -384,6 +386,7 @@ class ConnectorPipeline:
                 "stream_progress",
                 events=dict(self._events),
                 transactions=self._transactions,
+                logical_messages_skipped=self._logical_messages,
                 lsn=format_lsn(self._tracker.confirmed),
                 lag_bytes=max(0, self._server_wal_end - self._tracker.confirmed),
                 in_flight=len(sink),

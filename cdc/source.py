@@ -347,8 +347,10 @@ class ReplicationSource:
 
     def read(self) -> memoryview | bytes | None:
         """One CopyData payload if one is buffered, else None (never blocks)."""
-        pgconn = self._pgconn
-        nbytes, data = pgconn.get_copy_data(1)
+        try:
+            nbytes, data = self._pgconn.get_copy_data(1)
+        except psycopg.Error as exc:
+            raise _source_error("reading the replication stream", exc) from exc
         if nbytes > 0:
             return data  # type: ignore[no-any-return]
         if nbytes == 0:

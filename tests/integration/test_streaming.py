@@ -14,6 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.testing.kafka import start_kafka
+from cdc.testing.postgres import start_postgres
 from tests.integration.helpers import (
     Daemon,
     Message,
@@ -468,3 +469,45 @@ def test_kafka_outage_pauses_reading_keeps_the_slot_alive_and_loses_nothing(
             daemon.stop_quietly()
         kafka.stop()
         drop_database(admin_dsn, name, slot=f"cdc_{name}")
+
+
+@pytest.mark.slow
+def test_postgres_crash_restarts_the_connector_and_loses_nothing(
+    kafka_server: Any, tmp_path: Path
+) -> None:
+    """PostgreSQL killed and restarted: the connector retries, then every row arrives."""
+    pg = start_postgres(tmp_path / "pg")
+    daemon: Daemon | None = None
+    try:
+        dsn = pg.dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA)
+        name = unique_name("it")
+        connector = {"name": name, "postgres": {"dsn": dsn}, "tables": ["public.orders"]}
+        config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
+        daemon = Daemon.start(config, connectors, tmp_path / "d.log")
+        daemon.wait_for_log("streaming_started")
+        insert = (
+            "INSERT INTO orders SELECT g, 1, 1.00, 'new', NULL"
+            " FROM generate_series(%s::bigint, %s::bigint) g"
+        )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(insert, (1, 500))
+        pg.kill()
+        daemon.wait_for_log("connector_restarting", timeout=30)
+        pg.restart()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(insert, (501, 1000))
+        seen = consume(
+            kafka_server.bootstrap_servers,
+            f"{name}.public.orders",
+            until=lambda msgs: len({m.key["id"] for m in msgs}) >= 1000,
+            timeout=90,
+        )
+        assert {m.key["id"] for m in seen} == set(range(1, 1001))
+        assert not [e for e in daemon.log_lines() if e.get("event") == "connector_crashed"]
+        assert daemon.terminate() == 0
+    finally:
+        if daemon is not None:
+            daemon.stop_quietly()
+        pg.stop()
