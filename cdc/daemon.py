@@ -20,7 +20,15 @@ from prometheus_client import start_http_server
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig
-from cdc.errors import CdcError, ProtocolError, SinkError, SlotError, SourceError, TopicConfigError
+from cdc.errors import (
+    CdcError,
+    ProtocolError,
+    RecordTooLargeError,
+    SinkError,
+    SlotError,
+    SourceError,
+    TopicConfigError,
+)
 from cdc.pipeline import ConnectorPipeline
 
 __all__ = ["ConnectorRunner", "is_retryable", "run_daemon"]
@@ -34,7 +42,7 @@ BACKOFF_RESET_AFTER_S = 120.0
 
 def is_retryable(error: CdcError) -> bool:
     """Errors that a restart from the confirmed LSN can heal without a human."""
-    if isinstance(error, (ProtocolError, SlotError, TopicConfigError)):
+    if isinstance(error, (ProtocolError, SlotError, TopicConfigError, RecordTooLargeError)):
         return False
     return isinstance(error, (SourceError, SinkError))
 

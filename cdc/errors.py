@@ -7,7 +7,8 @@
     │   └── SlotError      the slot or publication is missing, taken or unusable
     ├── ConversionError    a column value cannot be turned into JSON (table, column, type, LSN)
     └── SinkError          Kafka refused an event or a topic (``topic``)
-        └── TopicConfigError  an existing topic has the wrong cleanup policy
+        ├── TopicConfigError    an existing topic has the wrong cleanup policy
+        └── RecordTooLargeError one event is larger than Kafka accepts
 
 Third-party exceptions (psycopg, confluent-kafka, pydantic) are translated only at the
 edges, with ``raise ... from exc``. Anything else escaping the pure core is a bug.
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "ConversionError",
     "ProtocolError",
+    "RecordTooLargeError",
     "SinkError",
     "SlotError",
     "SourceError",
@@ -91,3 +93,7 @@ class SinkError(CdcError):
 
 class TopicConfigError(SinkError):
     """An existing topic is configured against what ``cdc`` needs (e.g. its cleanup policy)."""
+
+
+class RecordTooLargeError(SinkError):
+    """One record is larger than the producer or the topic accepts; retrying cannot help."""

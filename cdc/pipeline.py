@@ -18,8 +18,8 @@ import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, TopicsConfig
-from cdc.envelope import EnvelopeEncoder, TxContext
-from cdc.errors import SinkError, SourceError
+from cdc.envelope import EnvelopeEncoder, Record, TxContext
+from cdc.errors import RecordTooLargeError, SinkError, SourceError
 from cdc.lsn import format_lsn
 from cdc.positions import PositionTracker, Transaction
 from cdc.protocol.messages import (
@@ -39,7 +39,7 @@ from cdc.protocol.messages import (
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
 from cdc.protocol.values import ValueOptions
-from cdc.sink import KafkaSink, TopicSpec
+from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
 from cdc.source import ReplicationSource, TableInfo, protocol_version_for
 
 __all__ = ["ConnectorPipeline"]
@@ -287,6 +287,8 @@ class ConnectorPipeline:
                         if not self._wait_for_kafka(lambda: len(sink) < self._max_records):
                             return
                         produce(record.topic, record.value, record.key, on_delivery=on_delivery)
+                    except ProduceRejected as exc:
+                        raise _rejected(exc, record, lsn) from exc
                 if kind is Insert:
                     events["c"] += 1
                 elif kind is Update:
@@ -486,6 +488,21 @@ class ConnectorPipeline:
                 f" {SHUTDOWN_FLUSH_S:.0f}s; they were not confirmed and will be sent again"
                 f" from LSN {format_lsn(self._tracker.confirmed)} on restart"
             )
+
+
+def _rejected(exc: BaseException, record: Record, lsn: int) -> SinkError:
+    size = len(record.value or b"") + len(record.key or b"")
+    where = f"record for topic {record.topic!r} (change at LSN {format_lsn(lsn)}, {size} bytes)"
+    if is_too_large(exc):
+        return RecordTooLargeError(
+            f"Kafka refuses the {where}: it is larger than the producer's message.max.bytes"
+            " or the topic's max.message.bytes. Raise kafka.properties.message.max.bytes in"
+            " the daemon config and the topic's max.message.bytes (and the broker's"
+            " message.max.bytes) above it, then restart: nothing after the last confirmed"
+            " LSN was lost",
+            topic=record.topic,
+        )
+    return SinkError(f"Kafka refused the {where}: {exc}", topic=record.topic)
 
 
 # pgoutput timestamps count microseconds from 2000-01-01 UTC; events use the Unix epoch.

@@ -20,7 +20,24 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.errors import SinkError, TopicConfigError
 
-__all__ = ["PRODUCER_DEFAULTS", "PRODUCER_REQUIRED", "ClientLog", "KafkaSink", "TopicSpec"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "PRODUCER_DEFAULTS",
+    "PRODUCER_REQUIRED",
+    "ClientLog",
+    "KafkaSink",
+    "ProduceRejected",
+    "TopicSpec",
+    "is_too_large",
+]
+
+# Legacy rows can be wide (TOASTed text, jsonb, bytea): Kafka's 1 MB defaults would stop
+# a connector on the first big row. Both the producer's limit and the topics' we create
+# are raised to this; users may change either through the config.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+
+# What produce() raises when librdkafka refuses a record outright (e.g. too large).
+ProduceRejected = KafkaException
 
 # Properties correctness depends on; config.py refuses user overrides of these.
 PRODUCER_REQUIRED: Mapping[str, Any] = {
@@ -39,11 +56,18 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     # librdkafka's own buffer: a second bound behind the pipeline's in-flight limit
     # (its default, 1 GiB, is more than a daemon beside a database should hold).
     "queue.buffering.max.kbytes": 262_144,
+    "message.max.bytes": MAX_RECORD_BYTES,
 }
 
 ADMIN_TIMEOUT_S = 15.0
+
 # librdkafka repeats a broker-down line every few hundred ms; say each thing once a while.
 CLIENT_LOG_REPEAT_S = 30.0
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether librdkafka refused a record for its size."""
+    return bool(exc.args) and getattr(exc.args[0], "name", lambda: "")() == "MSG_SIZE_TOO_LARGE"
 
 
 class ClientLog:
@@ -157,7 +181,11 @@ class KafkaSink:
                     spec.name,
                     num_partitions=spec.partitions,
                     replication_factor=spec.replication_factor,
-                    config={"cleanup.policy": spec.cleanup_policy, **spec.configs},
+                    config={
+                        "max.message.bytes": str(MAX_RECORD_BYTES),
+                        "cleanup.policy": spec.cleanup_policy,
+                        **spec.configs,
+                    },
                 )
                 for spec in missing
             ]

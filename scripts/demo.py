@@ -324,7 +324,6 @@ class Expected:
     """Events each table's statements must produce on its topics."""
 
     retention: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
-    transactions: int = 0
 
     def add(self, change: Change, rowcount: int) -> None:
         # A key change is a delete of the old key and a create of the new one.
@@ -345,7 +344,6 @@ def run_workload(dsn: str, steps: Sequence[tuple[str, list[Change]]], out: Out) 
                     expected.add(change, cursor.rowcount)
                     counts[change.table] = counts.get(change.table, 0) + cursor.rowcount
                 txid = conn.execute("SELECT txid_current()").fetchone()
-            expected.transactions += 1
             rows = ", ".join(f"{table} {n}" for table, n in counts.items())
             xid = out.dim(f"xid {txid[0] if txid else '?'}")
             out.line(f"  {number}. {xid}  {title:<{width}}  {out.dim(rows)}")
@@ -790,10 +788,15 @@ def demo(base: Path, rows: int, out: Out, res: Resources) -> bool:
     wanted |= {topic_name(t, latest=True): expected.retention[t] for t in KEYED_TABLES}
     read_started = time.monotonic()
     topics = read_topics(res.kafka.bootstrap_servers, wanted, CONSUME_TIMEOUT_S)
+    complete = all(len(topics[name]) >= count for name, count in wanted.items())
+    note = (
+        f"(incl. {DRAIN_S:.0f}s listening for duplicates)"
+        if complete
+        else out.bad(f"(gave up after {CONSUME_TIMEOUT_S:.0f}s: records are missing)")
+    )
     out.line(
         f"  {sum(len(m) for m in topics.values())} records in {len(topics)} topics,"
-        f" read in {time.monotonic() - read_started:.1f}s"
-        f" (incl. {DRAIN_S:.0f}s listening for duplicates)"
+        f" read in {time.monotonic() - read_started:.1f}s {note}"
     )
 
     out.heading(f"6. Retention topic {topic_name('orders')}: every change, Debezium's envelope")

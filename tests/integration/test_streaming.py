@@ -511,3 +511,17 @@ def test_postgres_crash_restarts_the_connector_and_loses_nothing(
         if daemon is not None:
             daemon.stop_quietly()
         pg.stop()
+
+
+def test_wide_rows_pass_and_an_oversized_one_stops_with_a_clear_error(env: Env) -> None:
+    """Legacy rows of several MB go through; one beyond the limit is a loud, named stop."""
+    daemon = env.start()
+    env.sql("INSERT INTO customers VALUES (1, repeat('x', 3 * 1024 * 1024), NULL, 0, NULL)")
+    wide = consume(env.bootstrap, env.topic("customers"), until=at_least(1))
+    assert len(wide[0].value["after"]["name"]) == 3 * 1024 * 1024
+    env.sql("INSERT INTO customers VALUES (2, repeat('y', 17 * 1024 * 1024), NULL, 0, NULL)")
+    assert daemon.process.wait(60) == 1
+    failed = daemon.wait_for_log("connector_failed")
+    assert failed["error_type"] == "RecordTooLargeError"
+    assert "message.max.bytes" in failed["error"]
+    assert env.topic("customers") in failed["error"]
