@@ -40,8 +40,11 @@ LABEL org.opencontainers.image.title="cdc" \
       org.opencontainers.image.description="Change-data-capture daemon: PostgreSQL logical replication (pgoutput) to Kafka retention and compacted topics" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
+# CDC_METRICS_HOST: config/cdc.yaml binds the metrics endpoint to it; inside a container
+# it must listen on all interfaces for the published port 9187 to reach it.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    CDC_METRICS_HOST=0.0.0.0 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 # The wheels are bind-mounted from the build stage, not copied: they never become a layer

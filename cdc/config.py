@@ -441,6 +441,7 @@ class ConnectorConfig(_Model):
     topics: TopicsOverride = Field(default_factory=TopicsOverride)
     create_slot: bool = True
     create_publication: bool = True
+    recreate_slot: bool = False
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     max_in_flight_events: Annotated[int, Field(ge=1)] = 100_000
     enabled: bool = True

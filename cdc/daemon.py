@@ -56,6 +56,7 @@ class ConnectorRunner(threading.Thread):
         super().__init__(name=f"connector-{connector.name}", daemon=True)
         self._daemon = daemon
         self._connector = connector
+        self.connector_name = connector.name
         self._stop_event = stop
         self.failure: BaseException | None = None
         self._log = structlog.get_logger("cdc.daemon").bind(
@@ -125,7 +126,7 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
         if not runners:
             log.error("no_connector_enabled")
             return 1
-        log.info("daemon_started", connectors=[r.name for r in runners])
+        log.info("daemon_started", connectors=[r.connector_name for r in runners])
         for runner in runners:
             runner.start()
         while not stop.is_set() and any(r.is_alive() for r in runners):
@@ -134,7 +135,7 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
         for runner in runners:
             runner.join()
         failed = [r for r in runners if r.failure is not None]
-        log.info("daemon_stopped", failed_connectors=[r.name for r in failed])
+        log.info("daemon_stopped", failed_connectors=[r.connector_name for r in failed])
         return 1 if failed else 0
     finally:
         for sig, handler in previous.items():

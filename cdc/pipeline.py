@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any, cast
 
 import structlog
@@ -19,7 +18,7 @@ import structlog
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, TopicsConfig
 from cdc.envelope import EnvelopeEncoder, Record, TxContext
-from cdc.errors import RecordTooLargeError, SinkError, SourceError
+from cdc.errors import RecordTooLargeError, SinkError, SlotError, SourceError
 from cdc.lsn import format_lsn
 from cdc.positions import PositionTracker, Transaction
 from cdc.protocol.messages import (
@@ -59,8 +58,10 @@ ACK_WAIT_S = 0.002
 PROGRESS_LOG_INTERVAL_S = 60.0
 # On SIGTERM, wait this long for Kafka to acknowledge what was produced.
 SHUTDOWN_FLUSH_S = 30.0
-# Per event, at most this many records (key change: delete + tombstone + create + row).
+# Records per event, for sizing the producer queue: retention + compacted. (A key change
+# gives four: delete, tombstone, create, row; that is rare and within the queue's slack.)
 RECORDS_PER_EVENT = 2
+KEY_CHANGE_RECORDS = 4
 
 
 class ConnectorPipeline:
@@ -124,8 +125,13 @@ class ConnectorPipeline:
                 log=self._log,
             )
             self._sink.list_topics()
-            self._ensure_topics((t.schema, t.name, bool(t.key_columns)) for t in tables)
-            slot = source.ensure_slot(create=cfg.create_slot)
+            self._ensure_topics([(t.schema, t.name, bool(t.key_columns)) for t in tables])
+            slot = source.ensure_slot(
+                create=cfg.create_slot,
+                before_create=lambda: self._refuse_silent_gap(
+                    [self._retention_topic(t.schema, t.name) for t in tables]
+                ),
+            )
             if slot.created:
                 self._log.info("slot_created", lsn=format_lsn(slot.confirmed_flush_lsn))
             self._tracker = PositionTracker(slot.confirmed_flush_lsn)
@@ -145,6 +151,34 @@ class ConnectorPipeline:
         finally:
             metrics.CONNECTOR_UP.labels(**self._labels).set(0)
             source.close()
+
+    def _retention_topic(self, schema: str, table: str) -> str:
+        return self._topics.retention_topic(self._cfg.name, self._database, schema, table)
+
+    def _refuse_silent_gap(self, topics: list[str]) -> None:
+        """A missing slot with events already in Kafka means the slot was lost (dropped,
+        failover before PostgreSQL 17, major upgrade): WAL since then is gone, and a new
+        slot would silently skip those changes. Stop unless the user accepts the gap."""
+        assert self._sink is not None
+        written = {t: n for t, n in self._sink.records_written(topics).items() if n}
+        if not written:
+            return
+        topic, count = next(iter(written.items()))
+        if not self._cfg.recreate_slot:
+            raise SlotError(
+                f"replication slot {self._cfg.slot!r} does not exist, but topic {topic!r}"
+                f" already holds {count} events of this connector: the slot was dropped or"
+                " lost (failover, major upgrade), and changes made since then are no longer"
+                " in the WAL. A new slot would skip them silently. To accept the gap and"
+                " stream from now on, set recreate_slot: true for this connector (a later"
+                " snapshot can fill the gap)"
+            )
+        self._log.warning(
+            "slot_recreated_with_possible_gap",
+            topic=topic,
+            events_in_topic=count,
+            detail="changes between the lost slot's position and now are not captured",
+        )
 
     def _report_tables(self, tables: list[TableInfo]) -> None:
         for table in tables:
@@ -169,7 +203,7 @@ class ConnectorPipeline:
                 )
         self._log.info("tables_published", tables=[t.qualified for t in tables])
 
-    def _ensure_topics(self, tables: Iterable[tuple[str, str, bool]]) -> None:
+    def _ensure_topics(self, tables: list[tuple[str, str, bool]]) -> None:
         topics = self._topics
         specs: list[TopicSpec] = []
         for schema, table, has_key in tables:
@@ -292,7 +326,11 @@ class ConnectorPipeline:
                 if kind is Insert:
                     events["c"] += 1
                 elif kind is Update:
-                    events["u"] += 1
+                    if len(records) == KEY_CHANGE_RECORDS:  # published as a d and a c
+                        events["d"] += 1
+                        events["c"] += 1
+                    else:
+                        events["u"] += 1
                 elif kind is Delete:
                     events["d"] += 1
                 else:

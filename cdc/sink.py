@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.errors import SinkError, TopicConfigError
@@ -145,6 +145,8 @@ class KafkaSink:
             "client.id": client_id,
             "queue.buffering.max.messages": max_queued_records,
         }
+        self._common = common
+        self._client_id = client_id
         try:
             self._producer = Producer(producer_config)
             self._admin = AdminClient({**common, "client.id": f"{client_id}-admin"})
@@ -163,6 +165,34 @@ class KafkaSink:
                 f" {exc}. Check kafka.bootstrap_servers and kafka.properties (security.protocol,"
                 " sasl.*) in the daemon config"
             ) from exc
+
+    def records_written(self, topics: Iterable[str]) -> dict[str, int]:
+        """How many records each existing topic has ever received (its high watermarks).
+
+        High watermarks never decrease, even when retention deletes old records, so a
+        non-zero count means "this topic has been written to".
+        """
+        names = list(topics)
+        metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+        consumer = Consumer(
+            {**self._common, "group.id": f"{self._client_id}-probe", "enable.auto.commit": False}
+        )
+        counts: dict[str, int] = {}
+        try:
+            for name in names:
+                if name not in metadata:
+                    continue
+                counts[name] = sum(
+                    consumer.get_watermark_offsets(
+                        TopicPartition(name, partition), timeout=ADMIN_TIMEOUT_S, cached=False
+                    )[1]
+                    for partition in metadata[name].partitions
+                )
+        except KafkaException as exc:
+            raise SinkError(f"cannot read topic offsets from Kafka: {exc}") from exc
+        finally:
+            consumer.close()
+        return counts
 
     def ensure_topics(self, specs: Iterable[TopicSpec]) -> list[str]:
         """Create missing topics; refuse existing ones whose cleanup policy is wrong.

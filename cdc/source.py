@@ -9,6 +9,7 @@ then carries the COPY_BOTH stream. This module moves bytes; it does not decode t
 from __future__ import annotations
 
 import select
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,8 +278,14 @@ class ReplicationSource:
             raise _source_error(f"reading the primary key of {schema}.{table}", exc) from exc
         return tuple(row[0]) if row else ()
 
-    def ensure_slot(self, *, create: bool) -> SlotInfo:
-        """Find the slot, or create it; refuse a slot of another plugin or database."""
+    def ensure_slot(
+        self, *, create: bool, before_create: Callable[[], None] | None = None
+    ) -> SlotInfo:
+        """Find the slot, or create it; refuse a slot of another plugin or database.
+
+        ``before_create`` runs before a missing slot is created and may refuse by raising:
+        the pipeline uses it to detect a slot that was lost rather than never made.
+        """
         conn = self._require_sql()
         try:
             row = conn.execute(
@@ -314,6 +321,8 @@ class ReplicationSource:
             raise SlotError(
                 f"replication slot {self.slot!r} does not exist: create it or set create_slot: true"
             )
+        if before_create is not None:
+            before_create()
         repl = self._require_repl()
         try:
             result = repl.execute(

@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.testing.kafka import start_kafka
@@ -525,3 +526,29 @@ def test_wide_rows_pass_and_an_oversized_one_stops_with_a_clear_error(env: Env) 
     assert failed["error_type"] == "RecordTooLargeError"
     assert "message.max.bytes" in failed["error"]
     assert env.topic("customers") in failed["error"]
+
+
+def test_lost_slot_is_detected_not_silently_recreated(env: Env) -> None:
+    """A dropped slot (failover, upgrade) would skip changes: refuse unless told to."""
+    daemon = env.start()
+    env.sql("INSERT INTO orders VALUES (1, 1, 1.00, 'new', NULL)")
+    consume(env.bootstrap, env.topic("orders"), until=at_least(1))
+    assert daemon.terminate() == 0
+    with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (env.slot,))
+    env.sql("INSERT INTO orders VALUES (2, 1, 1.00, 'lost', NULL)")
+
+    refused = Daemon.start(env.config, env.connectors, env.log_path)
+    env.daemons.append(refused)
+    assert refused.process.wait(60) == 1
+    failed = refused.wait_for_log("connector_failed")
+    assert "recreate_slot: true" in failed["error"]
+    assert env.topic("orders") in failed["error"]
+
+    connector_file = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(connector_file.read_text())
+    connector_file.write_text(yaml.safe_dump({**connector, "recreate_slot": True}))
+    env.log_path.write_text("")
+    accepted = env.start()
+    warning = accepted.wait_for_log("slot_recreated_with_possible_gap")
+    assert warning["topic"] == env.topic("orders")
