@@ -79,6 +79,7 @@ class ConnectorPipeline:
         )
         self._ensured: set[tuple[str, str]] = set()
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._created_topics: set[str] = set()
         self._database = ""
         self._max_records = max(1, connector.max_in_flight_events) * RECORDS_PER_EVENT
         self._tracker = PositionTracker(0)
@@ -160,7 +161,10 @@ class ConnectorPipeline:
         failover before PostgreSQL 17, major upgrade): WAL since then is gone, and a new
         slot would silently skip those changes. Stop unless the user accepts the gap."""
         assert self._sink is not None
-        written = {t: n for t, n in self._sink.records_written(topics).items() if n}
+        # Topics created by this start are empty by definition (and may not have a
+        # partition leader yet): only the ones that existed before can tell.
+        existing = [t for t in topics if t not in self._created_topics]
+        written = {t: n for t, n in self._sink.records_written(existing).items() if n}
         if not written:
             return
         topic, count = next(iter(written.items()))
@@ -232,6 +236,7 @@ class ConnectorPipeline:
             return
         assert self._sink is not None
         created = self._sink.ensure_topics(specs)
+        self._created_topics.update(created)
         for name in created:
             self._log.info("topic_created", topic=name)
         self._ensured.update((schema, table) for schema, table, _ in tables)

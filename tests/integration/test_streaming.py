@@ -161,7 +161,7 @@ def _latest(messages: list[Message]) -> dict[Any, Any]:
 
 
 def test_changes_reach_the_retention_topic_in_commit_order_per_key(env: Env) -> None:
-    env.start()
+    daemon = env.start()
     _run_workload(env)
     customers = consume(env.bootstrap, env.topic("customers"), until=at_least(CUSTOMER_EVENTS))
     orders = consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS))
@@ -180,6 +180,8 @@ def test_changes_reach_the_retention_topic_in_commit_order_per_key(env: Env) -> 
     assert order_ops[repr({"id": 6})] == ["c", "u", "d"]
     statuses = [m.value["after"]["status"] for m in _by_key(orders)[repr({"id": 2})]]
     assert statuses == ["new", "paid", "shipped"]
+    trouble = {"connector_restarting", "connector_failed", "connector_crashed"}
+    assert [e for e in daemon.log_lines() if e.get("event") in trouble] == []
 
 
 def test_events_carry_debezium_envelope_fields(env: Env) -> None:
