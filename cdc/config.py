@@ -10,22 +10,19 @@ or ``repr`` it produces may contain a password.
 Environment variables are interpolated into string *values* after YAML parsing, so a
 secret full of YAML-special characters (``:``, ``#``, quotes) is taken verbatim:
 ``${NAME}``, ``${NAME:-default}`` (default used when unset or empty) and ``$${`` for a
-literal ``${``.
+literal ``${``. That file-format machinery (YAML, interpolation, error messages) lives in
+:mod:`cdc.config_files`; this module holds the models and the ``load_*`` entry points.
 """
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import os
 import re
 import string
-import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,6 +35,7 @@ from pydantic import (
     model_validator,
 )
 
+from cdc.config_files import config_error, load_model, read_config_file, yaml_type
 from cdc.errors import ConfigError
 
 __all__ = [
@@ -113,12 +111,6 @@ _OWNED_COMPACTED_TOPIC_CONFIGS: Mapping[str, str] = {
 
 # Kafka property names that carry secrets: masked in repr().
 _SECRET_PROPERTY = re.compile(r"password|secret|ssl\.key\.pem|oauthbearer\.config|jaas", re.I)
-
-_ENV_REFERENCE = re.compile(
-    r"(?P<escape>\$\$\{)"
-    r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:(?!\$\{)[^}])*))?\}"
-    r"|(?P<invalid>\$\{)"
-)
 
 
 # --------------------------------------------------------------------------- validators
@@ -230,7 +222,7 @@ def _check_property_value(value: Any) -> Any:
     if not isinstance(value, bool | int | float | str):
         # pydantic turns only ValueError (not TypeError) into a validation error.
         raise ValueError(  # noqa: TRY004
-            f"must be a string, number or boolean, found {_yaml_type(value)}"
+            f"must be a string, number or boolean, found {yaml_type(value)}"
         )
     return value
 
@@ -517,207 +509,7 @@ def _merge_topics(
     try:
         return TopicsConfig.model_validate(merged)
     except ValidationError as exc:
-        raise _config_error(exc, TopicsConfig, source=source, prefix=("topics",)) from None
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                mark = key_node.start_mark
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _UniqueKeyLoader.construct_mapping,
-)
-
-
-def _parse_yaml(text: str, source: str, required_top: str) -> dict[str, Any]:
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        # Never str(exc): it quotes the offending line, which may hold a password.
-        mark = exc.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(
-            f"invalid YAML{where}: {exc.problem or exc.context}", source=source
-        ) from None
-    except yaml.YAMLError:
-        raise ConfigError("invalid YAML", source=source) from None
-    if data is None:
-        raise ConfigError(
-            f"file is empty; expected a mapping with at least the key {required_top!r}",
-            source=source,
-        )
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"expected a mapping of keys at the top level, found {_yaml_type(data)}",
-            source=source,
-        )
-    return data
-
-
-def _yaml_type(value: object) -> str:
-    """The YAML name of a parsed value's type, for messages that must not echo the value."""
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return f"a {type(value).__name__}"
-
-
-def _format_key(loc: Sequence[int | str]) -> str | None:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part == "[key]":
-            continue  # pydantic's marker for "the dict key itself"
-        else:
-            out += f".{part}" if out else part
-    return out or None
-
-
-def _interpolate(
-    value: Any, env: Mapping[str, str], source: str, loc: tuple[int | str, ...]
-) -> Any:
-    if isinstance(value, str):
-        return _interpolate_string(value, env, source, loc) if "${" in value else value
-    if isinstance(value, dict):
-        return {key: _interpolate(item, env, source, (*loc, key)) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_interpolate(item, env, source, (*loc, i)) for i, item in enumerate(value)]
-    return value
-
-
-def _interpolate_string(
-    text: str, env: Mapping[str, str], source: str, loc: tuple[int | str, ...]
-) -> str:
-    def replace(match: re.Match[str]) -> str:
-        if match["escape"]:
-            return "${"
-        if match["invalid"]:
-            raise ConfigError(
-                "invalid ${...} reference; write ${NAME} or ${NAME:-default}, "
-                "and $${ for a literal ${",
-                source=source,
-                key=_format_key(loc),
-            )
-        name = match["name"]
-        default = match["default"]
-        found = env.get(name)
-        if found:
-            return found
-        if default is not None:
-            return default
-        if found is not None:
-            return found  # set but empty, and no default: empty is what was asked for
-        raise ConfigError(
-            f"environment variable {name} is not set; export it, or write "
-            f"${{{name}:-default}} to give a default",
-            source=source,
-            key=_format_key(loc),
-        )
-
-    return _ENV_REFERENCE.sub(replace, text)
-
-
-def _nested_model(annotation: Any) -> type[BaseModel] | None:
-    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) in (Union, types.UnionType, Annotated):
-        for arg in get_args(annotation):
-            found = _nested_model(arg)
-            if found is not None:
-                return found
-    return None
-
-
-def _model_at(root: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel] | None:
-    current: type[BaseModel] | None = root
-    for part in loc:
-        if current is None or not isinstance(part, str) or part not in current.model_fields:
-            return None
-        current = _nested_model(current.model_fields[part].annotation)
-    return current
-
-
-def _describe(error: Any, root: type[BaseModel]) -> str:
-    """One error as a sentence saying what is expected. Never includes the input value."""
-    kind = error["type"]
-    loc = error["loc"]
-    if kind == "missing":
-        return "required key is missing; add it"
-    if kind == "extra_forbidden":
-        model = _model_at(root, loc[:-1])
-        if model is None:
-            return "unknown key; remove it"
-        allowed = list(model.model_fields)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"unknown key; {hint}allowed keys here: {', '.join(allowed)}"
-    if kind in {"model_type", "model_attributes_type", "dict_type"}:
-        return f"expected a mapping of keys, found {_yaml_type(error.get('input'))}"
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
-def _config_error(
-    exc: ValidationError,
-    root: type[BaseModel],
-    *,
-    source: str | None,
-    prefix: tuple[str, ...] = (),
-) -> ConfigError:
-    # An unknown key first: it is usually the typo that also makes a required key "missing".
-    errors = sorted(
-        exc.errors(include_url=False, include_input=True),
-        key=lambda error: error["type"] != "extra_forbidden",
-    )
-    first, rest = errors[0], errors[1:]
-    message = _describe(first, root)
-    for other in rest:
-        key = _format_key((*prefix, *other["loc"])) or "(top level)"
-        message += f"\n  also {key}: {_describe(other, root)}"
-    return ConfigError(message, source=source, key=_format_key((*prefix, *first["loc"])))
-
-
-_ModelT = TypeVar("_ModelT", bound=BaseModel)
-
-
-def _load_model(
-    model: type[_ModelT],
-    text: str,
-    *,
-    source: str,
-    env: Mapping[str, str],
-    required_top: str,
-) -> _ModelT:
-    data = _parse_yaml(text, source, required_top)
-    data = _interpolate(data, env, source, ())
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise _config_error(exc, model, source=source) from None
+        raise config_error(exc, TopicsConfig, source=source, prefix=("topics",)) from None
 
 
 def load_daemon_config_text(text: str, *, source: str, env: Mapping[str, str]) -> DaemonConfig:
@@ -731,7 +523,7 @@ def load_daemon_config_text(text: str, *, source: str, env: Mapping[str, str]) -
     Raises:
         ConfigError: invalid YAML, a missing variable, or a key that fails validation.
     """
-    return _load_model(DaemonConfig, text, source=source, env=env, required_top="kafka")
+    return load_model(DaemonConfig, text, source=source, env=env, required_top="kafka")
 
 
 def load_connector_config_text(
@@ -742,18 +534,7 @@ def load_connector_config_text(
     Raises:
         ConfigError: invalid YAML, a missing variable, or a key that fails validation.
     """
-    return _load_model(ConnectorConfig, text, source=source, env=env, required_top="name")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("file not found", source=str(path)) from None
-    except UnicodeDecodeError:
-        raise ConfigError("file is not UTF-8 text", source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read file: {exc.strerror}", source=str(path)) from None
+    return load_model(ConnectorConfig, text, source=source, env=env, required_top="name")
 
 
 def load_files(
@@ -771,7 +552,9 @@ def load_files(
             files, or two connectors share a name or a slot.
     """
     environ: Mapping[str, str] = os.environ if env is None else env
-    daemon = load_daemon_config_text(_read(config_path), source=str(config_path), env=environ)
+    daemon = load_daemon_config_text(
+        read_config_file(config_path), source=str(config_path), env=environ
+    )
 
     if not connectors_dir.is_dir():
         raise ConfigError(
@@ -794,7 +577,9 @@ def load_files(
     names: dict[str, Path] = {}
     slots: dict[str, Path] = {}
     for path in paths:
-        connector = load_connector_config_text(_read(path), source=str(path), env=environ)
+        connector = load_connector_config_text(
+            read_config_file(path), source=str(path), env=environ
+        )
         if connector.name in names:
             raise ConfigError(
                 f"connector name {connector.name!r} is also used by {names[connector.name]}; "

@@ -105,7 +105,7 @@ class Record:
 class TxContext:
     """What the envelope needs of the current transaction; built once at Begin."""
 
-    xid: int
+    xid: int | None  # None for snapshot reads, which have no transaction id of their own
     commit_lsn: int  # Begin.final_lsn
     commit_ts_us: int  # Unix epoch microseconds
     last_commit_lsn: int | None  # LSN of the previous commit, if known
@@ -181,7 +181,7 @@ class TableEncoder:
 
     # -- building blocks --------------------------------------------------------------
 
-    def _source(self, tx: TxContext, lsn: int) -> Row:
+    def _source(self, tx: TxContext, lsn: int, snapshot: str = "false") -> Row:
         ts_us = tx.commit_ts_us
         last = tx.last_commit_lsn
         return {
@@ -189,7 +189,7 @@ class TableEncoder:
             "connector": CONNECTOR_TYPE,
             "name": self._name,
             "ts_ms": ts_us // 1000,
-            "snapshot": "false",
+            "snapshot": snapshot,
             "db": self._db,
             "sequence": f'[null,"{lsn}"]' if last is None else f'["{last}","{lsn}"]',
             "ts_us": ts_us,
@@ -325,6 +325,26 @@ class TableEncoder:
         return [
             Record(self.retention_topic, key, value),
             Record(self.compacted_topic, key, None),
+        ]
+
+    def read(
+        self, values: TupleData, tx: TxContext, lsn: int, now_us: int, snapshot: str
+    ) -> list[Record]:
+        """Records for a row read by a snapshot: op ``r``, as Debezium's snapshot events.
+
+        ``snapshot`` is ``source.snapshot``: ``"first"``, ``"true"`` or ``"last"`` for an
+        initial snapshot, ``"incremental"`` for a chunk of an incremental one. ``tx``
+        describes the snapshot: its start time as ``commit_ts_us``, and ``lsn`` the
+        position the stream continues from.
+        """
+        after = self._convert(values, lsn)
+        value = self._event("r", None, after, self._source(tx, lsn, snapshot), now_us)
+        if not self.has_key:
+            return [Record(self.retention_topic, None, value)]
+        key = self._key(after)
+        return [
+            Record(self.retention_topic, key, value),
+            Record(self.compacted_topic, key, _dumps(after)),
         ]
 
     def truncate(self, tx: TxContext, lsn: int, now_us: int) -> Record:

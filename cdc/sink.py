@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.errors import SinkError, TopicConfigError
@@ -193,6 +193,82 @@ class KafkaSink:
         finally:
             consumer.close()
         return counts
+
+    def read_latest(self, topic: str) -> dict[bytes, bytes]:
+        """The latest value of every key of a small compacted topic, read to its end.
+
+        For the connector's state topic: a handful of records, read once at start.
+        Keys whose latest record is a tombstone are absent.
+        """
+        metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return {}
+        consumer = Consumer(
+            {
+                **self._common,
+                "group.id": f"{self._client_id}-state",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        latest: dict[bytes, bytes] = {}
+        try:
+            partitions = list(metadata.partitions)
+            ends = {
+                p: consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=ADMIN_TIMEOUT_S, cached=False
+                )[1]
+                for p in partitions
+            }
+            pending = {p for p, end in ends.items() if end > 0}
+            consumer.assign([TopicPartition(topic, p, 0) for p in pending])
+            deadline = time.monotonic() + ADMIN_TIMEOUT_S
+            while pending:
+                if time.monotonic() > deadline:
+                    raise SinkError(f"timed out reading state topic {topic!r}", topic=topic)
+                for message in consumer.consume(num_messages=1000, timeout=0.5):
+                    partition = message.partition()
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(partition)
+                            continue
+                        raise SinkError(f"cannot read state topic {topic!r}: {error}", topic=topic)
+                    key, value = message.key(), message.value()
+                    if key is not None:
+                        if value is None:
+                            latest.pop(key, None)
+                        else:
+                            latest[key] = value
+                    offset = message.offset()
+                    if (
+                        partition is not None
+                        and offset is not None
+                        and offset + 1 >= ends[partition]
+                    ):
+                        pending.discard(partition)
+        except KafkaException as exc:
+            raise SinkError(f"cannot read state topic {topic!r}: {exc}", topic=topic) from exc
+        finally:
+            consumer.close()
+        return latest
+
+    def write_state(self, topic: str, key: bytes, value: bytes, *, wait: bool) -> None:
+        """Produce one state record; with ``wait``, return only once Kafka holds it."""
+        failures: list[Any] = []
+
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(err)
+
+        self._producer.produce(topic, value, key, on_delivery=delivered)
+        if wait:
+            if self._producer.flush(ADMIN_TIMEOUT_S):
+                raise SinkError(
+                    f"Kafka did not acknowledge state in {topic!r} in time", topic=topic
+                )
+            if failures:
+                raise SinkError(f"Kafka refused state in {topic!r}: {failures[0]}", topic=topic)
 
     def ensure_topics(self, specs: Iterable[TopicSpec]) -> list[str]:
         """Create missing topics; refuse existing ones whose cleanup policy is wrong.

@@ -52,6 +52,9 @@ class SlotInfo:
     name: str
     confirmed_flush_lsn: int
     created: bool
+    # Set when the slot was just created with EXPORT_SNAPSHOT: valid for SET TRANSACTION
+    # SNAPSHOT while the replication connection stays open and idle.
+    snapshot_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +282,19 @@ class ReplicationSource:
         return tuple(row[0]) if row else ()
 
     def ensure_slot(
-        self, *, create: bool, before_create: Callable[[], None] | None = None
+        self,
+        *,
+        create: bool,
+        before_create: Callable[[], None] | None = None,
+        export_snapshot: bool = False,
+        temporary: bool = False,
     ) -> SlotInfo:
         """Find the slot, or create it; refuse a slot of another plugin or database.
 
         ``before_create`` runs before a missing slot is created and may refuse by raising:
         the pipeline uses it to detect a slot that was lost rather than never made.
+        ``export_snapshot`` creates it with an exported snapshot (for a consistent initial
+        snapshot); ``temporary`` makes PostgreSQL drop it when the connection closes.
         """
         conn = self._require_sql()
         try:
@@ -324,16 +334,22 @@ class ReplicationSource:
         if before_create is not None:
             before_create()
         repl = self._require_repl()
+        command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}").format(
+            sql.Identifier(self.slot),
+            sql.SQL("TEMPORARY " if temporary else ""),
+            sql.SQL("EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"),
+        )
         try:
-            result = repl.execute(
-                sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
-                    sql.Identifier(self.slot)
-                )
-            ).fetchone()
+            result = repl.execute(command).fetchone()
         except psycopg.Error as exc:
             raise _source_error(f"creating replication slot {self.slot!r}", exc) from exc
         assert result is not None
-        return SlotInfo(self.slot, parse_lsn(result[1]), created=True)
+        return SlotInfo(
+            self.slot,
+            parse_lsn(result[1]),
+            created=True,
+            snapshot_name=result[2] if export_snapshot else None,
+        )
 
     # --- streaming ------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 This package starts REAL servers as local child processes (``postgres.py``, ``kafka.py``);
 it never mocks them. This module holds what both need: the error they raise, a free-port
-picker, process shutdown, and the ``Protocol`` types that the pytest fixtures return, so a
+picker, process shutdown, the ``ManagedProcess`` base that gives both server classes the
+same stop/kill/restart lifecycle, and the ``Protocol`` types that the pytest fixtures return, so a
 test can be written once for local processes or for Docker containers.
 
 It is test tooling: the daemon itself must never import it.
@@ -10,16 +11,19 @@ It is test tooling: the daemon itself must never import it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
-from typing import Protocol
+from types import TracebackType
+from typing import ClassVar, Protocol, Self
 
 __all__ = [
     "KafkaService",
+    "ManagedProcess",
     "PostgresService",
     "ServiceError",
     "free_port",
@@ -111,3 +115,79 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
     # ProcessLookupError: the whole group has exited already, which is what we want.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+class ManagedProcess:
+    """The lifecycle shared by the throwaway servers: one child process, run in its own
+    session, that can be stopped cleanly, killed, restarted and used as a context manager.
+
+    A subclass (a slotted dataclass) declares the ``_process`` field (``None`` until
+    started, ``repr=False``), sets ``_stop_signal`` and ``_stop_timeout``, and implements
+    ``_spawn`` and ``_wait_ready``: only how its server is launched, shut down and probed
+    differs.
+    """
+
+    # The slot lives here so these methods may assign it; the dataclass fields of a
+    # subclass skip inherited slots (Python 3.11+).
+    __slots__ = ("_process",)
+
+    _process: subprocess.Popen[bytes] | None
+    #: The signal of a clean shutdown; kill() always sends SIGKILL.
+    _stop_signal: ClassVar[signal.Signals]
+    #: Seconds a clean shutdown may take before SIGKILL.
+    _stop_timeout: ClassVar[float]
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        """Shut down with ``_stop_signal``; SIGKILL after ``_stop_timeout``. Idempotent."""
+        if self._process is not None:
+            stop_process_group(self._process, self._stop_signal, self._stop_timeout)
+            self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL the server and every process it forked at once, like a crash."""
+        if self._process is not None:
+            stop_process_group(self._process, signal.SIGKILL, self._stop_timeout)
+            self._process = None
+
+    def restart(self) -> None:
+        """Start the server again on the same data folder and ports; stop it first if up."""
+        self.stop()
+        self._process = self._spawn()
+        self._wait_ready()
+
+    def _start(self) -> None:
+        """Start the server the first time: stop it at interpreter exit, or now if it fails.
+
+        A test run that dies before its fixtures finish must not leave a server behind.
+        """
+        self._process = self._spawn()
+        atexit.register(self.stop)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """Launch the server process in its own session (``start_new_session=True``)."""
+        raise NotImplementedError
+
+    def _wait_ready(self) -> None:
+        """Return once the server serves clients; raise ``ServiceError`` otherwise."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -9,7 +9,6 @@ It must not mock the broker, and the daemon must never import it.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import os
 import shutil
@@ -21,12 +20,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import ClassVar
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from cdc.testing import ServiceError, free_port, log_tail, stop_process_group
+from cdc.testing import ManagedProcess, ServiceError, free_port, log_tail
 
 __all__ = ["KAFKA_VERSION", "KafkaServer", "ensure_kafka_jars", "start_kafka"]
 
@@ -50,8 +49,15 @@ TOOL_JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=
 
 
 @dataclass(slots=True)
-class KafkaServer:
-    """A running throwaway Kafka broker. Mutable: ``restart()`` swaps the process."""
+class KafkaServer(ManagedProcess):
+    """A running throwaway Kafka broker. Mutable: ``restart()`` swaps the process.
+
+    ``stop()`` is a controlled shutdown (SIGTERM); ``kill()`` SIGKILLs the broker, for
+    tests of a producer facing a broker that vanished.
+    """
+
+    _stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
+    _stop_timeout: ClassVar[float] = STOP_TIMEOUT
 
     host: str
     port: int
@@ -66,39 +72,56 @@ class KafkaServer:
         """``host:port`` for the ``bootstrap.servers`` client property."""
         return f"{self.host}:{self.port}"
 
-    @property
-    def running(self) -> bool:
-        """Whether the broker JVM is alive."""
-        return self._process is not None and self._process.poll() is None
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [
+            *_java(self, JVM_OPTIONS, "kafka.Kafka"),
+            str(self.base_dir / "server.properties"),
+        ]
+        with (self.base_dir / "kafka.out").open("ab") as out:
+            # Our own session, so stop()/kill() signal the JVM and anything it forked.
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                start_new_session=True,
+            )
 
-    def stop(self) -> None:
-        """Controlled shutdown (SIGTERM); SIGKILL after a timeout. Idempotent."""
-        if self._process is not None:
-            stop_process_group(self._process, signal.SIGTERM, STOP_TIMEOUT)
-            self._process = None
+    def _wait_ready(self) -> None:
+        """Return once the broker lists itself in metadata; raise with its log tail otherwise.
 
-    def kill(self) -> None:
-        """SIGKILL the broker, for tests of a producer facing a broker that vanished."""
-        if self._process is not None:
-            stop_process_group(self._process, signal.SIGKILL, STOP_TIMEOUT)
-            self._process = None
-
-    def restart(self) -> None:
-        """Start the broker again on the same log folder and ports; stop it first if up."""
+        The TCP port is polled first: a librdkafka client pointed at a closed port prints
+        connection errors to stderr on every retry.
+        """
+        deadline = time.monotonic() + START_TIMEOUT
+        last_error: str = "port not open"
+        while time.monotonic() < deadline:
+            process = self._process
+            if process is None or process.poll() is not None:
+                code = None if process is None else process.returncode
+                raise ServiceError(
+                    f"kafka exited with code {code} while starting on port {self.port}; "
+                    f"{log_tail(self.log_path)}\n{log_tail(self.base_dir / 'kafka.out')}"
+                )
+            if _port_open(self.host, self.port):
+                # log_level 0: a broker still starting answers "unsupported feature"; we
+                # report the last error ourselves instead of librdkafka printing each retry.
+                admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+                try:
+                    metadata = admin.list_topics(timeout=5)
+                except KafkaException as exc:
+                    last_error = str(exc)
+                else:
+                    if metadata.brokers:
+                        return
+                    last_error = "no broker in metadata yet"
+            time.sleep(0.2)
         self.stop()
-        self._process = _spawn(self)
-        _wait_ready(self)
-
-    def __enter__(self) -> KafkaServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        raise ServiceError(
+            f"kafka did not answer on {self.bootstrap_servers} within {START_TIMEOUT:.0f}s "
+            f"(last error: {last_error}); {log_tail(self.log_path)}"
+        )
 
 
 def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
@@ -207,14 +230,7 @@ def start_kafka(base_dir: Path, *, port: int | None = None) -> KafkaServer:
         _write_config(server)
     if not (base_dir / "data" / "meta.properties").exists():
         _format_storage(server)
-    server._process = _spawn(server)
-    # A test run that dies before its fixtures finish must not leave a JVM behind.
-    atexit.register(server.stop)
-    try:
-        _wait_ready(server)
-    except BaseException:
-        server.stop()
-        raise
+    server._start()
     return server
 
 
@@ -225,6 +241,11 @@ def _read_properties(path: Path) -> dict[str, str]:
         if "=" in line and not line.lstrip().startswith("#")
     )
     return {key.strip(): value.strip() for key, value in pairs}
+
+
+def _write_properties(path: Path, properties: dict[str, str]) -> None:
+    text = "".join(f"{key}={value}\n" for key, value in properties.items())
+    path.write_text(text, encoding="utf-8")
 
 
 def _write_config(server: KafkaServer) -> None:
@@ -259,8 +280,7 @@ def _write_config(server: KafkaServer) -> None:
         # would hide a missing create in the code under test.
         "auto.create.topics.enable": "false",
     }
-    text = "".join(f"{key}={value}\n" for key, value in properties.items())
-    (server.base_dir / "server.properties").write_text(text, encoding="utf-8")
+    _write_properties(server.base_dir / "server.properties", properties)
     log4j = {
         "log4j.rootLogger": "INFO, file",
         "log4j.appender.file": "org.apache.log4j.FileAppender",
@@ -275,8 +295,7 @@ def _write_config(server: KafkaServer) -> None:
         "log4j.logger.org.apache.kafka.controller": "WARN",
         "log4j.logger.kafka.log.LogCleaner": "WARN",
     }
-    text = "".join(f"{key}={value}\n" for key, value in log4j.items())
-    (server.base_dir / "log4j.properties").write_text(text, encoding="utf-8")
+    _write_properties(server.base_dir / "log4j.properties", log4j)
 
 
 def _cluster_id() -> str:
@@ -323,62 +342,9 @@ def _format_storage(server: KafkaServer) -> None:
         )
 
 
-def _spawn(server: KafkaServer) -> subprocess.Popen[bytes]:
-    command = [
-        *_java(server, JVM_OPTIONS, "kafka.Kafka"),
-        str(server.base_dir / "server.properties"),
-    ]
-    with (server.base_dir / "kafka.out").open("ab") as out:
-        # Our own session, so stop()/kill() signal the JVM and anything it forked.
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=server.base_dir,
-            start_new_session=True,
-        )
-
-
 def _port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=1):
             return True
     except OSError:
         return False
-
-
-def _wait_ready(server: KafkaServer) -> None:
-    """Return once the broker lists itself in metadata; raise with its log tail otherwise.
-
-    The TCP port is polled first: a librdkafka client pointed at a closed port prints
-    connection errors to stderr on every retry.
-    """
-    deadline = time.monotonic() + START_TIMEOUT
-    last_error: str = "port not open"
-    while time.monotonic() < deadline:
-        process = server._process
-        if process is None or process.poll() is not None:
-            code = None if process is None else process.returncode
-            raise ServiceError(
-                f"kafka exited with code {code} while starting on port {server.port}; "
-                f"{log_tail(server.log_path)}\n{log_tail(server.base_dir / 'kafka.out')}"
-            )
-        if _port_open(server.host, server.port):
-            # log_level 0: a broker still starting answers "unsupported feature"; we report
-            # the last error ourselves instead of librdkafka printing each retry.
-            admin = AdminClient({"bootstrap.servers": server.bootstrap_servers, "log_level": 0})
-            try:
-                metadata = admin.list_topics(timeout=5)
-            except KafkaException as exc:
-                last_error = str(exc)
-            else:
-                if metadata.brokers:
-                    return
-                last_error = "no broker in metadata yet"
-        time.sleep(0.2)
-    server.stop()
-    raise ServiceError(
-        f"kafka did not answer on {server.bootstrap_servers} within {START_TIMEOUT:.0f}s "
-        f"(last error: {last_error}); {log_tail(server.log_path)}"
-    )

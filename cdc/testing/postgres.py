@@ -9,7 +9,6 @@ It must not touch any cluster it did not create, and the daemon must never impor
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
@@ -19,12 +18,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import ClassVar
 from urllib.parse import quote
 
 import psycopg
 
-from cdc.testing import ServiceError, free_port, log_tail, stop_process_group
+from cdc.testing import ManagedProcess, ServiceError, free_port, log_tail
 
 __all__ = ["PostgresServer", "find_postgres_bin_dir", "start_postgres"]
 
@@ -53,8 +52,16 @@ DEFAULT_SETTINGS: Mapping[str, str] = {
 
 
 @dataclass(slots=True)
-class PostgresServer:
-    """A running throwaway PostgreSQL server. Mutable: ``restart()`` swaps the process."""
+class PostgresServer(ManagedProcess):
+    """A running throwaway PostgreSQL server. Mutable: ``restart()`` swaps the process.
+
+    ``stop()`` is a fast shutdown (SIGINT), as ``pg_ctl stop -m fast``. ``kill()`` SIGKILLs
+    the postmaster and every backend at once, like a power cut for the WAL: committed
+    transactions survive (fsync is on) and ``restart()`` runs crash recovery.
+    """
+
+    _stop_signal: ClassVar[signal.Signals] = signal.SIGINT
+    _stop_timeout: ClassVar[float] = STOP_TIMEOUT
 
     host: str
     port: int
@@ -69,45 +76,54 @@ class PostgresServer:
         """Return a libpq URL for ``dbname`` as ``user`` (trust auth: no password)."""
         return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname)}"
 
-    @property
-    def running(self) -> bool:
-        """Whether the postmaster process is alive."""
-        return self._process is not None and self._process.poll() is None
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        command = [
+            str(self.bin_dir / "postgres"),
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+        ]
+        for name, value in self.settings.items():
+            command += ["-c", f"{name}={value}"]
+        with self.log_path.open("ab") as log:
+            # Our own session, so stop()/kill() can signal the postmaster and its backends
+            # as a group. The child keeps its own copy of the log descriptor.
+            return subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir.parent,
+                start_new_session=True,
+                user=self.os_user,
+                group=self.os_user,
+                extra_groups=None if self.os_user is None else [],
+            )
 
-    def stop(self) -> None:
-        """Fast shutdown (SIGINT), as ``pg_ctl stop -m fast``; SIGKILL after a timeout.
-
-        Calling it on a stopped server does nothing.
-        """
-        if self._process is not None:
-            stop_process_group(self._process, signal.SIGINT, STOP_TIMEOUT)
-            self._process = None
-
-    def kill(self) -> None:
-        """SIGKILL the postmaster and every backend at once, like a power cut for the WAL.
-
-        Committed transactions survive (fsync is on); ``restart()`` runs crash recovery.
-        """
-        if self._process is not None:
-            stop_process_group(self._process, signal.SIGKILL, STOP_TIMEOUT)
-            self._process = None
-
-    def restart(self) -> None:
-        """Start the server again on the same data folder and port; stop it first if up."""
+    def _wait_ready(self) -> None:
+        """Return once the server accepts a connection; raise with its log tail otherwise."""
+        deadline = time.monotonic() + START_TIMEOUT
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            process = self._process
+            if process is None or process.poll() is not None:
+                code = None if process is None else process.returncode
+                raise ServiceError(
+                    f"postgres exited with code {code} while starting on port {self.port}; "
+                    f"{log_tail(self.log_path)}"
+                )
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2, autocommit=True):
+                    return
+            except psycopg.OperationalError as exc:
+                last_error = exc
+            time.sleep(0.1)
         self.stop()
-        self._process = _spawn(self)
-        _wait_ready(self)
-
-    def __enter__(self) -> PostgresServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        raise ServiceError(
+            f"postgres did not accept connections on port {self.port} within "
+            f"{START_TIMEOUT:.0f}s (last error: {last_error}); {log_tail(self.log_path)}"
+        )
 
 
 def start_postgres(
@@ -158,14 +174,7 @@ def start_postgres(
         bin_dir=bin_dir,
         os_user=os_user,
     )
-    server._process = _spawn(server)
-    # A test run that dies before its fixtures finish must not leave a postmaster behind.
-    atexit.register(server.stop)
-    try:
-        _wait_ready(server)
-    except BaseException:
-        server.stop()
-        raise
+    server._start()
     return server
 
 
@@ -242,54 +251,3 @@ def _initdb(bin_dir: Path, data_dir: Path, log_path: Path, os_user: str | None) 
         raise ServiceError(
             f"initdb failed with exit code {result.returncode}; {log_tail(log_path)}"
         )
-
-
-def _spawn(server: PostgresServer) -> subprocess.Popen[bytes]:
-    command = [
-        str(server.bin_dir / "postgres"),
-        "-D",
-        str(server.data_dir),
-        "-p",
-        str(server.port),
-    ]
-    for name, value in server.settings.items():
-        command += ["-c", f"{name}={value}"]
-    with server.log_path.open("ab") as log:
-        # Our own session, so stop()/kill() can signal the postmaster and its backends as a
-        # group. The child keeps its own copy of the log descriptor.
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=server.data_dir.parent,
-            start_new_session=True,
-            user=server.os_user,
-            group=server.os_user,
-            extra_groups=None if server.os_user is None else [],
-        )
-
-
-def _wait_ready(server: PostgresServer) -> None:
-    """Return once the server accepts a connection; raise with its log tail otherwise."""
-    deadline = time.monotonic() + START_TIMEOUT
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        process = server._process
-        if process is None or process.poll() is not None:
-            code = None if process is None else process.returncode
-            raise ServiceError(
-                f"postgres exited with code {code} while starting on port {server.port}; "
-                f"{log_tail(server.log_path)}"
-            )
-        try:
-            with psycopg.connect(server.dsn(), connect_timeout=2, autocommit=True):
-                return
-        except psycopg.OperationalError as exc:
-            last_error = exc
-        time.sleep(0.1)
-    server.stop()
-    raise ServiceError(
-        f"postgres did not accept connections on port {server.port} within "
-        f"{START_TIMEOUT:.0f}s (last error: {last_error}); {log_tail(server.log_path)}"
-    )
