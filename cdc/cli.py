@@ -1,8 +1,9 @@
-"""Command line of ``cdc``: ``cdc validate`` and ``cdc run``.
+"""Command line of ``cdc``: ``cdc validate``, ``cdc run`` and ``cdc snapshot``.
 
 Its one job is to parse arguments, load the configuration, and hand over: configuration
 errors are printed (file, key, what to do) with exit status 2; everything else belongs to
-:mod:`cdc.daemon`. This module must not connect to PostgreSQL or Kafka itself, and must
+:mod:`cdc.daemon` (and :mod:`cdc.signals` for ``snapshot``). This module must not connect
+to PostgreSQL or Kafka itself, and must
 not configure logging anywhere but here, once, before the daemon starts.
 """
 
@@ -143,6 +144,51 @@ def run(
     from cdc.daemon import run_daemon  # noqa: PLC0415
 
     raise SystemExit(run_daemon(daemon, enabled))
+
+
+@cli.command()
+@click.argument("connector")
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="schema.table to snapshot (repeatable); default: every published table.",
+)
+@_config_option
+@_connectors_option
+def snapshot(
+    connector: str, tables: tuple[str, ...], config_path: Path, connectors_dir: Path
+) -> None:
+    """Start an incremental snapshot of CONNECTOR's tables while it keeps streaming.
+
+    The request travels through the WAL, so the running daemon picks it up in order with
+    the data; progress shows in its logs (snapshot_started, snapshot_progress).
+    """
+    _daemon, connectors = _load(config_path, connectors_dir)
+    found = [c for c in connectors if c.name == connector]
+    if not found:
+        names = ", ".join(c.name for c in connectors)
+        click.echo(f"cdc: no connector named {connector!r} (there are: {names})", err=True)
+        raise SystemExit(EXIT_CONFIG_ERROR)
+    wanted = [t if "." in t else f"public.{t}" for t in tables]
+    # Imported here so the other commands never load the I/O edges.
+    from cdc.errors import CdcError  # noqa: PLC0415
+    from cdc.signals import request_snapshot  # noqa: PLC0415
+
+    target = found[0]
+    try:
+        how = request_snapshot(
+            target.postgres.dsn.get_secret_value(),
+            wanted,
+            signal_table=target.snapshot.signal_table,
+        )
+    except CdcError as exc:
+        click.echo(f"cdc: {redact_dsn(str(exc))}", err=True)
+        raise SystemExit(1) from None
+    click.echo(
+        f"snapshot of {', '.join(wanted) or 'every published table'} requested for"
+        f" {connector} ({how}); the daemon logs snapshot_started when it begins"
+    )
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "PostgresConfig",
+    "SnapshotConfig",
     "TopicsConfig",
     "TopicsOverride",
     "load_connector_config_text",
@@ -399,6 +400,31 @@ class PostgresConfig(_Model):
         return value
 
 
+class SnapshotConfig(_Model):
+    """How a connector reads the rows that exist before streaming (docs/snapshots.md)."""
+
+    # never | initial (once, when the slot is created) | initial_only (snapshot, then stop)
+    # | when_needed (also when the slot was lost) | always (at every start)
+    mode: Literal["never", "initial", "initial_only", "when_needed", "always"] = "initial"
+    # Connections reading the initial snapshot in parallel, sharing one exported snapshot.
+    max_workers: Annotated[int, Field(ge=1, le=32)] = 2
+    # Rows per chunk of an incremental snapshot: one short query each.
+    chunk_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Cap on the rows an incremental snapshot reads per second (None: no cap).
+    max_rows_per_second: Annotated[int, Field(ge=1)] | None = None
+    # Tables estimated (pg_class.reltuples) above this many rows are snapshotted
+    # incrementally, while streaming, even in the initial snapshot (None: never).
+    incremental_above_rows: Annotated[int, Field(ge=0)] | None = None
+    # Debezium-style signal table (id, type, data) a DBA inserts into to start snapshots;
+    # also carries the watermarks on PostgreSQL < 14. "schema.table" or "table".
+    signal_table: str | None = None
+
+    @field_validator("signal_table")
+    @classmethod
+    def _normalise_signal_table(cls, value: str | None) -> str | None:
+        return None if value is None else _check_table(value)
+
+
 def _check_table(entry: str) -> str:
     """Normalise ``table`` or ``schema.table`` to ``schema.table``."""
     parts = entry.split(".")
@@ -434,6 +460,7 @@ class ConnectorConfig(_Model):
     create_slot: bool = True
     create_publication: bool = True
     recreate_slot: bool = False
+    snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     max_in_flight_events: Annotated[int, Field(ge=1)] = 100_000
     enabled: bool = True

@@ -337,7 +337,20 @@ class TableEncoder:
         describes the snapshot: its start time as ``commit_ts_us``, and ``lsn`` the
         position the stream continues from.
         """
-        after = self._convert(values, lsn)
+        return self.read_row(self._convert(values, lsn), tx, lsn, now_us, snapshot)
+
+    def row(self, values: TupleData, lsn: int) -> Row:
+        """The converted row (the ``after`` image) of a snapshot read, e.g. to hold it."""
+        return self._convert(values, lsn)
+
+    def key(self, row: Row) -> bytes | None:
+        """The record key of a converted row; None for a table without key columns."""
+        return self._key(row) if self.has_key else None
+
+    def read_row(
+        self, after: Row, tx: TxContext, lsn: int, now_us: int, snapshot: str
+    ) -> list[Record]:
+        """``read`` for a row already converted with ``row``."""
         value = self._event("r", None, after, self._source(tx, lsn, snapshot), now_us)
         if not self.has_key:
             return [Record(self.retention_topic, None, value)]

@@ -1,0 +1,288 @@
+"""Snapshots on a real PostgreSQL and Kafka: initial (exported snapshot) and incremental
+(DBLog watermarks), under a concurrent workload and SIGKILLs."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from cdc.cli import cli
+from tests.integration.helpers import (
+    Daemon,
+    Message,
+    consume,
+    create_database,
+    drop_database,
+    unique_name,
+    write_config,
+)
+
+SCHEMA = """
+CREATE TABLE items (id bigint PRIMARY KEY, qty int NOT NULL, note text, price numeric(12,2));
+CREATE TABLE empty_one (id int PRIMARY KEY, v text);
+CREATE TABLE nokey (v text, n int);
+"""
+
+
+@dataclass
+class SnapEnv:
+    name: str
+    dsn: str
+    admin_dsn: str
+    bootstrap: str
+    config: Path
+    connectors: Path
+    log_path: Path
+    daemons: list[Daemon]
+
+    def topic(self, table: str, *, compacted: bool = False) -> str:
+        return f"{self.name}.public.{table}" + (".latest" if compacted else "")
+
+    def start(self, *, wait: str = "streaming_started", timeout: float = 120) -> Daemon:
+        daemon = Daemon.start(self.config, self.connectors, self.log_path)
+        self.daemons.append(daemon)
+        daemon.wait_for_log(wait, timeout=timeout)
+        return daemon
+
+    def table(self, name: str) -> dict[int, tuple[Any, ...]]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(f"SELECT id, qty, note, price::text FROM {name}").fetchall()
+        return {r[0]: r for r in rows}
+
+    def configure(self, **snapshot: Any) -> None:
+        path = self.connectors / f"{self.name}.yaml"
+        connector = yaml.safe_load(path.read_text())
+        connector["snapshot"] = {**connector.get("snapshot", {}), **snapshot}
+        path.write_text(yaml.safe_dump(connector))
+
+
+@pytest.fixture
+def snap(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[SnapEnv]:
+    name = unique_name("snap")
+    admin_dsn = postgres_server.dsn()
+    create_database(admin_dsn, name)
+    dsn = postgres_server.dsn(dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+    connector = {
+        "name": name,
+        "postgres": {"dsn": dsn},
+        "slot": name,
+        "publication": name,
+        "tables": ["public.items", "public.empty_one", "public.nokey"],
+        "status_interval_seconds": 1,
+    }
+    config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
+    env = SnapEnv(
+        name, dsn, admin_dsn, kafka_server.bootstrap_servers, config, connectors,
+        tmp_path / "daemon.log", [],
+    )  # fmt: skip
+    yield env
+    for daemon in env.daemons:
+        daemon.stop_quietly()
+    drop_database(admin_dsn, name, slot=name)
+
+
+def _fill(dsn: str, count: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO items SELECT g, g %% 100, 'row ' || g, g / 100.0"
+            " FROM generate_series(1, %s) g",
+            (count,),
+        )
+
+
+class Workload(threading.Thread):
+    """Inserts, updates and deletes random rows of items until stopped."""
+
+    def __init__(self, dsn: str, key_space: int) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.key_space = key_space
+        self.stop_event = threading.Event()
+        self.deleted: set[int] = set()
+        self.transactions = 0
+
+    def run(self) -> None:
+        rnd = random.Random(7)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            while not self.stop_event.is_set():
+                with conn.transaction():
+                    for _ in range(10):
+                        key = rnd.randint(1, self.key_space)
+                        action = rnd.random()
+                        if action < 0.4:
+                            conn.execute(
+                                "UPDATE items SET qty = qty + 1, note = 'upd' WHERE id = %s",
+                                (key,),
+                            )
+                        elif action < 0.7:
+                            conn.execute("DELETE FROM items WHERE id = %s", (key,))
+                            self.deleted.add(key)
+                        else:
+                            conn.execute(
+                                "INSERT INTO items VALUES (%s, 1, 'ins', 1.00)"
+                                " ON CONFLICT (id) DO UPDATE SET note = 'reins'",
+                                (key,),
+                            )
+                            self.deleted.discard(key)
+                self.transactions += 1
+                time.sleep(0.002)
+
+    def finish(self) -> None:
+        self.stop_event.set()
+        self.join()
+
+
+def _latest(messages: list[Message]) -> dict[int, Any]:
+    state: dict[int, Any] = {}
+    for m in sorted(messages, key=lambda m: (m.partition, m.offset)):
+        state[m.key["id"]] = m.value
+    return state
+
+
+def _matches_table(env: SnapEnv) -> Any:
+    table = env.table("items")
+
+    def done(messages: list[Message]) -> bool:
+        state = {k: v for k, v in _latest(messages).items() if v is not None}
+        if set(state) != set(table):
+            return False
+        return all((v["id"], v["qty"], v["note"], v["price"]) == table[k] for k, v in state.items())
+
+    return done
+
+
+def test_initial_snapshot_under_a_workload_matches_the_table(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 20_000)
+    workload = Workload(snap.dsn, 25_000)
+    workload.start()
+    try:
+        daemon = snap.start(wait="snapshot_finished")
+        time.sleep(1.0)
+    finally:
+        workload.finish()
+    assert workload.transactions > 10
+    latest = consume(
+        snap.bootstrap,
+        snap.topic("items", compacted=True),
+        until=_matches_table(snap),
+        timeout=120,
+    )
+    state = _latest(latest)
+    gone = set(range(1, 25_001)) - set(snap.table("items"))
+    # Every key deleted while the snapshot ran, and present before, ends in a tombstone.
+    assert {k for k in workload.deleted if k <= 20_000} & gone
+    assert all(state.get(k) is None for k in gone)
+    finished = daemon.wait_for_log("snapshot_finished")
+    # The workload ran before the slot existed too: the snapshot holds what was left.
+    assert 15_000 < finished["rows"] <= 25_000
+
+
+def test_snapshot_events_are_reads_marked_first_true_last(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 50)
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO nokey VALUES ('a', 1), ('b', 2)")
+    snap.start(wait="snapshot_finished")
+    items = consume(snap.bootstrap, snap.topic("items"), until=lambda m: len(m) >= 50)
+    nokey = consume(snap.bootstrap, snap.topic("nokey"), until=lambda m: len(m) >= 2)
+    events = [m.value for m in items + nokey]
+    assert {e["op"] for e in events} == {"r"}
+    flags = [e["source"]["snapshot"] for e in events]
+    assert flags.count("first") == 1
+    assert flags.count("last") == 1
+    assert flags.count("true") == 50
+    assert all(e["before"] is None for e in events)
+    assert {m.key for m in nokey} == {None}
+    assert sorted(e["after"]["v"] for e in (m.value for m in nokey)) == ["a", "b"]
+    admin_topics = consume(
+        snap.bootstrap, snap.topic("items", compacted=True), until=lambda m: len(m) >= 50
+    )
+    assert len({m.key["id"] for m in admin_topics}) == 50
+
+
+def test_empty_table_snapshot_then_streaming(snap: SnapEnv) -> None:
+    daemon = snap.start(wait="snapshot_finished")
+    assert daemon.wait_for_log("snapshot_finished")["rows"] == 0
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO empty_one VALUES (1, 'x')")
+    messages = consume(snap.bootstrap, snap.topic("empty_one"), until=lambda m: len(m) >= 1)
+    assert [m.value["op"] for m in messages] == ["c"]
+
+
+def test_snapshot_mode_never_streams_only(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 10)
+    snap.configure(mode="never")
+    daemon = snap.start()
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE items SET qty = 0 WHERE id = 1")
+    messages = consume(snap.bootstrap, snap.topic("items"), until=lambda m: len(m) >= 1)
+    time.sleep(1)
+    messages = consume(snap.bootstrap, snap.topic("items"), until=lambda m: len(m) >= 1)
+    assert [m.value["op"] for m in messages] == ["u"]
+    assert not [e for e in daemon.log_lines() if e.get("event") == "snapshot_started"]
+
+
+def test_incremental_snapshot_resumes_after_sigkill_and_matches_the_table(
+    snap: SnapEnv,
+) -> None:
+    """`cdc snapshot` while streaming; killed twice; resumes from the last finished chunk."""
+    snap.configure(mode="never", chunk_rows=500, max_rows_per_second=4_000)
+    daemon = snap.start()
+    _fill(snap.dsn, 12_000)  # streamed as inserts; the snapshot re-reads them as "r"
+    workload = Workload(snap.dsn, 12_000)
+    workload.start()
+    try:
+        result = CliRunner().invoke(
+            cli,
+            ["snapshot", snap.name, "--table", "public.items", "--config", str(snap.config),
+             "--connectors", str(snap.connectors)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        daemon.wait_for_log("snapshot_started")
+        for _ in range(2):
+            time.sleep(1.2)
+            daemon.kill()
+            daemon = snap.start()
+        daemon.wait_for_log("snapshot_finished", timeout=120)
+        time.sleep(0.5)
+    finally:
+        workload.finish()
+    consume(
+        snap.bootstrap,
+        snap.topic("items", compacted=True),
+        until=_matches_table(snap),
+        timeout=120,
+    )
+    lines = daemon.log_lines()
+    resumed = [
+        e["resumed_after_chunks"]
+        for e in lines
+        if e.get("event") == "snapshot_started" and e.get("resumed_after_chunks")
+    ]
+    assert len(resumed) == 2, "both kills must land while the snapshot runs"
+    assert resumed == sorted(resumed)
+    reads = [e for e in lines if e.get("event") == "snapshot_chunk_read"]
+    chunks = {(e["chunk"]) for e in reads}
+    finished = daemon.wait_for_log("snapshot_finished")
+    # Each kill re-reads at most the chunk that was in flight.
+    assert len(reads) <= finished["chunks"] + 2
+    assert len(chunks) == finished["chunks"]
+    snapshot_rows = consume(
+        snap.bootstrap,
+        snap.topic("items"),
+        until=lambda m: sum(1 for x in m if x.value["op"] == "r") >= 1,
+    )
+    assert {m.value["source"]["snapshot"] for m in snapshot_rows if m.value["op"] == "r"} == {
+        "incremental"
+    }
