@@ -415,8 +415,8 @@ class SnapshotConfig(_Model):
     # Tables estimated (pg_class.reltuples) above this many rows are snapshotted
     # incrementally, while streaming, even in the initial snapshot (None: never).
     incremental_above_rows: Annotated[int, Field(ge=0)] | None = None
-    # Debezium-style signal table (id, type, data) a DBA inserts into to start snapshots;
-    # also carries the watermarks on PostgreSQL < 14. "schema.table" or "table".
+    # Debezium-style signal table (id, type, data) a DBA inserts into to start snapshots.
+    # "schema.table" or "table"; it must be in the publication.
     signal_table: str | None = None
 
     @field_validator("signal_table")
@@ -462,7 +462,7 @@ class ConnectorConfig(_Model):
     recreate_slot: bool = False
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
-    max_in_flight_events: Annotated[int, Field(ge=1)] = 100_000
+    max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
     enabled: bool = True
 
     @model_validator(mode="before")

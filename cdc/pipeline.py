@@ -4,27 +4,25 @@ Data flows one way. This module owns the streaming loop and its timing: it reads
 CopyData from the source, decodes, encodes records, produces them, and sends the slot
 the LSN that ``positions`` says is safe. Keepalives that ask for a reply are answered at
 once; while Kafka is slow, reading pauses (bounded memory) but status updates continue,
-so PostgreSQL never drops us for silence (``wal_sender_timeout``).
+so PostgreSQL never drops us for silence (``wal_sender_timeout``). Snapshot decisions and
+their state live in ``snapshot_control``; the loop calls it only on snapshot traffic.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 from typing import Any, cast
 
 import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, TopicsConfig
-from cdc.envelope import EnvelopeEncoder, Record, TableEncoder, TxContext
-from cdc.errors import RecordTooLargeError, SinkError, SlotError, SourceError
+from cdc.envelope import EnvelopeEncoder, Record, TxContext
+from cdc.errors import RecordTooLargeError, SinkError, SourceError
 from cdc.incremental import IncrementalDriver
-from cdc.initial_snapshot import InitialSnapshot, TableProgress
 from cdc.lsn import format_lsn
 from cdc.positions import PositionTracker, Transaction
-from cdc.progress import ProgressView
 from cdc.protocol.messages import (
     Begin,
     Commit,
@@ -43,9 +41,8 @@ from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
 from cdc.protocol.values import ValueOptions
 from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
-from cdc.snapshot import ConnectorState, SnapshotProgress
-from cdc.snapshot_reader import SnapshotReader, TableShape
-from cdc.source import ReplicationSource, SlotInfo, TableInfo, protocol_version_for
+from cdc.snapshot_control import SnapshotControl
+from cdc.source import ReplicationSource, TableInfo, protocol_version_for
 
 __all__ = ["ConnectorPipeline"]
 
@@ -85,16 +82,10 @@ class ConnectorPipeline:
         )
         self._ensured: set[tuple[str, str]] = set()
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        # Topics this start created: empty, so the lost-slot guard skips them.
         self._created_topics: set[str] = set()
-        self._state_topic = ""
-        self._state = ConnectorState()
-        self._pending_incremental: tuple[tuple[str, ...], SnapshotProgress | None] = ((), None)
-        self._progress_view = ProgressView(self._log)
+        self._snapshots: SnapshotControl | None = None
         self._driver: IncrementalDriver | None = None
-        self._snapshot_reader: SnapshotReader | None = None
-        self._published: list[str] = []
-        self._progress_in_tx: SnapshotProgress | None = None
-        self._pending_progress: list[tuple[int, SnapshotProgress]] = []
         self._database = ""
         self._max_records = max(1, connector.max_in_flight_events) * RECORDS_PER_EVENT
         self._tracker = PositionTracker(0)
@@ -133,7 +124,6 @@ class ConnectorPipeline:
             tables = source.published_tables()
             self._report_tables(tables)
             self._keys = {(t.schema, t.name): t.key_columns for t in tables}
-            self._published = [t.qualified for t in tables]
             self._sink = KafkaSink(
                 self._daemon.kafka.bootstrap_servers,
                 self._daemon.kafka.properties,
@@ -143,21 +133,28 @@ class ConnectorPipeline:
             )
             self._sink.list_topics()
             self._ensure_topics([(t.schema, t.name, bool(t.key_columns)) for t in tables])
-            self._state_topic = f"{cfg.name}.__cdc_state"
-            self._sink.ensure_topics(
-                [TopicSpec(self._state_topic, 1, self._topics.replication_factor, "compact")]
+            snapshots = self._snapshots = SnapshotControl(
+                connector=cfg,
+                topics=self._topics,
+                database=self._database,
+                sink=self._sink,
+                published=[t.qualified for t in tables],
+                stop=self._stop,
+                log=self._log,
             )
-            self._state = self._load_state()
+            snapshots.open_state()
             mode = cfg.snapshot.mode
             slot = source.ensure_slot(
                 create=cfg.create_slot,
-                before_create=lambda: self._before_slot_create(tables),
+                before_create=lambda: snapshots.before_slot_create(
+                    tables, new_topics=self._created_topics
+                ),
                 export_snapshot=mode != "never",
                 temporary=mode == "initial_only",
             )
             if slot.created:
                 self._log.info("slot_created", lsn=format_lsn(slot.confirmed_flush_lsn))
-            if not self._snapshot_before_streaming(slot, tables):
+            if not snapshots.snapshot_before_streaming(slot, tables):
                 return
             self._tracker = PositionTracker(slot.confirmed_flush_lsn)
             self._received = slot.confirmed_flush_lsn
@@ -171,239 +168,14 @@ class ConnectorPipeline:
                 tables=len(tables),
             )
             metrics.CONNECTOR_UP.labels(**self._labels).set(1)
-            self._driver = self._start_driver()
+            self._driver = snapshots.start_driver()
             self._stream(PgoutputDecoder(protocol))
             self._shutdown()
         finally:
             metrics.CONNECTOR_UP.labels(**self._labels).set(0)
-            if self._snapshot_reader is not None:
-                self._snapshot_reader.close()
+            if self._snapshots is not None:
+                self._snapshots.close()
             source.close()
-
-    def _retention_topic(self, schema: str, table: str) -> str:
-        return self._topics.retention_topic(self._cfg.name, self._database, schema, table)
-
-    # --- snapshots ------------------------------------------------------------------
-
-    def _load_state(self) -> ConnectorState:
-        assert self._sink is not None
-        raw = self._sink.read_latest(self._state_topic).get(STATE_KEY)
-        if raw is None:
-            return ConnectorState()
-        try:
-            return ConnectorState.from_json(raw)
-        except ValueError as exc:
-            raise SinkError(
-                f"the state in topic {self._state_topic!r} is not readable: {exc}",
-                topic=self._state_topic,
-            ) from exc
-
-    def _save_state(self, state: ConnectorState, *, wait: bool) -> None:
-        assert self._sink is not None
-        self._state = state
-        self._sink.write_state(self._state_topic, STATE_KEY, state.to_json(), wait=wait)
-
-    def _before_slot_create(self, tables: list[TableInfo]) -> None:
-        """Runs only when the slot is about to be created: refuse a silent gap, and record
-        durably that an initial snapshot is due before the slot (and its exported
-        snapshot) exists, so a crash during the snapshot resumes it instead of
-        forgetting it."""
-        mode = self._cfg.snapshot.mode
-        self._refuse_silent_gap(
-            [self._retention_topic(t.schema, t.name) for t in tables],
-            snapshot_fills_gap=mode in ("when_needed", "always"),
-        )
-        if mode != "never":
-            self._save_state(
-                ConnectorState(
-                    initial_snapshot="pending",
-                    initial_tables=tuple(t.qualified for t in tables),
-                    incremental=self._state.incremental,
-                ),
-                wait=True,
-            )
-
-    def _snapshot_before_streaming(self, slot: SlotInfo, tables: list[TableInfo]) -> bool:
-        """Run the initial snapshot when the slot was just created with one; queue the
-        incremental snapshots that must run while streaming. False: stop, don't stream."""
-        cfg = self._cfg.snapshot
-        state = self._state
-        pending_initial: tuple[str, ...] = ()
-        if slot.created and slot.snapshot_name is not None:
-            threshold = cfg.incremental_above_rows
-            reader = SnapshotReader(
-                self._cfg.postgres.dsn.get_secret_value(),
-                application_name=f"cdc:{self._cfg.name}:plan",
-            )
-            try:
-                shapes = [reader.table_shape(t.schema, t.name) for t in tables]
-            finally:
-                reader.close()
-            exported = [s for s in shapes if threshold is None or s.estimated_rows <= threshold]
-            deferred = tuple(_qualified(s) for s in shapes if s not in exported)
-            rows = self._run_initial_snapshot(slot, exported)
-            if rows is None:
-                return False  # stopped: the state still says pending; the next start resumes
-            state = ConnectorState(
-                initial_snapshot="running" if deferred else "done",
-                initial_tables=deferred,
-                incremental=state.incremental,
-            )
-            self._save_state(state, wait=True)
-            if cfg.mode == "initial_only":
-                if deferred:
-                    self._log.warning(
-                        "snapshot_tables_skipped",
-                        tables=list(deferred),
-                        detail="initial_only cannot snapshot incrementally (it does not"
-                        " stream); raise snapshot.incremental_above_rows",
-                    )
-                self._log.info("initial_only_finished", rows=sum(rows.values()))
-                return False
-            pending_initial = deferred
-        elif state.initial_snapshot in ("pending", "running"):
-            pending_initial = state.initial_tables
-            self._log.info(
-                "initial_snapshot_resumed_incrementally",
-                tables=list(pending_initial),
-                detail="the exported snapshot did not survive the restart; the remaining"
-                " tables are read in chunks while streaming",
-            )
-        elif cfg.mode == "always" and not slot.created:
-            pending_initial = tuple(t.qualified for t in tables)
-        self._pending_incremental = (pending_initial, state.incremental)
-        return True
-
-    def _start_driver(self) -> IncrementalDriver:
-        """The incremental snapshot driver, resuming or starting what is due."""
-        snapshot = self._cfg.snapshot
-        self._snapshot_reader = SnapshotReader(
-            self._cfg.postgres.dsn.get_secret_value(),
-            application_name=f"cdc:{self._cfg.name}:chunks",
-        )
-        encoders: dict[str, TableEncoder] = {}
-
-        def encoder_for(shape: TableShape) -> TableEncoder:
-            encoder = encoders.get(shape.qualified)
-            if encoder is None or encoder.relation != shape.relation:
-                encoder = encoders[shape.qualified] = self._table_encoder(shape)
-            return encoder
-
-        driver = IncrementalDriver(
-            reader=self._snapshot_reader,
-            encoder_for=encoder_for,
-            chunk_rows=snapshot.chunk_rows,
-            max_rows_per_second=snapshot.max_rows_per_second,
-            log=self._log,
-        )
-        driver.published_tables = list(self._published)
-        pending_initial, stored = self._pending_incremental
-        if stored is not None:
-            driver.resume(stored)
-        elif pending_initial:
-            driver.start(list(pending_initial), kind="initial")
-        return driver
-
-    def _table_encoder(self, shape: TableShape) -> TableEncoder:
-        schema, table = shape.relation.namespace, shape.relation.name
-        return TableEncoder(
-            shape.relation,
-            connector=self._cfg.name,
-            database=self._database,
-            retention_topic=self._retention_topic(schema, table),
-            compacted_topic=self._topics.compacted_topic(
-                self._cfg.name, self._database, schema, table
-            ),
-            options=ValueOptions(),
-            key_columns=shape.key_columns,
-        )
-
-    def _run_initial_snapshot(
-        self, slot: SlotInfo, shapes: list[TableShape]
-    ) -> dict[str, int] | None:
-        assert self._sink is not None
-        assert slot.snapshot_name is not None
-        started_us = time.time_ns() // 1000
-        self._log.info(
-            "snapshot_started",
-            kind="initial",
-            lsn=format_lsn(slot.confirmed_flush_lsn),
-            tables=[_qualified(s) for s in shapes],
-            max_workers=self._cfg.snapshot.max_workers,
-        )
-        encoders = {_qualified(s): self._table_encoder(s) for s in shapes}
-        snapshot = InitialSnapshot(
-            dsn=self._cfg.postgres.dsn.get_secret_value(),
-            application_name=f"cdc:{self._cfg.name}",
-            snapshot_name=slot.snapshot_name,
-            tx=TxContext(
-                xid=None,
-                commit_lsn=slot.confirmed_flush_lsn,
-                commit_ts_us=started_us,
-                last_commit_lsn=None,
-            ),
-            shapes=shapes,
-            encoder_for=lambda shape: encoders[_qualified(shape)],
-            sink=self._sink,
-            max_workers=self._cfg.snapshot.max_workers,
-            stop=self._stop,
-            report=self._report_snapshot,
-        )
-        started = time.monotonic()
-        rows = snapshot.run()
-        if rows is None:
-            self._log.warning("snapshot_interrupted", kind="initial")
-            return None
-        elapsed = time.monotonic() - started
-        total = sum(rows.values())
-        self._log.info(
-            "snapshot_finished",
-            kind="initial",
-            rows=total,
-            seconds=round(elapsed, 3),
-            rows_per_s=round(total / elapsed) if elapsed > 0 else None,
-            tables=rows,
-        )
-        return rows
-
-    def _report_snapshot(self, tables: list[TableProgress], final: bool) -> None:
-        self._progress_view.show(tables, final=final)
-
-    def _refuse_silent_gap(self, topics: list[str], *, snapshot_fills_gap: bool = False) -> None:
-        """A missing slot with events already in Kafka means the slot was lost (dropped,
-        failover before PostgreSQL 17, major upgrade): WAL since then is gone, and a new
-        slot would silently skip those changes. Stop unless the user accepts the gap."""
-        assert self._sink is not None
-        # Topics created by this start are empty by definition (and may not have a
-        # partition leader yet): only the ones that existed before can tell.
-        existing = [t for t in topics if t not in self._created_topics]
-        written = {t: n for t, n in self._sink.records_written(existing).items() if n}
-        if not written:
-            return
-        topic, count = next(iter(written.items()))
-        if snapshot_fills_gap:
-            self._log.warning(
-                "slot_recreated_snapshot_follows",
-                topic=topic,
-                events_in_topic=count,
-                detail="the slot was lost; a new snapshot republishes every row",
-            )
-            return
-        if not self._cfg.recreate_slot:
-            raise SlotError(
-                f"replication slot {self._cfg.slot!r} does not exist, but topic {topic!r}"
-                f" already holds {count} events of this connector: the slot was dropped or"
-                " lost (failover, major upgrade), and changes made since then are no longer"
-                " in the WAL. A new slot would skip them silently. To accept the gap and"
-                " stream from now on, set recreate_slot: true for this connector (a later"
-                " snapshot can fill the gap)"
-            )
-        self._log.warning(
-            "slot_recreated_with_possible_gap",
-            topic=topic,
-            events_in_topic=count,
-            detail="changes between the lost slot's position and now are not captured",
-        )
 
     def _report_tables(self, tables: list[TableInfo]) -> None:
         for table in tables:
@@ -512,6 +284,8 @@ class ConnectorPipeline:
         countdown = HOUSEKEEPING_EVERY
         driver = self._driver
         assert driver is not None
+        snapshots = self._snapshots
+        assert snapshots is not None
         signal_oid: int | None = None
 
         while not stop.is_set():
@@ -545,7 +319,7 @@ class ConnectorPipeline:
                     and kind is not Truncate
                     and msg.relation.oid == signal_oid  # type: ignore[union-attr]
                 ):
-                    self._signal(msg, driver)
+                    snapshots.signal_row(msg)
                     continue
                 now_us = time_ns() // 1000
                 records = encode(msg, tx_ctx, lsn, now_us)  # type: ignore[arg-type]
@@ -607,9 +381,8 @@ class ConnectorPipeline:
                         " the replication stream is out of order"
                     )
                 tracker.commit(tx, commit.end_lsn)
-                if self._progress_in_tx is not None:
-                    self._pending_progress.append((commit.end_lsn, self._progress_in_tx))
-                    self._progress_in_tx = None
+                if snapshots.progress_in_tx is not None:
+                    snapshots.transaction_committed(commit.end_lsn)
                 last_commit_lsn = commit.commit_lsn
                 self._last_commit_ts_us = commit.commit_ts + _PG_EPOCH_US
                 self._transactions += 1
@@ -638,7 +411,7 @@ class ConnectorPipeline:
                     assert tx is not None
                     if not self._publish(snapshot_records, tx, lsn):
                         return
-                    self._progress_in_tx = driver.last_progress
+                    snapshots.chunk_published()
                 elif not logical.prefix.startswith("cdc."):
                     # Not published yet (a later feature); counted in stream_progress.
                     self._logical_messages += 1
@@ -670,34 +443,6 @@ class ConnectorPipeline:
                 sink.poll(0)
         return True
 
-    def _signal(self, change: Any, driver: IncrementalDriver) -> None:
-        """A row of the signal table: Debezium's (id, type, data) columns."""
-        if not isinstance(change, Insert):
-            return
-        names = [c.name for c in change.relation.columns]
-        values = dict(zip(names, change.new, strict=True))
-        signal_type, data = values.get("type"), values.get("data")
-        driver.signal_row(
-            signal_type if isinstance(signal_type, str) else None,
-            data if isinstance(data, str) else None,
-        )
-
-    def _save_confirmed_progress(self) -> None:
-        """Store snapshot progress whose chunk records Kafka now holds (and all before)."""
-        pending = self._pending_progress
-        confirmed = self._tracker.confirmed
-        while pending and pending[0][0] <= confirmed:
-            _, progress = pending.pop(0)
-            state = self._state
-            if progress.finished:
-                if progress.kind == "initial":
-                    state = ConnectorState(initial_snapshot="done")
-                else:
-                    state = replace(state, incremental=None)
-            else:
-                state = replace(state, incremental=progress)
-            self._save_state(state, wait=False)
-
     def _wait_for_kafka(self, ready: Any) -> bool:
         """Backpressure: stop reading until Kafka catches up; keep the slot informed.
 
@@ -728,8 +473,9 @@ class ConnectorPipeline:
         sink.poll(0)
         self._check_failures()
         self._observe_latency()
-        if self._pending_progress:
-            self._save_confirmed_progress()
+        snapshots = self._snapshots
+        if snapshots is not None and snapshots.pending_progress:
+            snapshots.save_confirmed_progress(self._tracker.confirmed)
         driver = self._driver
         if driver is not None and driver.running and len(sink) < self._max_records // 2:
             driver.pump()
@@ -857,13 +603,6 @@ def _rejected(exc: BaseException, record: Record, lsn: int) -> SinkError:
         )
     return SinkError(f"Kafka refused the {where}: {exc}", topic=record.topic)
 
-
-def _qualified(shape: TableShape) -> str:
-    return f"{shape.relation.namespace}.{shape.relation.name}"
-
-
-# The state topic's one key: the connector's snapshot state (cdc.snapshot.ConnectorState).
-STATE_KEY = b"snapshot"
 
 # pgoutput timestamps count microseconds from 2000-01-01 UTC; events use the Unix epoch.
 _PG_EPOCH_US = 946_684_800_000_000

@@ -319,7 +319,7 @@ def test_minimal_connector_gets_documented_defaults() -> None:
     assert config.table_names is None
     assert (config.create_slot, config.create_publication, config.enabled) == (True, True, True)
     assert config.status_interval_seconds == 10
-    assert config.max_in_flight_events == 100_000
+    assert config.max_in_flight_events == 20_000
 
 
 def test_default_slot_replaces_characters_postgres_refuses() -> None:

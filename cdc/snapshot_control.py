@@ -1,0 +1,422 @@
+"""Decides and runs one connector's snapshots around the streaming loop.
+
+The one job: keep the connector's snapshot state record in its Kafka state topic
+(``<connector>.__cdc_state``), refuse to recreate a lost slot silently (the lost-slot
+guard), run the initial snapshot from the slot's exported snapshot before streaming
+starts, and own the incremental driver's lifecycle and the storage of its progress
+(written only once the chunk that reached it is acknowledged by Kafka).
+
+It must not read the replication stream, answer keepalives, decide which LSN is
+confirmable (``positions`` does; it is told the confirmed LSN) or produce streamed
+change events: the pipeline owns the stream and the slot ack, and publishes the chunk
+rows of an incremental snapshot inside the HIGH watermark's transaction so their acks
+count toward it. It does no per-event work: the streaming loop calls it only for signal
+rows, HIGH watermarks that finished a chunk, and commits that carry chunk progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import replace
+from typing import Any
+
+from cdc.config import ConnectorConfig, TopicsConfig
+from cdc.envelope import TableEncoder, TxContext
+from cdc.errors import SinkError, SlotError
+from cdc.incremental import IncrementalDriver
+from cdc.initial_snapshot import InitialSnapshot, TableProgress
+from cdc.lsn import format_lsn
+from cdc.progress import ProgressView
+from cdc.protocol.messages import Insert
+from cdc.protocol.values import ValueOptions
+from cdc.sink import KafkaSink, TopicSpec
+from cdc.snapshot import ConnectorState, SnapshotProgress
+from cdc.snapshot_reader import SnapshotReader, TableShape
+from cdc.source import SlotInfo, TableInfo
+
+__all__ = ["STATE_KEY", "SnapshotControl"]
+
+# The state topic's one key: the connector's snapshot state (cdc.snapshot.ConnectorState).
+STATE_KEY = b"snapshot"
+
+
+class SnapshotControl:
+    """One connector's snapshot decisions and state; lives as long as its pipeline run.
+
+    The pipeline calls, in this order: ``open_state`` (once topics exist),
+    ``before_slot_create`` (as the slot's ``before_create`` hook), ``snapshot_before_streaming``,
+    ``start_driver`` (once streaming started); then, from the streaming loop,
+    ``signal_row``, ``chunk_published``, ``transaction_committed`` and
+    ``save_confirmed_progress``; and ``close`` at the end, whatever happened.
+    """
+
+    # Slotted: the streaming loop reads ``progress_in_tx`` at every commit.
+    __slots__ = (
+        "_cfg",
+        "_database",
+        "_driver",
+        "_log",
+        "_pending_incremental",
+        "_progress_view",
+        "_published",
+        "_sink",
+        "_snapshot_reader",
+        "_state",
+        "_state_topic",
+        "_stop",
+        "_topics",
+        "pending_progress",
+        "progress_in_tx",
+    )
+
+    def __init__(
+        self,
+        *,
+        connector: ConnectorConfig,
+        topics: TopicsConfig,
+        database: str,
+        sink: KafkaSink,
+        published: list[str],
+        stop: threading.Event,
+        log: Any,
+    ) -> None:
+        """No I/O here: the pipeline decides when the state topic is touched.
+
+        Args:
+            connector: the connector's settings (``snapshot``, ``slot``, ``recreate_slot``).
+            topics: the effective topic settings, for topic names and the state topic.
+            database: the source database's name, as it appears in topic names and events.
+            sink: the connector's Kafka sink (state records, initial snapshot rows).
+            published: qualified names of the published tables (an incremental snapshot
+                without tables snapshots them all).
+            stop: set to interrupt the initial snapshot.
+            log: the connector's bound logger (``connector`` and ``slot`` already bound).
+        """
+        self._cfg = connector
+        self._topics = topics
+        self._database = database
+        self._sink = sink
+        self._published = published
+        self._stop = stop
+        self._log = log
+        self._state_topic = f"{connector.name}.__cdc_state"
+        self._state = ConnectorState()
+        self._pending_incremental: tuple[tuple[str, ...], SnapshotProgress | None] = ((), None)
+        self._progress_view = ProgressView(log)
+        self._driver: IncrementalDriver | None = None
+        self._snapshot_reader: SnapshotReader | None = None
+        # The progress reached by a chunk published in the transaction being streamed;
+        # it moves to ``pending_progress`` at that transaction's commit.
+        self.progress_in_tx: SnapshotProgress | None = None
+        # (commit end LSN, progress) in commit order: stored once that LSN is confirmed,
+        # so a crash never records a chunk whose records Kafka may not hold.
+        self.pending_progress: list[tuple[int, SnapshotProgress]] = []
+
+    # --- the state record -------------------------------------------------------------
+
+    def open_state(self) -> None:
+        """Create the state topic if missing and read the stored state to its end."""
+        self._sink.ensure_topics(
+            [TopicSpec(self._state_topic, 1, self._topics.replication_factor, "compact")]
+        )
+        self._state = self._load_state()
+
+    def _load_state(self) -> ConnectorState:
+        raw = self._sink.read_latest(self._state_topic).get(STATE_KEY)
+        if raw is None:
+            return ConnectorState()
+        try:
+            return ConnectorState.from_json(raw)
+        except ValueError as exc:
+            raise SinkError(
+                f"the state in topic {self._state_topic!r} is not readable: {exc}",
+                topic=self._state_topic,
+            ) from exc
+
+    def _save_state(self, state: ConnectorState, *, wait: bool) -> None:
+        self._state = state
+        self._sink.write_state(self._state_topic, STATE_KEY, state.to_json(), wait=wait)
+
+    # --- before streaming ---------------------------------------------------------------
+
+    def before_slot_create(self, tables: list[TableInfo], *, new_topics: Collection[str]) -> None:
+        """Runs only when the slot is about to be created: refuse a silent gap, and record
+        durably that an initial snapshot is due before the slot (and its exported
+        snapshot) exists, so a crash during the snapshot resumes it instead of
+        forgetting it.
+
+        Args:
+            tables: the published tables.
+            new_topics: topics this start created (empty, so they cannot reveal a gap).
+
+        Raises:
+            SlotError: the slot was lost, events are in Kafka, and neither a snapshot nor
+                ``recreate_slot`` accepts the gap.
+        """
+        mode = self._cfg.snapshot.mode
+        self._refuse_silent_gap(
+            [self._retention_topic(t.schema, t.name) for t in tables],
+            new_topics=new_topics,
+            snapshot_fills_gap=mode in ("when_needed", "always"),
+        )
+        if mode != "never":
+            self._save_state(
+                ConnectorState(
+                    initial_snapshot="pending",
+                    initial_tables=tuple(t.qualified for t in tables),
+                    incremental=self._state.incremental,
+                ),
+                wait=True,
+            )
+
+    def _refuse_silent_gap(
+        self, topics: list[str], *, new_topics: Collection[str], snapshot_fills_gap: bool
+    ) -> None:
+        """A missing slot with events already in Kafka means the slot was lost (dropped,
+        failover before PostgreSQL 17, major upgrade): WAL since then is gone, and a new
+        slot would silently skip those changes. Stop unless the user accepts the gap."""
+        # Topics created by this start are empty by definition (and may not have a
+        # partition leader yet): only the ones that existed before can tell.
+        existing = [t for t in topics if t not in new_topics]
+        written = {t: n for t, n in self._sink.records_written(existing).items() if n}
+        if not written:
+            return
+        topic, count = next(iter(written.items()))
+        if snapshot_fills_gap:
+            self._log.warning(
+                "slot_recreated_snapshot_follows",
+                topic=topic,
+                events_in_topic=count,
+                detail="the slot was lost; a new snapshot republishes every row",
+            )
+            return
+        if not self._cfg.recreate_slot:
+            raise SlotError(
+                f"replication slot {self._cfg.slot!r} does not exist, but topic {topic!r}"
+                f" already holds {count} events of this connector: the slot was dropped or"
+                " lost (failover, major upgrade), and changes made since then are no longer"
+                " in the WAL. A new slot would skip them silently. To accept the gap and"
+                " stream from now on, set recreate_slot: true for this connector (a later"
+                " snapshot can fill the gap)"
+            )
+        self._log.warning(
+            "slot_recreated_with_possible_gap",
+            topic=topic,
+            events_in_topic=count,
+            detail="changes between the lost slot's position and now are not captured",
+        )
+
+    def snapshot_before_streaming(self, slot: SlotInfo, tables: list[TableInfo]) -> bool:
+        """Run the initial snapshot when the slot was just created with one; queue the
+        incremental snapshots that must run while streaming (``start_driver`` starts them).
+
+        Returns:
+            False: stop, don't stream (interrupted, or ``initial_only`` finished).
+        """
+        cfg = self._cfg.snapshot
+        state = self._state
+        pending_initial: tuple[str, ...] = ()
+        if slot.created and slot.snapshot_name is not None:
+            threshold = cfg.incremental_above_rows
+            reader = SnapshotReader(
+                self._cfg.postgres.dsn.get_secret_value(),
+                application_name=f"cdc:{self._cfg.name}:plan",
+            )
+            try:
+                shapes = [reader.table_shape(t.schema, t.name) for t in tables]
+            finally:
+                reader.close()
+            exported = [s for s in shapes if threshold is None or s.estimated_rows <= threshold]
+            deferred = tuple(_qualified(s) for s in shapes if s not in exported)
+            rows = self._run_initial_snapshot(slot, exported)
+            if rows is None:
+                return False  # stopped: the state still says pending; the next start resumes
+            state = ConnectorState(
+                initial_snapshot="running" if deferred else "done",
+                initial_tables=deferred,
+                incremental=state.incremental,
+            )
+            self._save_state(state, wait=True)
+            if cfg.mode == "initial_only":
+                if deferred:
+                    self._log.warning(
+                        "snapshot_tables_skipped",
+                        tables=list(deferred),
+                        detail="initial_only cannot snapshot incrementally (it does not"
+                        " stream); raise snapshot.incremental_above_rows",
+                    )
+                self._log.info("initial_only_finished", rows=sum(rows.values()))
+                return False
+            pending_initial = deferred
+        elif state.initial_snapshot in ("pending", "running"):
+            pending_initial = state.initial_tables
+            self._log.info(
+                "initial_snapshot_resumed_incrementally",
+                tables=list(pending_initial),
+                detail="the exported snapshot did not survive the restart; the remaining"
+                " tables are read in chunks while streaming",
+            )
+        elif cfg.mode == "always" and not slot.created:
+            pending_initial = tuple(t.qualified for t in tables)
+        self._pending_incremental = (pending_initial, state.incremental)
+        return True
+
+    def _run_initial_snapshot(
+        self, slot: SlotInfo, shapes: list[TableShape]
+    ) -> dict[str, int] | None:
+        """Rows per table, or None when stopped before the end."""
+        assert slot.snapshot_name is not None
+        started_us = time.time_ns() // 1000
+        self._log.info(
+            "snapshot_started",
+            kind="initial",
+            lsn=format_lsn(slot.confirmed_flush_lsn),
+            tables=[_qualified(s) for s in shapes],
+            max_workers=self._cfg.snapshot.max_workers,
+        )
+        encoders = {_qualified(s): self._table_encoder(s) for s in shapes}
+        snapshot = InitialSnapshot(
+            dsn=self._cfg.postgres.dsn.get_secret_value(),
+            application_name=f"cdc:{self._cfg.name}",
+            snapshot_name=slot.snapshot_name,
+            tx=TxContext(
+                xid=None,
+                commit_lsn=slot.confirmed_flush_lsn,
+                commit_ts_us=started_us,
+                last_commit_lsn=None,
+            ),
+            shapes=shapes,
+            encoder_for=lambda shape: encoders[_qualified(shape)],
+            sink=self._sink,
+            max_workers=self._cfg.snapshot.max_workers,
+            stop=self._stop,
+            report=self._report_snapshot,
+        )
+        started = time.monotonic()
+        rows = snapshot.run()
+        if rows is None:
+            self._log.warning("snapshot_interrupted", kind="initial")
+            return None
+        elapsed = time.monotonic() - started
+        total = sum(rows.values())
+        self._log.info(
+            "snapshot_finished",
+            kind="initial",
+            rows=total,
+            seconds=round(elapsed, 3),
+            rows_per_s=round(total / elapsed) if elapsed > 0 else None,
+            tables=rows,
+        )
+        return rows
+
+    def _report_snapshot(self, tables: list[TableProgress], final: bool) -> None:
+        self._progress_view.show(tables, final=final)
+
+    # --- while streaming ----------------------------------------------------------------
+
+    def start_driver(self) -> IncrementalDriver:
+        """The incremental snapshot driver, resuming or starting what is due.
+
+        Opens the chunk reader's connection; ``close`` closes it.
+        """
+        snapshot = self._cfg.snapshot
+        self._snapshot_reader = SnapshotReader(
+            self._cfg.postgres.dsn.get_secret_value(),
+            application_name=f"cdc:{self._cfg.name}:chunks",
+        )
+        encoders: dict[str, TableEncoder] = {}
+
+        def encoder_for(shape: TableShape) -> TableEncoder:
+            encoder = encoders.get(shape.qualified)
+            if encoder is None or encoder.relation != shape.relation:
+                encoder = encoders[shape.qualified] = self._table_encoder(shape)
+            return encoder
+
+        driver = IncrementalDriver(
+            reader=self._snapshot_reader,
+            encoder_for=encoder_for,
+            chunk_rows=snapshot.chunk_rows,
+            max_rows_per_second=snapshot.max_rows_per_second,
+            log=self._log,
+        )
+        driver.published_tables = list(self._published)
+        pending_initial, stored = self._pending_incremental
+        if stored is not None:
+            driver.resume(stored)
+        elif pending_initial:
+            driver.start(list(pending_initial), kind="initial")
+        self._driver = driver
+        return driver
+
+    def signal_row(self, change: object) -> None:
+        """A row of the signal table: Debezium's (id, type, data) columns."""
+        if not isinstance(change, Insert):
+            return
+        driver = self._driver
+        assert driver is not None
+        names = [c.name for c in change.relation.columns]
+        values = dict(zip(names, change.new, strict=True))
+        signal_type, data = values.get("type"), values.get("data")
+        driver.signal_row(
+            signal_type if isinstance(signal_type, str) else None,
+            data if isinstance(data, str) else None,
+        )
+
+    def chunk_published(self) -> None:
+        """The rows of the chunk a HIGH watermark closed were produced in the current
+        transaction: the progress they reach becomes storable at its commit."""
+        driver = self._driver
+        assert driver is not None
+        self.progress_in_tx = driver.last_progress
+
+    def transaction_committed(self, end_lsn: int) -> None:
+        """The transaction that published a chunk committed at ``end_lsn``; call only
+        when ``progress_in_tx`` is set (the streaming loop checks it inline)."""
+        assert self.progress_in_tx is not None
+        self.pending_progress.append((end_lsn, self.progress_in_tx))
+        self.progress_in_tx = None
+
+    def save_confirmed_progress(self, confirmed: int) -> None:
+        """Store snapshot progress whose chunk records Kafka now holds (and all before)."""
+        pending = self.pending_progress
+        while pending and pending[0][0] <= confirmed:
+            _, progress = pending.pop(0)
+            state = self._state
+            if progress.finished:
+                if progress.kind == "initial":
+                    state = ConnectorState(initial_snapshot="done")
+                else:
+                    state = replace(state, incremental=None)
+            else:
+                state = replace(state, incremental=progress)
+            self._save_state(state, wait=False)
+
+    def close(self) -> None:
+        """Close the chunk reader's connection, if ``start_driver`` opened one."""
+        if self._snapshot_reader is not None:
+            self._snapshot_reader.close()
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _retention_topic(self, schema: str, table: str) -> str:
+        return self._topics.retention_topic(self._cfg.name, self._database, schema, table)
+
+    def _table_encoder(self, shape: TableShape) -> TableEncoder:
+        schema, table = shape.relation.namespace, shape.relation.name
+        return TableEncoder(
+            shape.relation,
+            connector=self._cfg.name,
+            database=self._database,
+            retention_topic=self._retention_topic(schema, table),
+            compacted_topic=self._topics.compacted_topic(
+                self._cfg.name, self._database, schema, table
+            ),
+            options=ValueOptions(),
+            key_columns=shape.key_columns,
+        )
+
+
+def _qualified(shape: TableShape) -> str:
+    return f"{shape.relation.namespace}.{shape.relation.name}"
