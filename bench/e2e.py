@@ -140,7 +140,7 @@ class DaemonProcess:
         name: str,
         profile: Path | None = None,
         metrics_port: int | None = None,
-        snapshot_workers: int | None = None,
+        snapshot: dict[str, Any] | None = None,
     ) -> None:
         (workdir / "connectors").mkdir(parents=True, exist_ok=True)
         (workdir / "cdc.yaml").write_text(
@@ -161,11 +161,7 @@ class DaemonProcess:
                     "slot": name,
                     "publication": name,
                     "tables": ["public.bench"],
-                    "snapshot": (
-                        {"mode": "initial", "max_workers": snapshot_workers}
-                        if snapshot_workers
-                        else {"mode": "never"}
-                    ),
+                    "snapshot": snapshot or {"mode": "never"},
                 }
             )
         )

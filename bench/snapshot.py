@@ -45,7 +45,7 @@ def _wait_for(log: Path, event: str, count: int, timeout: float) -> dict[str, An
     raise RuntimeError(f"no {event} #{count} in {timeout}s; see {log}")
 
 
-def run(rows: int, workers: int, base: Path) -> dict[str, Any]:
+def run(rows: int, workers: int, chunk_rows: int, base: Path) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
     try:
@@ -58,7 +58,11 @@ def run(rows: int, workers: int, base: Path) -> dict[str, Any]:
         name = "snap"
         started = time.monotonic()
         daemon = DaemonProcess(
-            base / name, kafka.bootstrap_servers, dsn, name, snapshot_workers=workers
+            base / name,
+            kafka.bootstrap_servers,
+            dsn,
+            name,
+            snapshot={"mode": "initial", "max_workers": workers, "chunk_rows": chunk_rows},
         )
         log = base / name / f"{name}.log"
         finished = _wait_for(log, "snapshot_finished", 1, 1800)
@@ -67,6 +71,7 @@ def run(rows: int, workers: int, base: Path) -> dict[str, Any]:
             "bench": "snapshot",
             "rows": rows,
             "workers": workers,
+            "chunk_rows": chunk_rows,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "initial_rows_per_s": finished["rows_per_s"],
@@ -98,15 +103,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--chunk-rows", type=int, default=10_000)
     parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.workers, args.keep)
+        result = run(args.rows, args.workers, args.chunk_rows, args.keep)
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.workers, Path(tmp))
+            result = run(args.rows, args.workers, args.chunk_rows, Path(tmp))
     print(orjson.dumps(result).decode(), flush=True)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -184,7 +184,9 @@ class IncrementalDriver:
                 row = encoder.row(values, 0)
                 key = encoder.key(row)
                 assert key is not None  # tables without a key are never chunked
-                rows.append((key, row))
+                # orjson leaves each result in a buffer of 4 KB or more: copy the few
+                # bytes out, or a held chunk costs chunk_rows x 4 KB.
+                rows.append((bytes(memoryview(key)), row))
             exhausted = len(raw) < request.limit
             last_key = SnapshotReader.key_of(shape, raw[-1]) if raw else None
             snapshot.chunk_read(request.chunk_id, rows, last_key, exhausted or not raw)
@@ -226,7 +228,7 @@ class IncrementalDriver:
         if self._snapshot is not None:
             self._snapshot.truncate(table)
 
-    def message(self, message: LogicalMessage, tx: TxContext, lsn: int) -> list[Record] | None:
+    def message(self, message: LogicalMessage, tx: TxContext, lsn: int) -> Iterator[Record] | None:
         """A logical decoding message: a watermark closes a window (records to publish
         now), a signal starts a snapshot. Other messages: None."""
         if message.prefix == WATERMARK_PREFIX:
@@ -246,7 +248,7 @@ class IncrementalDriver:
                 self._log.info("snapshot_requested", tables=tables, via="signal_table")
                 self.start(tables)
 
-    def _watermark(self, content: bytes, tx: TxContext, lsn: int) -> list[Record] | None:
+    def _watermark(self, content: bytes, tx: TxContext, lsn: int) -> Iterator[Record] | None:
         snapshot = self._snapshot
         if snapshot is None:
             return None
@@ -262,12 +264,13 @@ class IncrementalDriver:
         if rows is None:
             return None
         self._window_table = None
-        records: list[Record] = []
-        if table is not None:
-            encoder = self._encoder_for(self._shapes[table])
-            now_us = time.time_ns() // 1000
-            for row in rows:
-                records.extend(encoder.read_row(row, tx, lsn, now_us, "incremental"))
+        records: Iterator[Record] = iter(())
+        if table is not None and rows:
+            # Built lazily, one row at a time as they are produced: a whole chunk of
+            # encoded records at once would hold chunk_rows x 2 buffers in memory.
+            records = _read_records(
+                self._encoder_for(self._shapes[table]), rows, tx, lsn, time.time_ns() // 1000
+            )
         self.last_progress = snapshot.progress
         if snapshot.finished:
             self._log.info(
@@ -283,3 +286,10 @@ class IncrementalDriver:
                 queued, self._queued = self._queued, []
                 self.start(queued)
         return records
+
+
+def _read_records(
+    encoder: TableEncoder, rows: list[Row], tx: TxContext, lsn: int, now_us: int
+) -> Iterator[Record]:
+    for row in rows:
+        yield from encoder.read_row(row, tx, lsn, now_us, "incremental")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, cast
 
 import structlog
@@ -423,7 +424,7 @@ class ConnectorPipeline:
                     " cdc does not request streaming or two-phase transactions"
                 )
 
-    def _publish(self, records: list[Record], tx: Transaction, lsn: int) -> bool:
+    def _publish(self, records: Iterable[Record], tx: Transaction, lsn: int) -> bool:
         """Produce records that belong to ``tx`` (off the hot path: snapshot chunks)."""
         sink = self._sink
         assert sink is not None
