@@ -121,8 +121,15 @@ class ConnectorPipeline:
         try:
             info = source.connect()
             self._database = info.database
-            source.ensure_publication(cfg.table_names, create=cfg.create_publication)
-            tables = source.published_tables()
+            signal_table = cfg.snapshot.signal_table
+            wanted = cfg.table_names
+            if wanted is not None and signal_table is not None:
+                # The signal table must be published (its rows reach us through the
+                # stream) but is not captured: no topics, no snapshot, no events.
+                schema, _, name = signal_table.partition(".")
+                wanted = [*wanted, (schema, name)]
+            source.ensure_publication(wanted, create=cfg.create_publication)
+            tables = [t for t in source.published_tables() if t.qualified != signal_table]
             self._report_tables(tables)
             self._keys = {(t.schema, t.name): t.key_columns for t in tables}
             self._sink = KafkaSink(

@@ -164,15 +164,18 @@ def _matches_table(env: SnapEnv) -> Any:
 
 
 def test_initial_snapshot_under_a_workload_matches_the_table(snap: SnapEnv) -> None:
-    _fill(snap.dsn, 20_000)
-    workload = Workload(snap.dsn, 25_000)
+    _fill(snap.dsn, 100_000)
+    snap.configure(max_workers=1)
+    daemon = snap.start(wait="snapshot_started")  # the slot and its snapshot exist now
+    workload = Workload(snap.dsn, 110_000)
     workload.start()
     try:
-        daemon = snap.start(wait="snapshot_finished")
+        daemon.wait_for_log("snapshot_finished", timeout=120)
+        during = workload.transactions
         time.sleep(1.0)
     finally:
         workload.finish()
-    assert workload.transactions > 10
+    assert during > 10, "the workload must overlap the snapshot"
     latest = consume(
         snap.bootstrap,
         snap.topic("items", compacted=True),
@@ -180,13 +183,11 @@ def test_initial_snapshot_under_a_workload_matches_the_table(snap: SnapEnv) -> N
         timeout=120,
     )
     state = _latest(latest)
-    gone = set(range(1, 25_001)) - set(snap.table("items"))
-    # Every key deleted while the snapshot ran, and present before, ends in a tombstone.
-    assert {k for k in workload.deleted if k <= 20_000} & gone
-    assert all(state.get(k) is None for k in gone)
-    finished = daemon.wait_for_log("snapshot_finished")
-    # The workload ran before the slot existed too: the snapshot holds what was left.
-    assert 15_000 < finished["rows"] <= 25_000
+    gone = set(range(1, 100_001)) - set(snap.table("items"))
+    # Every key that existed at the snapshot and was deleted since ends in a tombstone.
+    assert len(gone) > 10
+    assert all(k in state and state[k] is None for k in gone)
+    assert daemon.wait_for_log("snapshot_finished")["rows"] == 100_000
 
 
 def test_snapshot_events_are_reads_marked_first_true_last(snap: SnapEnv) -> None:
@@ -286,3 +287,139 @@ def test_incremental_snapshot_resumes_after_sigkill_and_matches_the_table(
     assert {m.value["source"]["snapshot"] for m in snapshot_rows if m.value["op"] == "r"} == {
         "incremental"
     }
+
+
+def _slot_exists(env: SnapEnv) -> bool:
+    with psycopg.connect(env.admin_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (env.name,)
+        ).fetchone()
+    assert row is not None
+    return bool(row[0])
+
+
+def test_initial_only_snapshots_then_stops_and_leaves_no_slot(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 300)
+    snap.configure(mode="initial_only")
+    daemon = Daemon.start(snap.config, snap.connectors, snap.log_path)
+    snap.daemons.append(daemon)
+    assert daemon.process.wait(120) == 0
+    daemon.wait_for_log("initial_only_finished")
+    assert not _slot_exists(snap)
+    items = consume(snap.bootstrap, snap.topic("items"), until=lambda m: len(m) >= 300)
+    assert {m.value["op"] for m in items} == {"r"}
+
+
+def test_when_needed_snapshots_again_after_the_slot_is_lost(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 100)
+    snap.configure(mode="when_needed")
+    daemon = snap.start(wait="snapshot_finished")
+    assert daemon.terminate() == 0
+    with psycopg.connect(snap.admin_dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (snap.name,))
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:  # lost with the slot
+        conn.execute("INSERT INTO items VALUES (5000, 1, 'while no slot', 1)")
+    snap.log_path.write_text("")
+    daemon = snap.start(wait="snapshot_finished")
+    daemon.wait_for_log("slot_recreated_snapshot_follows")
+    consume(
+        snap.bootstrap, snap.topic("items", compacted=True), until=_matches_table(snap), timeout=60
+    )
+
+
+def test_always_snapshots_again_at_every_start(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 100)
+    snap.configure(mode="always", chunk_rows=30)
+    daemon = snap.start(wait="snapshot_finished")
+    assert daemon.terminate() == 0
+    snap.log_path.write_text("")
+    daemon = snap.start(wait="snapshot_finished")
+    finished = daemon.wait_for_log("snapshot_finished")
+    assert (finished["mode"], finished["rows"]) == ("incremental", 100)
+
+
+def test_initial_snapshot_killed_midway_resumes_incrementally(snap: SnapEnv) -> None:
+    """The exported snapshot dies with the daemon: the rest continues in chunks, nothing lost."""
+    _fill(snap.dsn, 300_000)
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE items")
+    snap.configure(max_workers=1, chunk_rows=20_000)
+    daemon = snap.start(wait="snapshot_started")
+    time.sleep(1.0)
+    daemon.kill()
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("UPDATE items SET note = 'after kill' WHERE id % 1000 = 0")
+        conn.execute("DELETE FROM items WHERE id % 1000 = 1")
+    daemon = snap.start()
+    daemon.wait_for_log("initial_snapshot_resumed_incrementally")
+    daemon.wait_for_log("snapshot_finished", timeout=180)
+    consume(
+        snap.bootstrap,
+        snap.topic("items", compacted=True),
+        until=_matches_table(snap),
+        timeout=180,
+    )
+
+
+def test_tables_above_the_threshold_are_snapshotted_incrementally(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 3_000)
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE items")
+        conn.execute("INSERT INTO empty_one VALUES (1, 'small')")
+    snap.configure(incremental_above_rows=1_000, chunk_rows=500)
+    daemon = snap.start(wait="streaming_started")
+    started = [e for e in daemon.log_lines() if e.get("event") == "snapshot_started"]
+    exported = [e["tables"] for e in started if "mode" not in e]
+    assert exported == [["public.empty_one", "public.nokey"]]
+    finished = None
+    deadline = time.monotonic() + 60
+    while finished is None and time.monotonic() < deadline:
+        done = [
+            e
+            for e in daemon.log_lines()
+            if e.get("event") == "snapshot_finished" and e.get("mode") == "incremental"
+        ]
+        finished = done[0] if done else None
+        time.sleep(0.2)
+    assert finished is not None
+    assert finished["rows"] == 3_000
+    consume(
+        snap.bootstrap, snap.topic("items", compacted=True), until=_matches_table(snap), timeout=60
+    )
+
+
+def test_signal_table_row_starts_an_incremental_snapshot(snap: SnapEnv) -> None:
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE cdc_signal (id text PRIMARY KEY, type text, data text)")
+    snap.configure(mode="never", signal_table="cdc_signal", chunk_rows=100)
+    daemon = snap.start()
+    _fill(snap.dsn, 250)
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO cdc_signal VALUES ('s1', 'execute-snapshot',"
+            ' \'{"data-collections": ["public.items"], "type": "incremental"}\')'
+        )
+    finished = daemon.wait_for_log("snapshot_finished", timeout=60)
+    assert finished["rows"] == 250
+    messages = consume(
+        snap.bootstrap,
+        snap.topic("items"),
+        until=lambda m: sum(1 for x in m if x.value["op"] == "r") >= 250,
+    )
+    assert sum(1 for m in messages if m.value["op"] == "r") == 250
+    assert snap.topic("cdc_signal") not in {m.topic for m in messages}
+
+
+@pytest.mark.slow
+def test_a_million_row_table_snapshots_completely(snap: SnapEnv) -> None:
+    _fill(snap.dsn, 1_000_000)
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE items")
+    daemon = snap.start(wait="snapshot_finished", timeout=600)
+    finished = daemon.wait_for_log("snapshot_finished")
+    assert finished["rows"] == 1_000_000
+    keys = {m.key["id"] for m in consume(
+        snap.bootstrap, snap.topic("items", compacted=True), until=lambda m: len(m) >= 1_000_000,
+        timeout=600,
+    )}  # fmt: skip
+    assert keys == set(range(1, 1_000_001))
