@@ -1,4 +1,4 @@
-"""Command line of ``cdc``: ``cdc validate``, ``cdc run`` and ``cdc snapshot``.
+"""Command line of ``cdc``: ``validate``, ``run``, ``snapshot`` and ``status``.
 
 Its one job is to parse arguments, load the configuration, and hand over: configuration
 errors are printed (file, key, what to do) with exit status 2; everything else belongs to
@@ -9,8 +9,9 @@ not configure logging anywhere but here, once, before the daemon starts.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import click
 
@@ -189,6 +190,91 @@ def snapshot(
         f"snapshot of {', '.join(wanted) or 'every published table'} requested for"
         f" {connector} ({how}); the daemon logs snapshot_started when it begins"
     )
+
+
+@cli.command()
+@_config_option
+@click.option(
+    "--url",
+    default=None,
+    help="The daemon's status endpoint; default: from metrics.host/port in --config.",
+)
+def status(config_path: Path, url: str | None) -> None:
+    """Show what a running daemon's connectors are doing (phase, positions, snapshots).
+
+    Exits 0 when every connector is working (starting, snapshotting or streaming), 1
+    otherwise or when the daemon does not answer: usable as a probe.
+    """
+    if url is None:
+        daemon = _load_daemon(config_path)
+        if daemon.metrics.port is None:
+            click.echo("cdc: metrics.port is null in the config: no status endpoint", err=True)
+            raise SystemExit(EXIT_CONFIG_ERROR)
+        # A daemon listening on every interface is reached on loopback from here.
+        wildcard = daemon.metrics.host in ("0.0.0.0", "::")  # noqa: S104 - compared, not bound
+        host = "127.0.0.1" if wildcard else daemon.metrics.host
+        url = f"http://{host}:{daemon.metrics.port}"
+    # Imported here: only this command talks HTTP.
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    import orjson  # noqa: PLC0415
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/status", timeout=10) as response:  # noqa: S310 - the operator's own URL
+            document = orjson.loads(response.read())
+    except (urllib.error.URLError, OSError) as exc:
+        click.echo(f"cdc: no answer from {url}/status: {exc}", err=True)
+        raise SystemExit(1) from None
+    for line in render_status(document):
+        click.echo(line)
+    raise SystemExit(0 if document.get("healthy") else 1)
+
+
+def render_status(document: dict[str, Any]) -> list[str]:
+    """Readable lines for a /status document."""
+    lines = []
+    for c in document.get("connectors", []):
+        events = c.get("events") or {}
+        counts = " ".join(f"{op}={events[op]}" for op in ("c", "u", "d", "t") if events.get(op))
+        lines.append(
+            f"{c.get('connector')}: {c.get('phase', '?')}"
+            f"  confirmed {c.get('confirmed_lsn', '-')}  lag {c.get('lag_bytes', 0)} B"
+            f"  in flight {c.get('in_flight_records', 0)}  events {counts or '0'}"
+        )
+        if c.get("error"):
+            lines.append(f"  error: {c['error']}")
+        snapshot = c.get("snapshot")
+        if snapshot:
+            if snapshot.get("mode") == "incremental":
+                lines.append(
+                    f"  snapshot ({snapshot.get('kind')}, incremental): table"
+                    f" {snapshot.get('table')}, {snapshot.get('rows_done', 0)} rows in"
+                    f" {snapshot.get('chunks_done', 0)} chunks, tables left"
+                    f" {len(snapshot.get('tables_left') or [])}"
+                )
+            for table, p in (snapshot.get("tables") or {}).items():
+                state = "done" if p.get("done") else "reading"
+                lines.append(
+                    f"  snapshot {table}: {p.get('rows', 0)} of ~{p.get('estimated_rows', 0)}"
+                    f" rows, {state}"
+                )
+    if not lines:
+        lines.append("no connector reported yet")
+    return lines
+
+
+def _load_daemon(config_path: Path) -> DaemonConfig:
+    from cdc.config import load_daemon_config_text  # noqa: PLC0415
+    from cdc.config_files import read_config_file  # noqa: PLC0415
+
+    try:
+        return load_daemon_config_text(
+            read_config_file(config_path), source=str(config_path), env=os.environ
+        )
+    except ConfigError as exc:
+        click.echo(f"cdc: configuration error: {redact_dsn(str(exc))}", err=True)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
 
 
 def main() -> None:

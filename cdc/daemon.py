@@ -16,7 +16,6 @@ import time
 from types import FrameType
 
 import structlog
-from prometheus_client import start_http_server
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig
@@ -29,7 +28,9 @@ from cdc.errors import (
     SourceError,
     TopicConfigError,
 )
+from cdc.logging import redact_dsn
 from cdc.pipeline import ConnectorPipeline
+from cdc.status import BOARD, start_status_server
 
 __all__ = ["ConnectorRunner", "is_retryable", "run_daemon"]
 
@@ -67,6 +68,7 @@ class ConnectorRunner(threading.Thread):
         backoff = BACKOFF_INITIAL_S
         while not self._stop_event.is_set():
             started = time.monotonic()
+            BOARD.update(self.connector_name, phase="starting")
             try:
                 ConnectorPipeline(self._daemon, self._connector, self._stop_event).run()
             except CdcError as exc:
@@ -85,6 +87,12 @@ class ConnectorRunner(threading.Thread):
                 if time.monotonic() - started > BACKOFF_RESET_AFTER_S:
                     backoff = BACKOFF_INITIAL_S
                 metrics.CONNECTOR_RESTARTS.labels(connector=self._connector.name).inc()
+                BOARD.update(
+                    self.connector_name,
+                    phase="restarting",
+                    error=redact_dsn(str(exc)),
+                    retry_in_s=backoff,
+                )
                 self._log.warning(
                     "connector_restarting",
                     error=str(exc),
@@ -97,10 +105,12 @@ class ConnectorRunner(threading.Thread):
                 self._fail(exc)
                 return
             else:
+                BOARD.update(self.connector_name, phase="stopped")
                 return
 
     def _fail(self, exc: BaseException) -> None:
         self.failure = exc
+        BOARD.update(self.connector_name, phase="failed", error=redact_dsn(str(exc)))
         if isinstance(exc, CdcError):
             self._log.error("connector_failed", error=str(exc), error_type=type(exc).__name__)
         else:
@@ -120,8 +130,13 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if daemon.metrics.port is not None:
-            start_http_server(daemon.metrics.port, addr=daemon.metrics.host)
-            log.info("metrics_listening", host=daemon.metrics.host, port=daemon.metrics.port)
+            server = start_status_server(daemon.metrics.host, daemon.metrics.port)
+            log.info(
+                "metrics_listening",
+                host=daemon.metrics.host,
+                port=server.server_address[1],
+                paths=["/metrics", "/status", "/healthz"],
+            )
         runners = [ConnectorRunner(daemon, c, stop) for c in connectors if c.enabled]
         if not runners:
             log.error("no_connector_enabled")

@@ -44,6 +44,7 @@ from cdc.protocol.values import ValueOptions
 from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
 from cdc.snapshot_control import SnapshotControl
 from cdc.source import ReplicationSource, TableInfo, protocol_version_for
+from cdc.status import BOARD
 
 __all__ = ["ConnectorPipeline"]
 
@@ -176,6 +177,14 @@ class ConnectorPipeline:
                 tables=len(tables),
             )
             metrics.CONNECTOR_UP.labels(**self._labels).set(1)
+            BOARD.update(
+                cfg.name,
+                phase="streaming",
+                slot=cfg.slot,
+                started_lsn=format_lsn(slot.confirmed_flush_lsn),
+                snapshot=None,
+                error=None,
+            )
             self._driver = snapshots.start_driver()
             self._stream(PgoutputDecoder(protocol))
             self._shutdown()
@@ -572,6 +581,29 @@ class ConnectorPipeline:
             metrics.IN_FLIGHT_RECORDS.labels(**labels).set(len(self._sink))
         if self._last_commit_ts_us:
             metrics.LAST_COMMIT_TIMESTAMP.labels(**labels).set(self._last_commit_ts_us / 1e6)
+        driver = self._driver
+        progress = driver.progress if driver is not None else None
+        BOARD.update(
+            labels["connector"],
+            confirmed_lsn=format_lsn(confirmed),
+            received_lsn=format_lsn(self._received),
+            lag_bytes=max(0, self._server_wal_end - confirmed),
+            in_flight_records=len(self._sink) if self._sink is not None else 0,
+            events=dict(self._events),
+            transactions=self._transactions,
+            snapshot=None
+            if progress is None
+            else {
+                "kind": progress.kind,
+                "mode": "incremental",
+                "snapshot_id": progress.snapshot_id,
+                "table": progress.tables[0] if progress.tables else None,
+                "tables_left": list(progress.tables),
+                "tables_done": list(progress.tables_done),
+                "chunks_done": progress.chunks_done,
+                "rows_done": progress.rows_done,
+            },
+        )
 
     # --- shutdown -------------------------------------------------------------------
 

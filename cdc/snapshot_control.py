@@ -35,6 +35,7 @@ from cdc.sink import KafkaSink, TopicSpec
 from cdc.snapshot import ConnectorState, SnapshotProgress
 from cdc.snapshot_reader import SnapshotReader, TableShape
 from cdc.source import SlotInfo, TableInfo
+from cdc.status import BOARD
 
 __all__ = ["STATE_KEY", "SnapshotControl"]
 
@@ -269,6 +270,11 @@ class SnapshotControl:
         """Rows per table, or None when stopped before the end."""
         assert slot.snapshot_name is not None
         started_us = time.time_ns() // 1000
+        BOARD.update(
+            self._cfg.name,
+            phase="snapshotting",
+            snapshot={"kind": "initial", "mode": "exported", "tables": {}},
+        )
         self._log.info(
             "snapshot_started",
             kind="initial",
@@ -313,6 +319,12 @@ class SnapshotControl:
 
     def _report_snapshot(self, tables: list[TableProgress], final: bool) -> None:
         self._progress_view.show(tables, final=final)
+        name = self._cfg.name
+        for table in tables:
+            BOARD.snapshot_progress(
+                name, table.table, rows=table.rows, estimated_rows=table.estimated_rows,
+                done=table.done,
+            )  # fmt: skip
 
     # --- while streaming ----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from click.testing import CliRunner
 
 from cdc.cli import cli
+from cdc.testing import free_port
 from tests.integration.helpers import (
     Daemon,
     Message,
@@ -423,3 +425,27 @@ def test_a_million_row_table_snapshots_completely(snap: SnapEnv) -> None:
         timeout=600,
     )}  # fmt: skip
     assert keys == set(range(1, 1_000_001))
+
+
+def test_status_endpoint_and_cli_show_streaming_and_snapshot_progress(snap: SnapEnv) -> None:
+    port = free_port()
+    daemon_config = yaml.safe_load(snap.config.read_text())
+    daemon_config["metrics"] = {"host": "127.0.0.1", "port": port}
+    snap.config.write_text(yaml.safe_dump(daemon_config))
+    _fill(snap.dsn, 3_000)
+    snap.configure(mode="never", chunk_rows=100, max_rows_per_second=1_000)
+    daemon = snap.start()
+    runner = CliRunner()
+    args = ["--config", str(snap.config), "--connectors", str(snap.connectors)]
+    assert runner.invoke(cli, ["snapshot", snap.name, *args]).exit_code == 0
+    daemon.wait_for_log("snapshot_chunk_read")
+    time.sleep(1.5)  # the board is refreshed about once a second
+    result = runner.invoke(cli, ["status", "--config", str(snap.config)])
+    assert result.exit_code == 0, result.output
+    assert f"{snap.name}: streaming" in result.output
+    assert "snapshot (incremental, incremental): table public.items" in result.output
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+        assert response.status == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        assert b"cdc_commit_to_ack_seconds_bucket" in response.read()
+    assert daemon.terminate() == 0
