@@ -82,7 +82,9 @@ class IncrementalDriver:
         self._shapes: dict[str, TableShape] = {}
         self._queued: list[str] = []
         self._not_before = 0.0
-        self._window_table: str | None = None
+        # The table whose chunk window may be open: only its changes need reporting. A
+        # plain attribute, read for every streamed change.
+        self.window_table: str | None = None
         self._chunk_started = 0.0
         # The progress reached by the last HIGH watermark that finished a chunk; the
         # pipeline stores it once that chunk's records are acknowledged.
@@ -197,7 +199,7 @@ class IncrementalDriver:
             snapshot.abandon_chunk()
             raise
         self.chunks_read += 1
-        self._window_table = request.table
+        self.window_table = request.table
         self._log.info(
             "snapshot_chunk_read",
             table=request.table,
@@ -209,11 +211,6 @@ class IncrementalDriver:
             self._not_before = time.monotonic() + len(raw) / self._max_rows_per_second
 
     # --- the stream -----------------------------------------------------------------
-
-    @property
-    def window_table(self) -> str | None:
-        """The table whose chunk window may be open: only its changes need reporting."""
-        return self._window_table
 
     def change(self, table: str, records: list[Record]) -> None:
         """Record the keys of a streamed change of the table in the window."""
@@ -263,7 +260,7 @@ class IncrementalDriver:
         rows = snapshot.watermark(snapshot_id, chunk_id, kind)
         if rows is None:
             return None
-        self._window_table = None
+        self.window_table = None
         records: Iterator[Record] = iter(())
         if table is not None and rows:
             # Built lazily, one row at a time as they are produced: a whole chunk of
