@@ -22,6 +22,7 @@ import orjson
 
 from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SourceError
+from cdc.initial_snapshot import TableProgress
 from cdc.protocol.messages import LogicalMessage
 from cdc.snapshot import IncrementalSnapshot, SnapshotProgress
 from cdc.snapshot_reader import SnapshotReader, TableShape
@@ -89,6 +90,10 @@ class IncrementalDriver:
         # The progress reached by the last HIGH watermark that finished a chunk; the
         # pipeline stores it once that chunk's records are acknowledged.
         self.last_progress: SnapshotProgress | None = None
+        # For progress reports: the current table, when it started, rows done before it.
+        self._table: str | None = None
+        self._table_started = 0.0
+        self._rows_before_table = 0
         self.published_tables: list[str] = []
         self.chunks_read = 0
 
@@ -127,6 +132,7 @@ class IncrementalDriver:
         if progress.finished:
             return
         self._snapshot = IncrementalSnapshot(progress, chunk_rows=self._chunk_rows)
+        self._note_table(progress)
         self._log.info(
             "snapshot_started",
             kind=progress.kind,
@@ -161,6 +167,28 @@ class IncrementalDriver:
                 return None
             self._shapes[table] = shape
         return shape
+
+    def _note_table(self, progress: SnapshotProgress) -> None:
+        table = progress.tables[0] if progress.tables else None
+        if table != self._table:
+            self._table = table
+            self._table_started = time.monotonic()
+            self._rows_before_table = progress.rows_done
+
+    def table_progress(self) -> TableProgress | None:
+        """Rows of the current table so far, against its estimate (rows/s, ETA)."""
+        snapshot = self._snapshot
+        table = self._table
+        if snapshot is None or table is None:
+            return None
+        shape = self._shapes.get(table)
+        return TableProgress(
+            table=table,
+            estimated_rows=max(0, shape.estimated_rows) if shape is not None else 0,
+            rows=snapshot.progress.rows_done - self._rows_before_table,
+            started=self._table_started,
+            tasks_left=1,
+        )
 
     # --- chunks ---------------------------------------------------------------------
 
@@ -269,6 +297,7 @@ class IncrementalDriver:
                 self._encoder_for(self._shapes[table]), rows, tx, lsn, time.time_ns() // 1000
             )
         self.last_progress = snapshot.progress
+        self._note_table(snapshot.progress)
         if snapshot.finished:
             self._log.info(
                 "snapshot_finished",

@@ -496,6 +496,8 @@ class ConnectorPipeline:
         driver = self._driver
         if driver is not None and driver.running and len(sink) < self._max_records // 2:
             driver.pump()
+            if snapshots is not None:
+                snapshots.report_incremental(driver)
         self._send_status(force=False)
         now = time.monotonic()
         if now - self._last_progress >= PROGRESS_LOG_INTERVAL_S:

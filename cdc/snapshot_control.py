@@ -26,7 +26,7 @@ from cdc.config import ConnectorConfig, TopicsConfig
 from cdc.envelope import TableEncoder, TxContext
 from cdc.errors import SinkError, SlotError
 from cdc.incremental import IncrementalDriver
-from cdc.initial_snapshot import InitialSnapshot, TableProgress
+from cdc.initial_snapshot import PROGRESS_INTERVAL_S, InitialSnapshot, TableProgress
 from cdc.lsn import format_lsn
 from cdc.progress import ProgressView
 from cdc.protocol.messages import Insert
@@ -58,6 +58,7 @@ class SnapshotControl:
         "_cfg",
         "_database",
         "_driver",
+        "_last_report",
         "_log",
         "_pending_incremental",
         "_progress_view",
@@ -106,6 +107,7 @@ class SnapshotControl:
         self._state = ConnectorState()
         self._pending_incremental: tuple[tuple[str, ...], SnapshotProgress | None] = ((), None)
         self._progress_view = ProgressView(log)
+        self._last_report = time.monotonic()
         self._driver: IncrementalDriver | None = None
         self._snapshot_reader: SnapshotReader | None = None
         # The progress reached by a chunk published in the transaction being streamed;
@@ -389,6 +391,17 @@ class SnapshotControl:
         assert self.progress_in_tx is not None
         self.pending_progress.append((end_lsn, self.progress_in_tx))
         self.progress_in_tx = None
+
+    def report_incremental(self, driver: IncrementalDriver) -> None:
+        """Every few seconds while an incremental snapshot runs: the terminal bar or a
+        ``snapshot_progress`` line for its current table."""
+        now = time.monotonic()
+        if now - self._last_report < PROGRESS_INTERVAL_S:
+            return
+        self._last_report = now
+        table = driver.table_progress()
+        if table is not None:
+            self._progress_view.show([table])
 
     def save_confirmed_progress(self, confirmed: int) -> None:
         """Store snapshot progress whose chunk records Kafka now holds (and all before)."""
