@@ -58,6 +58,7 @@ class SnapshotControl:
         "_cfg",
         "_database",
         "_driver",
+        "_export_planned",
         "_last_report",
         "_log",
         "_pending_incremental",
@@ -107,6 +108,7 @@ class SnapshotControl:
         self._state = ConnectorState()
         self._pending_incremental: tuple[tuple[str, ...], SnapshotProgress | None] = ((), None)
         self._progress_view = ProgressView(log)
+        self._export_planned = False
         self._last_report = time.monotonic()
         self._driver: IncrementalDriver | None = None
         self._snapshot_reader: SnapshotReader | None = None
@@ -164,7 +166,13 @@ class SnapshotControl:
             new_topics=new_topics,
             snapshot_fills_gap=mode in ("when_needed", "always"),
         )
-        if mode != "never":
+        # "initial" snapshots once: not again when a lost slot is recreated after the
+        # snapshot was done (recreate_slot accepted the gap); the other modes snapshot
+        # whenever a slot is created.
+        self._export_planned = mode != "never" and not (
+            mode == "initial" and self._state.initial_snapshot == "done"
+        )
+        if self._export_planned:
             self._save_state(
                 ConnectorState(
                     initial_snapshot="pending",
@@ -221,7 +229,7 @@ class SnapshotControl:
         cfg = self._cfg.snapshot
         state = self._state
         pending_initial: tuple[str, ...] = ()
-        if slot.created and slot.snapshot_name is not None:
+        if slot.created and slot.snapshot_name is not None and self._export_planned:
             threshold = cfg.incremental_above_rows
             reader = SnapshotReader(
                 self._cfg.postgres.dsn.get_secret_value(),

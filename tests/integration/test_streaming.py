@@ -554,3 +554,5 @@ def test_lost_slot_is_detected_not_silently_recreated(env: Env) -> None:
     accepted = env.start()
     warning = accepted.wait_for_log("slot_recreated_with_possible_gap")
     assert warning["topic"] == env.topic("orders")
+    # snapshot.mode initial snapshots once: the recreated slot does not snapshot again.
+    assert not [e for e in accepted.log_lines() if e.get("event") == "snapshot_started"]
