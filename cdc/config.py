@@ -418,6 +418,15 @@ class SnapshotConfig(_Model):
     # Debezium-style signal table (id, type, data) a DBA inserts into to start snapshots.
     # "schema.table" or "table"; it must be in the publication.
     signal_table: str | None = None
+    # Where incremental snapshots write their watermarks: logical decoding messages
+    # (PostgreSQL 14+), or rows of the signal table; auto picks messages when possible.
+    watermarks: Literal["auto", "logical_message", "signal_table"] = "auto"
+
+    @model_validator(mode="after")
+    def _signal_table_for_watermarks(self) -> SnapshotConfig:
+        if self.watermarks == "signal_table" and self.signal_table is None:
+            raise ValueError("watermarks: signal_table needs snapshot.signal_table to be set")
+        return self
 
     @field_validator("signal_table")
     @classmethod

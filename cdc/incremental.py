@@ -73,12 +73,16 @@ class IncrementalDriver:
         chunk_rows: int,
         max_rows_per_second: int | None,
         log: Any,
+        signal_table: str | None = None,
     ) -> None:
         self._reader = reader
         self._encoder_for = encoder_for
         self._chunk_rows = chunk_rows
         self._max_rows_per_second = max_rows_per_second
         self._log = log
+        # Where watermarks go: logical messages (PostgreSQL 14+), or rows of the signal
+        # table when one is given (older servers, or snapshot.watermarks: signal_table).
+        self._signal_table = signal_table
         self._snapshot: IncrementalSnapshot[Row] | None = None
         self._shapes: dict[str, TableShape] = {}
         self._queued: list[str] = []
@@ -205,9 +209,7 @@ class IncrementalDriver:
         encoder = self._encoder_for(shape)
         mark = {"snapshot": snapshot.snapshot_id, "chunk": request.chunk_id}
         try:
-            self._reader.emit_watermark(
-                WATERMARK_PREFIX, orjson.dumps({**mark, "kind": "low"}).decode()
-            )
+            self._write_watermark({**mark, "kind": "low"})
             raw = self._reader.read_chunk(shape, request.after_key, request.limit)
             rows: list[tuple[bytes, Row]] = []
             for values in raw:
@@ -220,9 +222,7 @@ class IncrementalDriver:
             exhausted = len(raw) < request.limit
             last_key = SnapshotReader.key_of(shape, raw[-1]) if raw else None
             snapshot.chunk_read(request.chunk_id, rows, last_key, exhausted or not raw)
-            self._reader.emit_watermark(
-                WATERMARK_PREFIX, orjson.dumps({**mark, "kind": "high"}).decode()
-            )
+            self._write_watermark({**mark, "kind": "high"})
         except BaseException:
             snapshot.abandon_chunk()
             raise
@@ -237,6 +237,14 @@ class IncrementalDriver:
         )
         if self._max_rows_per_second:
             self._not_before = time.monotonic() + len(raw) / self._max_rows_per_second
+
+    def _write_watermark(self, mark: dict[str, Any]) -> None:
+        content = orjson.dumps(mark).decode()
+        if self._signal_table is None:
+            self._reader.emit_watermark(WATERMARK_PREFIX, content)
+        else:
+            kind = "snapshot-window-open" if mark["kind"] == "low" else "snapshot-window-close"
+            self._reader.emit_signal_row(self._signal_table, kind, content)
 
     # --- the stream -----------------------------------------------------------------
 
@@ -265,13 +273,19 @@ class IncrementalDriver:
                 self.start(tables)
         return None
 
-    def signal_row(self, signal_type: str | None, data: str | None) -> None:
-        """A row inserted into the signal table (Debezium's id, type, data columns)."""
+    def signal_row(
+        self, signal_type: str | None, data: str | None, tx: TxContext, lsn: int
+    ) -> Iterator[Record] | None:
+        """A row inserted into the signal table (Debezium's id, type, data columns): a
+        snapshot request, or a watermark written there (records to publish now)."""
+        if signal_type in ("snapshot-window-open", "snapshot-window-close") and data:
+            return self._watermark(data.encode(), tx, lsn)
         if signal_type == "execute-snapshot":
             tables = parse_signal(orjson.dumps({"type": signal_type, "data": data or "{}"}))
             if tables is not None:
                 self._log.info("snapshot_requested", tables=tables, via="signal_table")
                 self.start(tables)
+        return None
 
     def _watermark(self, content: bytes, tx: TxContext, lsn: int) -> Iterator[Record] | None:
         snapshot = self._snapshot

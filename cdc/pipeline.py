@@ -185,7 +185,7 @@ class ConnectorPipeline:
                 snapshot=None,
                 error=None,
             )
-            self._driver = snapshots.start_driver()
+            self._driver = snapshots.start_driver(info.version_num)
             self._stream(PgoutputDecoder(protocol))
             self._shutdown()
         finally:
@@ -336,7 +336,11 @@ class ConnectorPipeline:
                     and kind is not Truncate
                     and msg.relation.oid == signal_oid  # type: ignore[union-attr]
                 ):
-                    snapshots.signal_row(msg)
+                    chunk = snapshots.signal_row(msg, tx_ctx, lsn)
+                    if chunk is not None:
+                        if not self._publish(chunk, tx, lsn):
+                            return
+                        snapshots.chunk_published()
                     continue
                 now_us = time_ns() // 1000
                 records = encode(msg, tx_ctx, lsn, now_us)  # type: ignore[arg-type]

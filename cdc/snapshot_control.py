@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import replace
 from typing import Any
 
 from cdc.config import ConnectorConfig, TopicsConfig
-from cdc.envelope import TableEncoder, TxContext
+from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SinkError, SlotError
 from cdc.incremental import IncrementalDriver
 from cdc.initial_snapshot import PROGRESS_INTERVAL_S, InitialSnapshot, TableProgress
@@ -41,6 +41,9 @@ __all__ = ["STATE_KEY", "SnapshotControl"]
 
 # The state topic's one key: the connector's snapshot state (cdc.snapshot.ConnectorState).
 STATE_KEY = b"snapshot"
+
+# pgoutput passes logical decoding messages (our watermarks) from PostgreSQL 14 on.
+LOGICAL_MESSAGES_FROM = 140000
 
 
 class SnapshotControl:
@@ -338,7 +341,7 @@ class SnapshotControl:
 
     # --- while streaming ----------------------------------------------------------------
 
-    def start_driver(self) -> IncrementalDriver:
+    def start_driver(self, server_version: int) -> IncrementalDriver:
         """The incremental snapshot driver, resuming or starting what is due.
 
         Opens the chunk reader's connection; ``close`` closes it.
@@ -356,12 +359,22 @@ class SnapshotControl:
                 encoder = encoders[shape.qualified] = self._table_encoder(shape)
             return encoder
 
+        use_table = snapshot.watermarks == "signal_table" or (
+            snapshot.watermarks == "auto" and server_version < LOGICAL_MESSAGES_FROM
+        )
+        if use_table and snapshot.signal_table is None:
+            self._log.warning(
+                "incremental_snapshots_unavailable",
+                detail="PostgreSQL before 14 cannot carry watermarks as logical messages:"
+                " set snapshot.signal_table to enable incremental snapshots",
+            )
         driver = IncrementalDriver(
             reader=self._snapshot_reader,
             encoder_for=encoder_for,
             chunk_rows=snapshot.chunk_rows,
             max_rows_per_second=snapshot.max_rows_per_second,
             log=self._log,
+            signal_table=snapshot.signal_table if use_table else None,
         )
         driver.published_tables = list(self._published)
         pending_initial, stored = self._pending_incremental
@@ -372,18 +385,21 @@ class SnapshotControl:
         self._driver = driver
         return driver
 
-    def signal_row(self, change: object) -> None:
-        """A row of the signal table: Debezium's (id, type, data) columns."""
+    def signal_row(self, change: object, tx: TxContext, lsn: int) -> Iterator[Record] | None:
+        """A row of the signal table: Debezium's (id, type, data) columns. Returns the
+        records to publish when the row was a watermark closing a chunk."""
         if not isinstance(change, Insert):
-            return
+            return None
         driver = self._driver
         assert driver is not None
         names = [c.name for c in change.relation.columns]
         values = dict(zip(names, change.new, strict=True))
         signal_type, data = values.get("type"), values.get("data")
-        driver.signal_row(
+        return driver.signal_row(
             signal_type if isinstance(signal_type, str) else None,
             data if isinstance(data, str) else None,
+            tx,
+            lsn,
         )
 
     def chunk_published(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
@@ -377,6 +378,29 @@ class SnapshotReader:
             raise _error(f"emitting logical message {prefix!r}", exc) from exc
         assert row is not None
         return str(row[0])
+
+    def emit_signal_row(self, signal_table: str, signal_type: str, data: str) -> None:
+        """Write a watermark as a row of the signal table, for servers whose pgoutput
+        does not carry logical messages (PostgreSQL < 14).
+
+        The row is inserted and deleted in one transaction: the stream still carries the
+        insert, and the table does not grow by two rows per chunk.
+        """
+        conn = self._require()
+        if self._in_snapshot:
+            raise SourceError("watermarks run in autocommit: end the snapshot transaction first")
+        schema, _, table = signal_table.partition(".")
+        target = sql.Identifier(schema, table)
+        row_id = uuid.uuid4().hex
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("INSERT INTO {} (id, type, data) VALUES (%s, %s, %s)").format(target),
+                    (row_id, signal_type, data),
+                )
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(target), (row_id,))
+        except psycopg.Error as exc:
+            raise _error(f"writing a watermark row into {signal_table}", exc) from exc
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """``./scripts/demo``: see cdc work end to end, on throwaway servers, in well under a minute.
 
 It starts a throwaway PostgreSQL and Kafka (``cdc.testing``) in a temporary folder, creates
-a small "legacy" shop database (one table without a primary key), writes the daemon's two
-kinds of config file, runs the real daemon (``python -m cdc run``) as a child process,
-commits a workload of inserts, updates (one changes a primary key) and deletes, then reads
-both topics back and prints them: a few retention events, the compacted state per key,
-and whether what Kafka holds equals the tables. It stops the daemon with SIGTERM (it
+a small "legacy" shop database (one table without a primary key) that already holds rows,
+writes the daemon's two kinds of config file, runs the real daemon (``python -m cdc run``)
+as a child process, which snapshots the existing rows (op "r") and then streams, commits a
+workload of inserts, updates (one changes a primary key) and deletes on top, many of them
+on snapshotted rows, then reads both topics back and prints them: the snapshot, a few
+retention events, the compacted state per key, and whether what Kafka holds equals the
+tables. It stops the daemon with SIGTERM (it
 flushes and confirms), then the servers, and removes the folder unless ``--keep DIR``.
 
 Exit status: 0 when everything matched, 1 when something did not, 2 when the demo could
@@ -41,7 +43,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg.rows import dict_row
 
-from cdc.lsn import format_lsn
+from cdc.lsn import format_lsn, parse_lsn
 from cdc.testing import ServiceError, free_port
 from cdc.testing.kafka import KafkaServer, start_kafka
 from cdc.testing.postgres import PostgresServer, start_postgres
@@ -62,6 +64,10 @@ DAEMON_STOP_TIMEOUT_S = 45.0
 # Keys printed per compacted topic; the check below covers every key.
 SHOWN_KEYS = 8
 DEFAULT_ROWS = 20
+# Archived orders already in the database when the daemon starts: enough for the
+# snapshot's rows/s to mean something, few enough to keep the demo quick.
+DEFAULT_LEGACY_ROWS = 1000
+LEGACY_FIRST_ID = 100_001
 # Prose lines are wrapped at this width; JSON rows are not.
 WRAP = 92
 DAEMON_COMMAND = (sys.executable, "-m", "cdc", "run")
@@ -124,6 +130,8 @@ postgres:
   dsn: "{dsn}"
 tables: [{tables}]
 status_interval_seconds: 1
+snapshot:
+  mode: initial       # the default: publish the existing rows (op "r") once, then stream
 """
 
 
@@ -262,13 +270,13 @@ class Change:
     sql: str
 
 
-def workload(rows: int) -> list[tuple[str, list[Change]]]:
-    """The shop's day as (title, statements) transactions; ``rows`` bulk orders at the end."""
-    c, u, d, k = "c", "u", "d", "k"
+def audit(message: str) -> Change:
+    return Change("audit_log", "c", f"INSERT INTO audit_log (message) VALUES ('{message}')")
 
-    def audit(message: str) -> Change:
-        return Change("audit_log", c, f"INSERT INTO audit_log (message) VALUES ('{message}')")
 
+def legacy_data(rows: int) -> list[tuple[str, list[Change]]]:
+    """What the shop's database holds before cdc starts; ``rows`` archived orders at the end."""
+    c = "c"
     steps = [
         ("sign-ups and a catalogue", [
             Change("customers", c, "INSERT INTO customers (id, name, email) VALUES"
@@ -285,6 +293,26 @@ def workload(rows: int) -> list[tuple[str, list[Change]]]:
                    " (1003, 3, 'new', 6.90), (1004, 1, 'new', 12.50)"),
             audit("4 orders placed"),
         ]),
+    ]  # fmt: skip
+    if rows > 0:
+        first, last = LEGACY_FIRST_ID, LEGACY_FIRST_ID - 1 + rows
+        steps.append((f"archive: {rows} delivered orders from 2020 on", [
+            Change("orders", c, "INSERT INTO orders (id, customer_id, status, total, placed_at)"
+                   " SELECT g, 1 + g % 2, 'delivered', g % 89 + 0.49,"
+                   f" timestamptz '2020-01-01 00:00Z' + (g - {first}) * interval '1 hour'"
+                   f" FROM generate_series({first}, {last}) AS g"),
+        ]))  # fmt: skip
+    return steps
+
+
+def workload(rows: int, legacy_rows: int) -> list[tuple[str, list[Change]]]:
+    """The shop's day as (title, statements) transactions; ``rows`` bulk orders at the end.
+
+    Most statements change rows that were in the database before the daemon started, so
+    their events follow the snapshot's ``"r"`` event of the same key.
+    """
+    c, u, d, k = "c", "u", "d", "k"
+    steps = [
         ("payment, shipping, a new e-mail, a price change", [
             Change("orders", u, "UPDATE orders SET status = 'paid' WHERE id = 1001"),
             Change("orders", u, "UPDATE orders SET status = 'shipped' WHERE id = 1001"),
@@ -305,15 +333,22 @@ def workload(rows: int) -> list[tuple[str, list[Change]]]:
             audit("order 1003 cancelled, customer 3 removed"),
         ]),
     ]  # fmt: skip
+    if legacy_rows > 0:
+        steps.append(("purge: every 10th archived order deleted", [
+            Change("orders", d, f"DELETE FROM orders WHERE id >= {LEGACY_FIRST_ID}"
+                   " AND id % 10 = 0"),
+            audit("archive purged"),
+        ]))  # fmt: skip
     if rows > 0:
         first, last = 10_001, 10_000 + rows
+        between = f"id BETWEEN {first} AND {last}"
         steps.append((f"bulk: {rows} orders, every 2nd paid, every 5th deleted", [
             Change("orders", c, "INSERT INTO orders (id, customer_id, status, total)"
                    " SELECT g, 1 + g % 2, 'new', g % 97 + 0.99"
                    f" FROM generate_series({first}, {last}) AS g"),
-            Change("orders", u, "UPDATE orders SET status = 'paid'"
-                   f" WHERE id >= {first} AND id % 2 = 0"),
-            Change("orders", d, f"DELETE FROM orders WHERE id >= {first} AND id % 5 = 0"),
+            Change("orders", u, f"UPDATE orders SET status = 'paid' WHERE {between}"
+                   " AND id % 2 = 0"),
+            Change("orders", d, f"DELETE FROM orders WHERE {between} AND id % 5 = 0"),
             audit(f"{rows} bulk orders"),
         ]))  # fmt: skip
     return steps
@@ -321,13 +356,18 @@ def workload(rows: int) -> list[tuple[str, list[Change]]]:
 
 @dataclass
 class Expected:
-    """Events each table's statements must produce on its topics."""
+    """Records each table must produce on its topics: snapshot rows, then streamed events."""
 
-    retention: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    snapshot: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
+    streamed: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TABLES, 0))
 
     def add(self, change: Change, rowcount: int) -> None:
         # A key change is a delete of the old key and a create of the new one.
-        self.retention[change.table] += rowcount * (2 if change.op == "k" else 1)
+        self.streamed[change.table] += rowcount * (2 if change.op == "k" else 1)
+
+    def records(self, table: str) -> int:
+        """Per topic, retention or compacted: every change makes one record on each."""
+        return self.snapshot[table] + self.streamed[table]
 
 
 def run_workload(dsn: str, steps: Sequence[tuple[str, list[Change]]], out: Out) -> Expected:
@@ -348,6 +388,16 @@ def run_workload(dsn: str, steps: Sequence[tuple[str, list[Change]]], out: Out) 
             xid = out.dim(f"xid {txid[0] if txid else '?'}")
             out.line(f"  {number}. {xid}  {title:<{width}}  {out.dim(rows)}")
     return expected
+
+
+def count_rows(dsn: str) -> dict[str, int]:
+    """Rows per table now: before the daemon starts, exactly what its snapshot must read."""
+    counts: dict[str, int] = {}
+    with psycopg.connect(dsn) as conn:
+        for table in TABLES:
+            row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()  # our own names
+            counts[table] = row[0] if row else 0
+    return counts
 
 
 # --- reading the topics ---------------------------------------------------------------
@@ -534,9 +584,15 @@ def print_event(out: Out, message: Message, *, full: bool = False) -> None:
         out.line("  value: {")
         for name, value in trimmed.items():
             out.line(f'           "{name}": {compact(value)},')
+        # The snapshot marker only where it says something: it is "false" on streamed events.
+        marker = (
+            "" if source["snapshot"] == "false" else f'"snapshot": {compact(source["snapshot"])}, '
+        )
         txid, lsn = compact(source["txId"]), compact(source["lsn"])
         lsn_note = out.dim(f"# lsn {format_lsn(source['lsn'])}")
-        out.line(f'           "source": {{"txId": {txid}, "lsn": {lsn}, ...}}, ...   {lsn_note}')
+        out.line(
+            f'           "source": {{{marker}"txId": {txid}, "lsn": {lsn}, ...}}, ...   {lsn_note}'
+        )
         out.line("         }")
     out.line()
 
@@ -544,18 +600,20 @@ def print_event(out: Out, message: Message, *, full: bool = False) -> None:
 def print_retention(out: Out, orders: list[Message], customers: list[Message]) -> None:
     """A handful of events that show each kind of change, not the whole topic."""
 
-    def pick(messages: list[Message], keys: Sequence[int], ops: str = "cud") -> list[Message]:
+    def pick(messages: list[Message], keys: Sequence[int], ops: str = "rcud") -> list[Message]:
         return [
             m
             for m in messages
             if m.value is not None and m.key in [{"id": k} for k in keys] and m.value["op"] in ops
         ]
 
-    first = min(orders, key=lambda m: m.value["source"]["lsn"]) if orders else None
+    streamed = [m for m in orders if m.value["op"] != "r"]
+    first = min(streamed, key=lambda m: m.value["source"]["lsn"]) if streamed else None
     sections = [
         (
-            "Order 1001 created, paid, shipped. 'before' is null on update: orders has the"
-            " default REPLICA IDENTITY (the server sends the old row only when the key changes)",
+            "Order 1001 read by the snapshot, then paid and shipped. 'before' is null on update:"
+            " orders has the default REPLICA IDENTITY (the server sends the old row only when"
+            " the key changes)",
             pick(orders, [1001]),
         ),
         (
@@ -571,7 +629,7 @@ def print_retention(out: Out, orders: list[Message], customers: list[Message]) -
         ),
     ]
     if first is not None:
-        out.line(f"The first event on {first.topic}, in full:")
+        out.line(f"The first streamed event on {first.topic}, in full:")
         print_event(out, first, full=True)
     for title, chosen in sections:
         for line in textwrap.wrap(title, width=WRAP):
@@ -594,9 +652,11 @@ def print_compacted(out: Out, topic: str, messages: list[Message]) -> None:
         out.line(out.dim(f"  ... {len(keys) - SHOWN_KEYS} more keys (all checked below)"))
 
 
-def print_daemon_log(out: Out, lines: list[dict[str, Any]], events: Sequence[str]) -> None:
+def print_daemon_log(
+    out: Out, lines: list[dict[str, Any]], events: Sequence[str], hide: Sequence[str] = ()
+) -> None:
     """Selected daemon log lines as ``level event key=value``; a long ``detail`` wrapped."""
-    skip = {"event", "level", "timestamp", "logger", "connector", "slot", "detail"}
+    skip = {"event", "level", "timestamp", "logger", "connector", "slot", "detail", *hide}
     for line in lines:
         if line.get("event") not in events:
             continue
@@ -611,6 +671,74 @@ def print_daemon_log(out: Out, lines: list[dict[str, Any]], events: Sequence[str
         if "detail" in line:
             for text in textwrap.wrap(str(line["detail"]), width=WRAP - 11):
                 out.line(out.dim(f"           {text}"))
+
+
+def print_snapshot(
+    out: Out, log: list[dict[str, Any]], topics: dict[str, list[Message]], expected: Expected
+) -> bool:
+    """The initial snapshot as a consumer meets it; True if it is exactly the rows before.
+
+    Checks that each table's retention topic got one ``"r"`` event per row that existed
+    when the daemon started, that its compacted topic starts with the same rows (a key
+    stays on one partition, and streaming starts only after Kafka acknowledged the
+    snapshot, so a key's first record there is its snapshot row), and that the events
+    carry Debezium's markers: "first" once, "last" once, "true" between, all at the
+    slot's consistent point, with no transaction id.
+    """
+    # The per-table counts are in the table below, so the log line leaves them out.
+    print_daemon_log(out, log, ("snapshot_finished",), hide=("tables",))
+    started = next((line for line in log if line.get("event") == "snapshot_started"), {})
+    point = parse_lsn(str(started.get("lsn", "0/0")))
+    ok = bool(started)
+    snapshot_events: list[Message] = []
+    out.line()
+    out.line(
+        f"  {'table':<10} {'rows before':>11}  {'op r on retention':>17}  {'first on .latest':>16}"
+    )
+    for table in TABLES:
+        reads = [m for m in topics[topic_name(table)] if m.value["op"] == "r"]
+        snapshot_events += reads
+        on_latest = "-"
+        good = len(reads) == expected.snapshot[table]
+        if table in KEYED_TABLES:
+            first_per_key: dict[str, Any] = {}
+            for message in topics[topic_name(table, latest=True)]:
+                first_per_key.setdefault(compact(message.key), message.value)
+            same = sum(1 for m in reads if first_per_key.get(compact(m.key)) == m.value["after"])
+            good &= same == expected.snapshot[table]
+            on_latest = str(same)
+        ok &= good
+        mark = out.good("ok") if good else out.bad("MISMATCH")
+        out.line(
+            f"  {table:<10} {expected.snapshot[table]:>11}  {len(reads):>17}  {on_latest:>16}  {mark}"
+        )
+    markers: dict[str, int] = {}
+    for message in snapshot_events:
+        markers[message.value["source"]["snapshot"]] = (
+            markers.get(message.value["source"]["snapshot"], 0) + 1
+        )
+    consistent = all(
+        m.value["source"]["lsn"] == point
+        and m.value["source"]["txId"] is None
+        and m.value["before"] is None
+        for m in snapshot_events
+    )
+    ok &= consistent and markers.get("first") == 1 and markers.get("last") == 1
+    ok &= markers.get("true", 0) == len(snapshot_events) - 2
+    counts = ", ".join(f"{compact(k)} on {n}" for k, n in sorted(markers.items()))
+    note = (
+        f"source.snapshot is {counts}; every one has source.lsn {format_lsn(point)} (the slot's"
+        " consistent point, where streaming then started), txId null and before null"
+    )
+    out.line()
+    for line in textwrap.wrap(note, width=WRAP, initial_indent="  ", subsequent_indent="  "):
+        out.line(line if consistent else out.bad(line))
+    first = next((m for m in snapshot_events if m.value["source"]["snapshot"] == "first"), None)
+    if first is not None:
+        out.line()
+        out.line(f"The first snapshot event, on {first.topic}:")
+        print_event(out, first)
+    return ok
 
 
 def scrape_metrics(port: int) -> list[str]:
@@ -677,6 +805,11 @@ def start_daemon(base: Path, bootstrap: str, dsn: str, out: Out) -> tuple[Daemon
     out.line(f"  {len(created)} topics created ({PARTITIONS} partitions each):")
     for name in sorted(created):
         out.line(f"    {name}")
+    finished = next((line for line in log if line.get("event") == "snapshot_finished"), {})
+    out.line(
+        f"  slot cdc_{CONNECTOR} created; snapshot of the existing rows: {finished.get('rows')}"
+        f" rows in {finished.get('seconds')}s (section 6)"
+    )
     out.line(
         f"  streaming from LSN {streaming.get('lsn')} through slot cdc_{CONNECTOR}"
         f" and publication cdc_{CONNECTOR}, pgoutput protocol {streaming.get('protocol_version')}"
@@ -758,7 +891,7 @@ def stop_daemon(out: Out, daemon: Daemon, dsn: str) -> bool:
     return status == 0 and not problems
 
 
-def demo(base: Path, rows: int, out: Out, res: Resources) -> bool:
+def demo(base: Path, rows: int, legacy_rows: int, out: Out, res: Resources) -> bool:
     """Everything between starting the servers and stopping them; True if all matched."""
     started = time.monotonic()
     out.heading("1. Throwaway servers")
@@ -776,16 +909,21 @@ def demo(base: Path, rows: int, out: Out, res: Resources) -> bool:
         conn.execute(DDL)
     for table, note in TABLE_NOTES.items():
         out.line(f"  {table:<10} {note}")
+    out.line("  Years of business before cdc, one transaction per line:")
+    run_workload(dsn, legacy_data(legacy_rows), out)
+    before = count_rows(dsn)
+    out.line(out.dim("  rows now: " + ", ".join(f"{t} {n}" for t, n in before.items())))
 
-    out.heading("3. The daemon")
+    out.heading("3. The daemon: snapshot, then streaming")
     res.daemon, metrics_port = start_daemon(base, res.kafka.bootstrap_servers, dsn, out)
 
-    out.heading("4. Workload: one transaction per line")
-    expected = run_workload(dsn, workload(rows), out)
+    out.heading("4. Workload on top: one transaction per line")
+    expected = run_workload(dsn, workload(rows, legacy_rows), out)
+    expected.snapshot = before
 
     out.heading("5. Reading both topics back")
-    wanted = {topic_name(t): n for t, n in expected.retention.items()}
-    wanted |= {topic_name(t, latest=True): expected.retention[t] for t in KEYED_TABLES}
+    wanted = {topic_name(t): expected.records(t) for t in TABLES}
+    wanted |= {topic_name(t, latest=True): expected.records(t) for t in KEYED_TABLES}
     read_started = time.monotonic()
     topics = read_topics(res.kafka.bootstrap_servers, wanted, CONSUME_TIMEOUT_S)
     complete = all(len(topics[name]) >= count for name, count in wanted.items())
@@ -799,24 +937,27 @@ def demo(base: Path, rows: int, out: Out, res: Resources) -> bool:
         f" read in {time.monotonic() - read_started:.1f}s {note}"
     )
 
-    out.heading(f"6. Retention topic {topic_name('orders')}: every change, Debezium's envelope")
+    out.heading('6. The initial snapshot: the rows from before, as op "r" events')
+    ok = print_snapshot(out, res.daemon.events(), topics, expected)
+
+    out.heading(f"7. Retention topic {topic_name('orders')}: every change, Debezium's envelope")
     print_retention(out, topics[topic_name("orders")], topics[topic_name("customers")])
     print_null_keys(out, topics[topic_name("audit_log")])
 
-    out.heading("7. Compacted topics: the latest row per key")
+    out.heading("8. Compacted topics: the latest row per key")
     for number, table in enumerate(("customers", "orders")):
         if number:
             out.line()
         name = topic_name(table, latest=True)
         print_compacted(out, name, topics[name])
 
-    out.heading("8. Summary")
-    ok = check(out, topics, wanted, dsn)
+    out.heading("9. Summary")
+    ok &= check(out, topics, wanted, dsn)
     out.line()
     for line in scrape_metrics(metrics_port):
         out.line(out.dim(f"  metrics: {line}"))
 
-    out.heading("9. Stopping")
+    out.heading("10. Stopping")
     ok &= stop_daemon(out, res.daemon, dsn)
     out.line(out.dim(f"  demo work took {time.monotonic() - started:.1f}s"))
     return ok
@@ -857,9 +998,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_ROWS,
         help=f"extra orders in a bulk transaction (default {DEFAULT_ROWS})",
     )
+    parser.add_argument(
+        "--legacy-rows",
+        metavar="N",
+        type=int,
+        default=DEFAULT_LEGACY_ROWS,
+        help="archived orders already in the database when the daemon starts, read by its"
+        f" snapshot (default {DEFAULT_LEGACY_ROWS})",
+    )
     args = parser.parse_args(argv)
     if args.rows < 0:
         parser.error("--rows must be 0 or more")
+    if args.legacy_rows < 0:
+        parser.error("--legacy-rows must be 0 or more")
     out = Out()
     keep: Path | None = args.keep
     if keep is not None:
@@ -876,7 +1027,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     status = 2
     removed = False
     try:
-        status = 0 if demo(base, args.rows, out, resources) else 1
+        status = 0 if demo(base, args.rows, args.legacy_rows, out, resources) else 1
     except KeyboardInterrupt:
         out.line("\nInterrupted: cleaning up.")
         status = 130

@@ -449,3 +449,34 @@ def test_status_endpoint_and_cli_show_streaming_and_snapshot_progress(snap: Snap
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         assert b"cdc_commit_to_ack_seconds_bucket" in response.read()
     assert daemon.terminate() == 0
+
+
+def test_watermarks_as_signal_table_rows_for_servers_without_logical_messages(
+    snap: SnapEnv,
+) -> None:
+    """The PostgreSQL < 14 path, forced here: watermarks are signal-table rows."""
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE cdc_signal (id text PRIMARY KEY, type text, data text)")
+    snap.configure(
+        mode="never", signal_table="cdc_signal", watermarks="signal_table", chunk_rows=100
+    )
+    daemon = snap.start()
+    _fill(snap.dsn, 450)
+    workload = Workload(snap.dsn, 450)
+    workload.start()
+    try:
+        with psycopg.connect(snap.dsn, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO cdc_signal VALUES ('s1', 'execute-snapshot',"
+                ' \'{"data-collections": ["public.items"]}\')'
+            )
+        finished = daemon.wait_for_log("snapshot_finished", timeout=60)
+    finally:
+        workload.finish()
+    assert finished["chunks"] == 5
+    consume(
+        snap.bootstrap, snap.topic("items", compacted=True), until=_matches_table(snap), timeout=60
+    )
+    with psycopg.connect(snap.dsn, autocommit=True) as conn:
+        left = conn.execute("SELECT count(*) FROM cdc_signal WHERE type <> 'execute-snapshot'")
+        assert left.fetchone() == (0,)  # watermark rows do not accumulate
