@@ -30,8 +30,9 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -687,16 +688,22 @@ def print_snapshot(
     """
     # The per-table counts are in the table below, so the log line leaves them out.
     print_daemon_log(out, log, ("snapshot_finished",), hide=("tables",))
-    started = next((line for line in log if line.get("event") == "snapshot_started"), {})
-    point = parse_lsn(str(started.get("lsn", "0/0")))
-    ok = bool(started)
+    lsns = {
+        line["event"]: parse_lsn(str(line.get("lsn")))
+        for line in log
+        if line.get("event") in ("snapshot_started", "streaming_started")
+    }
+    point = lsns.get("snapshot_started", 0)
+    ok = True
     snapshot_events: list[Message] = []
+
+    def row(*cells: str) -> str:
+        return "  {:<10} {:>11}  {:>17}  {:>16}  {}".format(*cells).rstrip()
+
     out.line()
-    out.line(
-        f"  {'table':<10} {'rows before':>11}  {'op r on retention':>17}  {'first on .latest':>16}"
-    )
+    out.line(row("table", "rows before", 'op "r" on topic', "first on .latest", ""))
     for table in TABLES:
-        reads = [m for m in topics[topic_name(table)] if m.value["op"] == "r"]
+        reads = [m for m in topics[topic_name(table)] if m.value and m.value["op"] == "r"]
         snapshot_events += reads
         on_latest = "-"
         good = len(reads) == expected.snapshot[table]
@@ -709,35 +716,35 @@ def print_snapshot(
             on_latest = str(same)
         ok &= good
         mark = out.good("ok") if good else out.bad("MISMATCH")
-        out.line(
-            f"  {table:<10} {expected.snapshot[table]:>11}  {len(reads):>17}  {on_latest:>16}  {mark}"
-        )
-    markers: dict[str, int] = {}
-    for message in snapshot_events:
-        markers[message.value["source"]["snapshot"]] = (
-            markers.get(message.value["source"]["snapshot"], 0) + 1
-        )
-    consistent = all(
-        m.value["source"]["lsn"] == point
-        and m.value["source"]["txId"] is None
-        and m.value["before"] is None
-        for m in snapshot_events
-    )
-    ok &= consistent and markers.get("first") == 1 and markers.get("last") == 1
-    ok &= markers.get("true", 0) == len(snapshot_events) - 2
-    counts = ", ".join(f"{compact(k)} on {n}" for k, n in sorted(markers.items()))
-    note = (
-        f"source.snapshot is {counts}; every one has source.lsn {format_lsn(point)} (the slot's"
-        " consistent point, where streaming then started), txId null and before null"
-    )
-    out.line()
-    for line in textwrap.wrap(note, width=WRAP, initial_indent="  ", subsequent_indent="  "):
-        out.line(line if consistent else out.bad(line))
+        out.line(row(table, str(expected.snapshot[table]), str(len(reads)), on_latest, mark))
     first = next((m for m in snapshot_events if m.value["source"]["snapshot"] == "first"), None)
     if first is not None:
         out.line()
-        out.line(f"The first snapshot event, on {first.topic}:")
+        out.line(f'The "first" snapshot event, on {first.topic}:')
         print_event(out, first)
+    markers = Counter(m.value["source"]["snapshot"] for m in snapshot_events)
+    consistent = (
+        point != 0
+        and lsns.get("streaming_started") == point
+        and markers["first"] == markers["last"] == 1
+        and markers["true"] == len(snapshot_events) - 2
+        and all(
+            m.value["source"]["lsn"] == point
+            and m.value["source"]["txId"] is None
+            and m.value["before"] is None
+            for m in snapshot_events
+        )
+    )
+    ok &= consistent
+    counts = ", ".join(f"{compact(k)} on {n}" for k, n in sorted(markers.items()))
+    note = (
+        'Each row that existed before the daemon is one "r" event on its table\'s topic and'
+        " the first record of its key on the .latest topic (a table without a key has none)."
+        f" source.snapshot is {counts}; all have source.lsn {format_lsn(point)}, the slot's"
+        " consistent point where streaming then started, and a null txId and before."
+    )
+    for line in textwrap.wrap(note, width=WRAP):
+        out.line(line if consistent else out.bad(line))
     return ok
 
 
@@ -766,7 +773,9 @@ class Resources:
 
     def close(self, out: Out) -> None:
         if self.daemon is not None and self.daemon.process.poll() is None:
-            out.line("  stopping the daemon (SIGTERM)")
+            # stdout may be a closed pipe (``demo | head``): stop everything all the same.
+            with suppress(OSError):
+                out.line("  stopping the daemon (SIGTERM)")
             self.daemon.terminate()
         if self.kafka is not None:
             self.kafka.stop()
@@ -779,10 +788,13 @@ def topic_name(table: str, *, latest: bool = False) -> str:
     return f"{CONNECTOR}.{SCHEMA}.{table}" + (".latest" if latest else "")
 
 
-def start_daemon(base: Path, bootstrap: str, dsn: str, out: Out) -> tuple[Daemon, int]:
+def start_daemon(
+    base: Path, bootstrap: str, dsn: str, out: Out, res: Resources
+) -> tuple[Daemon, int]:
     """Write both config files, start ``cdc run``, wait until it streams; print what it said.
 
-    Returns the daemon and its metrics port.
+    The daemon goes into ``res`` as soon as it is started, so that it is stopped even when
+    this fails half-way (a timeout, Ctrl-C, a closed stdout). Returns it and its metrics port.
     """
     config_dir, connectors_dir = base / "config", base / "connectors"
     config_dir.mkdir()
@@ -797,7 +809,7 @@ def start_daemon(base: Path, bootstrap: str, dsn: str, out: Out) -> tuple[Daemon
         CONNECTOR_CONFIG.format(name=CONNECTOR, dsn=dsn, tables=tables)
     )
     out.line(f"  $ python -m cdc run --config {config_path} --connectors {connectors_dir}")
-    daemon = Daemon.start(config_path, connectors_dir, base / "daemon.log")
+    daemon = res.daemon = Daemon.start(config_path, connectors_dir, base / "daemon.log")
     streaming = daemon.wait_for("streaming_started", DAEMON_START_TIMEOUT_S)
     log = daemon.events()
     print_daemon_log(out, log, ("table_without_key", "table_updates_not_capturable"))
@@ -915,7 +927,7 @@ def demo(base: Path, rows: int, legacy_rows: int, out: Out, res: Resources) -> b
     out.line(out.dim("  rows now: " + ", ".join(f"{t} {n}" for t, n in before.items())))
 
     out.heading("3. The daemon: snapshot, then streaming")
-    res.daemon, metrics_port = start_daemon(base, res.kafka.bootstrap_servers, dsn, out)
+    daemon, metrics_port = start_daemon(base, res.kafka.bootstrap_servers, dsn, out, res)
 
     out.heading("4. Workload on top: one transaction per line")
     expected = run_workload(dsn, workload(rows, legacy_rows), out)
@@ -938,7 +950,7 @@ def demo(base: Path, rows: int, legacy_rows: int, out: Out, res: Resources) -> b
     )
 
     out.heading('6. The initial snapshot: the rows from before, as op "r" events')
-    ok = print_snapshot(out, res.daemon.events(), topics, expected)
+    ok = print_snapshot(out, daemon.events(), topics, expected)
 
     out.heading(f"7. Retention topic {topic_name('orders')}: every change, Debezium's envelope")
     print_retention(out, topics[topic_name("orders")], topics[topic_name("customers")])
@@ -958,7 +970,7 @@ def demo(base: Path, rows: int, legacy_rows: int, out: Out, res: Resources) -> b
         out.line(out.dim(f"  metrics: {line}"))
 
     out.heading("10. Stopping")
-    ok &= stop_daemon(out, res.daemon, dsn)
+    ok &= stop_daemon(out, daemon, dsn)
     out.line(out.dim(f"  demo work took {time.monotonic() - started:.1f}s"))
     return ok
 
