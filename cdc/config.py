@@ -470,6 +470,11 @@ class ConnectorConfig(_Model):
     create_publication: bool = True
     recreate_slot: bool = False
     snapshot: SnapshotConfig = Field(default_factory=SnapshotConfig)
+    # Schema-change events: "topic" (default) publishes them to <connector>.__schema,
+    # "inband" as op "s" records into every partition of the table's retention topic,
+    # "off" not at all. Either way events take the new shape from the first change after
+    # the DDL.
+    schema_changes: Literal["topic", "inband", "off"] = "topic"
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
     enabled: bool = True

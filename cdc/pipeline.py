@@ -41,6 +41,13 @@ from cdc.protocol.messages import (
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
 from cdc.protocol.values import ValueOptions
+from cdc.schema_changes import (
+    SCHEMA_STATE_KEY,
+    PendingSchemaEvent,
+    SchemaChanges,
+    schema_topic_name,
+)
+from cdc.schema_history import SchemaHistory
 from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
 from cdc.snapshot_control import SnapshotControl
 from cdc.source import ReplicationSource, TableInfo, protocol_version_for
@@ -84,6 +91,8 @@ class ConnectorPipeline:
         )
         self._ensured: set[tuple[str, str]] = set()
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._schema_changes: SchemaChanges | None = None
+        self._pending_schema: dict[int, PendingSchemaEvent] = {}
         # Topics this start created: empty, so the lost-slot guard skips them.
         self._created_topics: set[str] = set()
         self._snapshots: SnapshotControl | None = None
@@ -152,6 +161,7 @@ class ConnectorPipeline:
                 log=self._log,
             )
             snapshots.open_state()
+            self._schema_changes = self._open_schema_changes(snapshots)
             mode = cfg.snapshot.mode
             slot = source.ensure_slot(
                 create=cfg.create_slot,
@@ -304,6 +314,7 @@ class ConnectorPipeline:
         snapshots = self._snapshots
         assert snapshots is not None
         signal_oid: int | None = None
+        pending_schema = self._pending_schema
 
         while not stop.is_set():
             data = read()
@@ -342,6 +353,14 @@ class ConnectorPipeline:
                             return
                         snapshots.chunk_published()
                     continue
+                if pending_schema:
+                    oids = (
+                        [r.oid for r in msg.relations]  # type: ignore[union-attr]
+                        if kind is Truncate
+                        else [msg.relation.oid]  # type: ignore[union-attr]
+                    )
+                    if not self._publish_schema(oids, tx, tx_ctx, lsn):
+                        return
                 now_us = time_ns() // 1000
                 records = encode(msg, tx_ctx, lsn, now_us)  # type: ignore[arg-type]
                 window = driver.window_table
@@ -423,6 +442,7 @@ class ConnectorPipeline:
                             table=f"{relation.namespace}.{relation.name}",
                             detail="events get a null key and skip the compacted topic",
                         )
+                self._relation_changed(relation)
             elif kind is LogicalMessage:
                 logical = cast(LogicalMessage, msg)
                 snapshot_records = (
@@ -443,6 +463,94 @@ class ConnectorPipeline:
                     f"unexpected pgoutput message {kind.__name__} at LSN {format_lsn(lsn)}:"
                     " cdc does not request streaming or two-phase transactions"
                 )
+
+    def _open_schema_changes(self, snapshots: SnapshotControl) -> SchemaChanges:
+        raw = snapshots.state_records.get(SCHEMA_STATE_KEY)
+        try:
+            history = SchemaHistory.from_json(raw) if raw is not None else SchemaHistory()
+        except ValueError as exc:
+            raise SinkError(
+                f"the schema history in the state topic is not readable: {exc}"
+            ) from exc
+        assert self._sink is not None
+        assert self._source is not None
+        if self._cfg.schema_changes == "topic":
+            self._sink.ensure_topics(
+                [
+                    TopicSpec(
+                        schema_topic_name(self._cfg.name),
+                        1,  # one partition: every schema change of the connector in order
+                        self._topics.replication_factor,
+                        "delete",
+                        {"retention.ms": "-1"},
+                    )
+                ]
+            )
+        return SchemaChanges(
+            connector=self._cfg.name,
+            database=self._database,
+            mode=self._cfg.schema_changes,
+            history=history,
+            type_names=self._source.format_types,
+            retention_topic=lambda schema, table: self._topics.retention_topic(
+                self._cfg.name, self._database, schema, table
+            ),
+            partitions=self._sink.partitions,
+            log=self._log,
+        )
+
+    def _relation_changed(self, relation: Relation) -> None:
+        """A Relation message: the table's shape may have changed (DDL). Refresh what the
+        key lookup cached, and hold a schema-change event for a new shape: it is
+        published just before the table's next data event, with that event's LSN."""
+        self._keys.pop((relation.namespace, relation.name), None)
+        changes = self._schema_changes
+        if changes is None:
+            return
+        key_columns = self._key_columns(relation)
+        if key_columns is None:
+            key_columns = tuple(c.name for c in relation.columns if c.is_key)
+        pending = changes.observe(relation, key_columns)
+        if pending is not None:
+            self._pending_schema[relation.oid] = pending
+
+    def _publish_schema(
+        self, oids: list[int], tx: Transaction, tx_ctx: TxContext, lsn: int
+    ) -> bool:
+        """Publish the held schema-change events of these relations, in ``tx``. False when
+        a stop came during backpressure."""
+        changes = self._schema_changes
+        sink = self._sink
+        assert changes is not None
+        assert sink is not None
+        now_us = time.time_ns() // 1000
+        for oid in oids:
+            pending = self._pending_schema.pop(oid, None)
+            if pending is None:
+                continue
+            for record, partition in changes.records(pending, tx_ctx, lsn, now_us):
+                tx.pending += 1
+                while True:
+                    try:
+                        if partition is None:
+                            sink.produce(
+                                record.topic, record.value, record.key, on_delivery=tx.on_delivery
+                            )
+                        else:
+                            sink.produce(
+                                record.topic,
+                                record.value,
+                                record.key,
+                                partition=partition,
+                                on_delivery=tx.on_delivery,
+                            )
+                        break
+                    except BufferError:
+                        if not self._wait_for_kafka(lambda: len(sink) < self._max_records):
+                            return False
+            assert self._snapshots is not None
+            self._snapshots.write_record(SCHEMA_STATE_KEY, changes.history.to_json())
+        return True
 
     def _publish(self, records: Iterable[Record], tx: Transaction, lsn: int) -> bool:
         """Produce records that belong to ``tx`` (off the hot path: snapshot chunks)."""

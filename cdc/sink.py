@@ -166,6 +166,13 @@ class KafkaSink:
                 " sasl.*) in the daemon config"
             ) from exc
 
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (for records written to every partition)."""
+        metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise SinkError(f"topic {topic!r} has no partitions visible to cdc", topic=topic)
+        return len(metadata.partitions)
+
     def records_written(self, topics: Iterable[str]) -> dict[str, int]:
         """How many records each existing topic has ever received (its high watermarks).
 

@@ -75,6 +75,7 @@ class SnapshotControl:
         "_topics",
         "pending_progress",
         "progress_in_tx",
+        "state_records",
     )
 
     def __init__(
@@ -121,6 +122,9 @@ class SnapshotControl:
         # (commit end LSN, progress) in commit order: stored once that LSN is confirmed,
         # so a crash never records a chunk whose records Kafka may not hold.
         self.pending_progress: list[tuple[int, SnapshotProgress]] = []
+        # Every record of the state topic as read at start (other keys belong to other
+        # parts of the pipeline, e.g. the schema history).
+        self.state_records: dict[bytes, bytes] = {}
 
     # --- the state record -------------------------------------------------------------
 
@@ -132,7 +136,8 @@ class SnapshotControl:
         self._state = self._load_state()
 
     def _load_state(self) -> ConnectorState:
-        raw = self._sink.read_latest(self._state_topic).get(STATE_KEY)
+        self.state_records = self._sink.read_latest(self._state_topic)
+        raw = self.state_records.get(STATE_KEY)
         if raw is None:
             return ConnectorState()
         try:
@@ -142,6 +147,10 @@ class SnapshotControl:
                 f"the state in topic {self._state_topic!r} is not readable: {exc}",
                 topic=self._state_topic,
             ) from exc
+
+    def write_record(self, key: bytes, value: bytes) -> None:
+        """Store another part's record in the state topic (not waiting for Kafka)."""
+        self._sink.write_state(self._state_topic, key, value, wait=False)
 
     def _save_state(self, state: ConnectorState, *, wait: bool) -> None:
         self._state = state

@@ -261,6 +261,22 @@ class ReplicationSource:
             raise _source_error(f"reading tables of publication {self.publication!r}", exc) from exc
         return [TableInfo(s, t, ri, tuple(keys)) for s, t, ri, keys in rows]
 
+    def format_types(self, types: list[tuple[int, int]]) -> list[str]:
+        """SQL names of (type OID, modifier) pairs, e.g. ``numeric(12,2)``: for the
+        schema-change events, so consumers need not know OIDs."""
+        if not types:
+            return []
+        conn = self._require_sql()
+        try:
+            rows = conn.execute(
+                "SELECT format_type(t.oid, t.mod) FROM unnest(%s::oid[], %s::int[])"
+                " WITH ORDINALITY AS t(oid, mod, ord) ORDER BY t.ord",
+                ([oid for oid, _ in types], [mod for _, mod in types]),
+            ).fetchall()
+        except psycopg.Error as exc:
+            raise _source_error("reading type names", exc) from exc
+        return [str(r[0]) for r in rows]
+
     def key_columns(self, schema: str, table: str) -> tuple[str, ...]:
         """The primary key of one table, for a table that appears after start-up."""
         conn = self._require_sql()

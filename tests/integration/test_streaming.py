@@ -556,3 +556,65 @@ def test_lost_slot_is_detected_not_silently_recreated(env: Env) -> None:
     assert warning["topic"] == env.topic("orders")
     # snapshot.mode initial snapshots once: the recreated slot does not snapshot again.
     assert not [e for e in accepted.log_lines() if e.get("event") == "snapshot_started"]
+
+
+def test_schema_changes_take_effect_at_once_and_are_announced_in_order(env: Env) -> None:
+    """ALTER TABLE under a workload: no event lost, every event has the shape of its moment."""
+    daemon = env.start()
+    stop = threading.Event()
+    inserted: list[int] = []
+
+    def workload() -> None:
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            next_id = 1
+            while not stop.is_set():
+                conn.execute("INSERT INTO orders (id, customer_id) VALUES (%s, 7)", (next_id,))
+                inserted.append(next_id)
+                next_id += 1
+                time.sleep(0.002)
+
+    writer = threading.Thread(target=workload)
+    writer.start()
+    try:
+        for ddl in [
+            "ALTER TABLE orders ADD COLUMN note text DEFAULT 'new column'",
+            "ALTER TABLE orders RENAME COLUMN status TO state",
+            "ALTER TABLE orders ALTER COLUMN amount TYPE numeric(14,4)",
+            "ALTER TABLE orders DROP COLUMN meta",
+            "ALTER TABLE orders DROP CONSTRAINT orders_pkey, ADD PRIMARY KEY (id, customer_id)",
+        ]:
+            time.sleep(0.4)
+            env.sql(ddl)
+        time.sleep(0.4)
+    finally:
+        stop.set()
+        writer.join()
+    events = consume(
+        env.bootstrap,
+        env.topic("orders"),
+        until=lambda msgs: {m.value["after"]["id"] for m in msgs} >= set(inserted),
+        timeout=60,
+    )
+    assert {m.value["after"]["id"] for m in events} == set(inserted)
+    schemas = consume(
+        env.bootstrap, f"{env.name}.__schema", until=lambda msgs: len(msgs) >= 6, timeout=30
+    )
+    versions = [m.value for m in schemas if m.key == {"schema": "public", "table": "orders"}]
+    assert [v["schema_version"] for v in versions] == [1, 2, 3, 4, 5, 6]
+    changes = [v["change"] for v in versions[1:]]
+    assert changes[0]["added"] == ["note"]
+    assert changes[1]["renamed"] == [{"from": "status", "to": "state"}]
+    assert changes[2]["retyped"] == ["amount"]
+    assert changes[3]["dropped"] == ["meta"]
+    assert changes[4]["key_changed"] is True
+    assert versions[-1]["key_columns"] == ["id", "customer_id"]
+    amount = next(c for c in versions[3]["columns"] if c["name"] == "amount")
+    assert amount["type"] == "numeric(14,4)"
+    # Every data event has exactly the columns of the newest schema at or before it.
+    by_lsn = sorted(((v["source"]["lsn"], v) for v in versions), key=lambda p: p[0])
+    for event in events:
+        lsn = event.value["source"]["lsn"]
+        schema = [v for at, v in by_lsn if at <= lsn][-1]
+        assert set(event.value["after"]) == {c["name"] for c in schema["columns"]}
+        assert list(event.key) == schema["key_columns"]
+    assert daemon.terminate() == 0
