@@ -94,6 +94,7 @@ class IncrementalDriver:
         # The progress reached by the last HIGH watermark that finished a chunk; the
         # pipeline stores it once that chunk's records are acknowledged.
         self.last_progress: SnapshotProgress | None = None
+        self.last_chunk_rows = 0  # rows the last closed chunk published
         # For progress reports: the current table, when it started, rows done before it.
         self._table: str | None = None
         self._table_started = 0.0
@@ -311,6 +312,7 @@ class IncrementalDriver:
                 self._encoder_for(self._shapes[table]), rows, tx, lsn, time.time_ns() // 1000
             )
         self.last_progress = snapshot.progress
+        self.last_chunk_rows = len(rows)
         self._note_table(snapshot.progress)
         if snapshot.finished:
             self._log.info(

@@ -19,6 +19,7 @@ __all__ = [
     "LAG_BYTES",
     "LAST_COMMIT_TIMESTAMP",
     "RECEIVED_LSN",
+    "SNAPSHOT_ROWS",
     "TRANSACTIONS",
 ]
 
@@ -60,3 +61,8 @@ COMMIT_TO_ACK_SECONDS = Histogram(
         0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
     ),
 )  # fmt: skip
+SNAPSHOT_ROWS = Counter(
+    "cdc_snapshot_rows",
+    "Rows published by snapshots (op r), by kind: initial (exported) or incremental",
+    ["connector", "kind"],
+)

@@ -22,6 +22,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import replace
 from typing import Any
 
+from cdc import metrics
 from cdc.config import ConnectorConfig, TopicsConfig
 from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SinkError, SlotError
@@ -256,6 +257,9 @@ class SnapshotControl:
             rows = self._run_initial_snapshot(slot, exported)
             if rows is None:
                 return False  # stopped: the state still says pending; the next start resumes
+            metrics.SNAPSHOT_ROWS.labels(connector=self._cfg.name, kind="initial").inc(
+                sum(rows.values())
+            )
             state = ConnectorState(
                 initial_snapshot="running" if deferred else "done",
                 initial_tables=deferred,
@@ -416,6 +420,9 @@ class SnapshotControl:
         transaction: the progress they reach becomes storable at its commit."""
         driver = self._driver
         assert driver is not None
+        metrics.SNAPSHOT_ROWS.labels(connector=self._cfg.name, kind="incremental").inc(
+            driver.last_chunk_rows
+        )
         self.progress_in_tx = driver.last_progress
 
     def transaction_committed(self, end_lsn: int) -> None:
