@@ -47,8 +47,10 @@ __all__ = [
     "MetricsConfig",
     "PostgresConfig",
     "SnapshotConfig",
+    "ToastConfig",
     "TopicsConfig",
     "TopicsOverride",
+    "ValuesConfig",
     "load_connector_config_text",
     "load_daemon_config_text",
     "load_files",
@@ -400,6 +402,34 @@ class PostgresConfig(_Model):
         return value
 
 
+class ValuesConfig(_Model):
+    """How column values are written where a choice exists (docs/types.md); the names
+    and choices are Debezium's *.handling.mode settings where it has them."""
+
+    decimal_handling: Literal["string", "double", "precise"] = "string"
+    binary_handling: Literal["base64", "base64-url-safe", "hex"] = "base64"
+    time_precision: Literal["adaptive", "adaptive_time_microseconds", "connect", "isostring"] = (
+        "adaptive"
+    )
+    interval_handling: Literal["string", "numeric"] = "string"
+    hstore_handling: Literal["map", "json"] = "map"
+    # A value that cannot be converted exactly: stop the connector (naming table, column,
+    # type and LSN), or publish its PostgreSQL text form and count it.
+    on_conversion_error: Literal["stop", "text"] = "stop"
+
+
+class ToastConfig(_Model):
+    """Unchanged TOASTed values, which PostgreSQL leaves out of UPDATEs (docs/events.md)."""
+
+    # placeholder: the value is the placeholder and the column is listed in the event's
+    # unavailable_columns; fill: the value remembered from the row's last event (a local
+    # store), so the compacted topic always holds whole rows.
+    mode: Literal["placeholder", "fill"] = "placeholder"
+    placeholder: str = "__debezium_unavailable_value"
+    # The fill store (SQLite); {connector} is replaced. Keep it on persistent disk.
+    store: str = "state/{connector}.toast.sqlite3"
+
+
 class SnapshotConfig(_Model):
     """How a connector reads the rows that exist before streaming (docs/snapshots.md)."""
 
@@ -475,6 +505,8 @@ class ConnectorConfig(_Model):
     # "off" not at all. Either way events take the new shape from the first change after
     # the DDL.
     schema_changes: Literal["topic", "inband", "off"] = "topic"
+    toast: ToastConfig = Field(default_factory=ToastConfig)
+    values: ValuesConfig = Field(default_factory=ValuesConfig)
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
     enabled: bool = True

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import orjson
 
@@ -77,7 +77,14 @@ from cdc.protocol.messages import (
     TupleData,
     Update,
 )
-from cdc.protocol.values import JsonValue, RowConverter, ValueOptions
+from cdc.protocol.typeinfo import TypeResolver
+from cdc.protocol.values import (
+    UNAVAILABLE_VALUE_PLACEHOLDER,
+    ConversionStats,
+    JsonValue,
+    RowConverter,
+    ValueOptions,
+)
 
 __all__ = [
     "EnvelopeEncoder",
@@ -88,6 +95,29 @@ __all__ = [
 ]
 
 _dumps: Final = orjson.dumps
+
+# Only values at least this long are remembered for ``toast.mode: fill``: PostgreSQL
+# moves values out of line (and then leaves them out of UPDATEs that do not change them)
+# only when a row passes ~2 KB. A shorter value moved out of a very wide row is not
+# remembered; it falls back to the placeholder, listed in the event, never a wrong value.
+REMEMBER_FROM_BYTES: Final = 256
+
+# Types whose values have a fixed length: never TOASTed, never remembered.
+_FIXED_LENGTH_OIDS: Final = frozenset(
+    {16, 18, 19, 20, 21, 23, 26, 27, 28, 29, 600, 700, 701, 774, 790, 829, 1082, 1083,
+     1114, 1184, 1186, 1266, 2950, 3220}
+)  # fmt: skip
+
+
+class ToastMemory(Protocol):
+    """Where ``toast.mode: fill`` remembers the large values of each row (an edge)."""
+
+    def get(self, table: str, key: bytes) -> dict[str, str]: ...
+
+    def put(self, table: str, key: bytes, values: dict[str, str]) -> None: ...
+
+    def forget_table(self, table: str) -> None: ...
+
 
 # Debezium's source.connector for PostgreSQL; consumers dispatch on it.
 CONNECTOR_TYPE: Final = "postgresql"
@@ -131,11 +161,14 @@ class TableEncoder:
         "_rows",
         "_schema",
         "_table",
+        "_toast",
+        "_toastable",
         "compacted_topic",
         "has_key",
         "key_columns",
         "relation",
         "retention_topic",
+        "unavailable_count",
     )
 
     def __init__(
@@ -148,12 +181,23 @@ class TableEncoder:
         compacted_topic: str,
         options: ValueOptions,
         key_columns: Sequence[str] | None = None,
+        toast: ToastMemory | None = None,
+        placeholder: str = UNAVAILABLE_VALUE_PLACEHOLDER,
+        types: TypeResolver | None = None,
+        stats: ConversionStats | None = None,
     ) -> None:
         self.relation = relation
         self.retention_topic = retention_topic
         self.compacted_topic = compacted_topic
         qualified = f"{relation.namespace}.{relation.name}"
-        self._rows = RowConverter(relation.columns, options, table=qualified)
+        self._rows = RowConverter(
+            relation.columns,
+            options,
+            table=qualified,
+            unchanged_toast=placeholder,
+            types=types,
+            stats=stats,
+        )
         names = [c.name for c in relation.columns]
         if key_columns is None:
             key_columns = [c.name for c in relation.columns if c.is_key]
@@ -179,6 +223,15 @@ class TableEncoder:
         self._db = database
         self._schema = relation.namespace
         self._table = relation.name
+        # Columns whose values can be TOASTed out of line (variable length, not the key).
+        self._toastable = tuple(
+            (i, c.name)
+            for i, c in enumerate(relation.columns)
+            if c.type_oid not in _FIXED_LENGTH_OIDS and c.name not in self.key_columns
+        )
+        self._toast = toast if self._toastable and self.has_key else None
+        # Values published as the placeholder because they could not be filled.
+        self.unavailable_count = 0
 
     # -- building blocks --------------------------------------------------------------
 
@@ -204,21 +257,62 @@ class TableEncoder:
             "origin_lsn": None,
         }
 
-    def _event(
-        self, op: str, before: Row | None, after: Row | None, source: Row, now_us: int
+    def _event(  # noqa: PLR0917 - private and hot: positional arguments are cheapest
+        self,
+        op: str,
+        before: Row | None,
+        after: Row | None,
+        source: Row,
+        now_us: int,
+        unavailable: list[str] | None = None,
     ) -> bytes:
-        return _dumps(
-            {
-                "before": before,
-                "after": after,
-                "source": source,
-                "transaction": None,
-                "op": op,
-                "ts_ms": now_us // 1000,
-                "ts_us": now_us,
-                "ts_ns": now_us * 1000,
-            }
+        event: dict[str, object] = {
+            "before": before,
+            "after": after,
+            "source": source,
+            "transaction": None,
+            "op": op,
+            "ts_ms": now_us // 1000,
+            "ts_us": now_us,
+            "ts_ns": now_us * 1000,
+        }
+        if unavailable:
+            # Columns whose value PostgreSQL did not send (unchanged TOAST) and that hold
+            # the placeholder: a consumer must keep its previous value of them.
+            event["unavailable_columns"] = unavailable
+        return _dumps(event)
+
+    def _remember(self, values: TupleData, key: bytes) -> None:
+        """``toast.mode: fill``: remember this row's large values (forget small ones)."""
+        toast = self._toast
+        if toast is None:
+            return
+        large: dict[str, str] = {}
+        for index, name in self._toastable:
+            value = values[index]
+            if isinstance(value, str) and len(value) >= REMEMBER_FROM_BYTES:
+                large[name] = value
+        toast.put(f"{self._schema}.{self._table}", key, large)
+
+    def _fill(self, new: TupleData, key: bytes) -> TupleData:
+        """``toast.mode: fill``: the remembered text of the unchanged TOASTed values."""
+        toast = self._toast
+        if toast is None:
+            return new
+        remembered = toast.get(f"{self._schema}.{self._table}", key)
+        if not remembered:
+            return new
+        names = self._rows.names
+        return tuple(
+            remembered.get(names[i], value) if value is UNCHANGED_TOAST else value
+            for i, value in enumerate(new)
         )
+
+    def _unavailable(self, new: TupleData) -> list[str]:
+        names = self._rows.names
+        missing = [names[i] for i, value in enumerate(new) if value is UNCHANGED_TOAST]
+        self.unavailable_count += len(missing)
+        return missing
 
     def _key(self, row: Row) -> bytes:
         return _dumps({name: row[name] for name in self._key_names})
@@ -255,6 +349,8 @@ class TableEncoder:
         if not self.has_key:
             return [Record(self.retention_topic, None, value)]
         key = self._key(after)
+        if self._toast is not None:
+            self._remember(message.new, key)
         return [
             Record(self.retention_topic, key, value),
             Record(self.compacted_topic, key, _dumps(after)),
@@ -277,10 +373,21 @@ class TableEncoder:
                         lsn=lsn,
                     )
             after = self._convert(new, lsn)
-            value = self._event("u", None, after, self._source(tx, lsn), now_us)
+            unavailable: list[str] | None = None
+            if UNCHANGED_TOAST in new:
+                if self.has_key:
+                    filled = self._fill(new, self._key(after))
+                    if filled is not new:
+                        new = filled
+                        after = self._convert(new, lsn)
+                if UNCHANGED_TOAST in new:
+                    unavailable = self._unavailable(new)
+            value = self._event("u", None, after, self._source(tx, lsn), now_us, unavailable)
             if not self.has_key:
                 return [Record(self.retention_topic, None, value)]
             key = self._key(after)
+            if self._toast is not None and unavailable is None:
+                self._remember(new, key)
             return [
                 Record(self.retention_topic, key, value),
                 Record(self.compacted_topic, key, _dumps(after)),
@@ -294,23 +401,42 @@ class TableEncoder:
                 for n, o in zip(new, old)  # noqa: B905 (RowConverter checks lengths)
             )
         before = self._convert(old, lsn)
+        if UNCHANGED_TOAST in new and self.has_key:
+            new = self._fill(new, self._key(before))
+        unavailable = self._unavailable(new) if UNCHANGED_TOAST in new else None
         after = self._convert(new, lsn)
         source = self._source(tx, lsn)
         if not self.has_key:
             return [
-                Record(self.retention_topic, None, self._event("u", before, after, source, now_us))
+                Record(
+                    self.retention_topic,
+                    None,
+                    self._event("u", before, after, source, now_us, unavailable),
+                )
             ]
         old_key = self._key(before)
         key = self._key(after)
+        if self._toast is not None and unavailable is None:
+            if old_key != key:
+                self._toast.put(f"{self._schema}.{self._table}", old_key, {})
+            self._remember(new, key)
         if old_key == key:
             return [
-                Record(self.retention_topic, key, self._event("u", before, after, source, now_us)),
+                Record(
+                    self.retention_topic,
+                    key,
+                    self._event("u", before, after, source, now_us, unavailable),
+                ),
                 Record(self.compacted_topic, key, _dumps(after)),
             ]
         return [
             Record(self.retention_topic, old_key, self._event("d", before, None, source, now_us)),
             Record(self.compacted_topic, old_key, None),
-            Record(self.retention_topic, key, self._event("c", None, after, source, now_us)),
+            Record(
+                self.retention_topic,
+                key,
+                self._event("c", None, after, source, now_us, unavailable),
+            ),
             Record(self.compacted_topic, key, _dumps(after)),
         ]
 
@@ -323,6 +449,8 @@ class TableEncoder:
         if not self.has_key:
             return [Record(self.retention_topic, None, value)]
         key = self._key(before)
+        if self._toast is not None:
+            self._toast.put(f"{self._schema}.{self._table}", key, {})
         return [
             Record(self.retention_topic, key, value),
             Record(self.compacted_topic, key, None),
@@ -338,7 +466,10 @@ class TableEncoder:
         describes the snapshot: its start time as ``commit_ts_us``, and ``lsn`` the
         position the stream continues from.
         """
-        return self.read_row(self._convert(values, lsn), tx, lsn, now_us, snapshot)
+        after = self._convert(values, lsn)
+        if self._toast is not None:
+            self._remember(values, self._key(after))
+        return self.read_row(after, tx, lsn, now_us, snapshot)
 
     def row(self, values: TupleData, lsn: int) -> Row:
         """The converted row (the ``after`` image) of a snapshot read, e.g. to hold it."""
@@ -363,6 +494,8 @@ class TableEncoder:
 
     def truncate(self, tx: TxContext, lsn: int, now_us: int) -> Record:
         """The ``t`` event of this table; it has no key and no compacted counterpart."""
+        if self._toast is not None:
+            self._toast.forget_table(f"{self._schema}.{self._table}")
         return Record(
             self.retention_topic, None, self._event("t", None, None, self._source(tx, lsn), now_us)
         )
@@ -389,8 +522,12 @@ class EnvelopeEncoder:
         "_database",
         "_key_columns",
         "_options",
+        "_placeholder",
         "_retention_topic",
+        "_stats",
         "_tables",
+        "_toast",
+        "_types",
     )
 
     def __init__(
@@ -402,14 +539,26 @@ class EnvelopeEncoder:
         compacted_topic: Callable[[str, str], str],
         options: ValueOptions,
         key_columns: Callable[[Relation], Sequence[str] | None] | None = None,
+        toast: ToastMemory | None = None,
+        placeholder: str = UNAVAILABLE_VALUE_PLACEHOLDER,
+        types: TypeResolver | None = None,
+        stats: ConversionStats | None = None,
     ) -> None:
         self._connector = connector
+        self._toast = toast
+        self._placeholder = placeholder
+        self._types = types
+        self._stats = stats
         self._database = database
         self._retention_topic = retention_topic
         self._compacted_topic = compacted_topic
         self._options = options
         self._key_columns = key_columns
         self._tables: dict[int, TableEncoder] = {}
+
+    def unavailable_values(self) -> int:
+        """Unchanged TOASTed values published as the placeholder so far (a metric)."""
+        return sum(encoder.unavailable_count for encoder in self._tables.values())
 
     def table(self, relation: Relation) -> TableEncoder:
         """The encoder of ``relation``, built on first use and whenever a new Relation
@@ -426,6 +575,10 @@ class EnvelopeEncoder:
             compacted_topic=self._compacted_topic(schema, name),
             options=self._options,
             key_columns=None if self._key_columns is None else self._key_columns(relation),
+            toast=self._toast,
+            placeholder=self._placeholder,
+            types=self._types,
+            stats=self._stats,
         )
         self._tables[relation.oid] = encoder
         return encoder

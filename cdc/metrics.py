@@ -20,6 +20,8 @@ __all__ = [
     "LAST_COMMIT_TIMESTAMP",
     "RECEIVED_LSN",
     "SNAPSHOT_ROWS",
+    "TEXT_FALLBACKS",
+    "TOAST_UNAVAILABLE",
     "TRANSACTIONS",
 ]
 
@@ -65,4 +67,15 @@ SNAPSHOT_ROWS = Counter(
     "cdc_snapshot_rows",
     "Rows published by snapshots (op r), by kind: initial (exported) or incremental",
     ["connector", "kind"],
+)
+TEXT_FALLBACKS = Counter(
+    "cdc_conversion_text_fallbacks",
+    "Values published as their PostgreSQL text form because they could not be converted"
+    " (values.on_conversion_error: text)",
+    ["connector"],
+)
+TOAST_UNAVAILABLE = Counter(
+    "cdc_toast_unavailable_values",
+    "Unchanged TOASTed values published as the placeholder (not sent, not remembered)",
+    ["connector"],
 )

@@ -13,13 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, cast
 
 import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, TopicsConfig
-from cdc.envelope import EnvelopeEncoder, Record, TxContext
+from cdc.envelope import EnvelopeEncoder, Record, TableEncoder, TxContext
 from cdc.errors import RecordTooLargeError, SinkError, SourceError
 from cdc.incremental import IncrementalDriver
 from cdc.lsn import format_lsn
@@ -40,7 +41,8 @@ from cdc.protocol.messages import (
 )
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
-from cdc.protocol.values import ValueOptions
+from cdc.protocol.typeinfo import TypeResolver
+from cdc.protocol.values import ConversionStats, ValueOptions
 from cdc.schema_changes import (
     SCHEMA_STATE_KEY,
     PendingSchemaEvent,
@@ -50,8 +52,11 @@ from cdc.schema_changes import (
 from cdc.schema_history import SchemaHistory
 from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
 from cdc.snapshot_control import SnapshotControl
+from cdc.snapshot_reader import TableShape
 from cdc.source import ReplicationSource, TableInfo, protocol_version_for
 from cdc.status import BOARD
+from cdc.toast_store import ToastStore
+from cdc.type_catalog import TypeCatalog
 
 __all__ = ["ConnectorPipeline"]
 
@@ -92,6 +97,22 @@ class ConnectorPipeline:
         self._ensured: set[tuple[str, str]] = set()
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._schema_changes: SchemaChanges | None = None
+        values = connector.values
+        self._value_options = ValueOptions(
+            decimal_handling=values.decimal_handling,
+            binary_handling=values.binary_handling,
+            time_precision=values.time_precision,
+            interval_handling=values.interval_handling,
+            hstore_handling=values.hstore_handling,
+            on_conversion_error=values.on_conversion_error,
+        )
+        self._types: TypeResolver | None = None
+        self._catalog: TypeCatalog | None = None
+        self._toast: ToastStore | None = None
+        self._conversion_stats = ConversionStats()
+        self._encoder: EnvelopeEncoder | None = None
+        self._fallbacks_published = 0
+        self._unavailable_published = 0
         self._pending_schema: dict[int, PendingSchemaEvent] = {}
         # Topics this start created: empty, so the lost-slot guard skips them.
         self._created_topics: set[str] = set()
@@ -130,6 +151,10 @@ class ConnectorPipeline:
         self._source = source
         try:
             info = source.connect()
+            self._catalog = TypeCatalog(source.catalog_connection)
+            self._types = self._catalog.lookup
+            if cfg.toast.mode == "fill":
+                self._toast = ToastStore(Path(cfg.toast.store.replace("{connector}", cfg.name)))
             self._database = info.database
             signal_table = cfg.snapshot.signal_table
             wanted = cfg.table_names
@@ -159,6 +184,7 @@ class ConnectorPipeline:
                 published=[t.qualified for t in tables],
                 stop=self._stop,
                 log=self._log,
+                table_encoder=self._table_encoder,
             )
             snapshots.open_state()
             self._schema_changes = self._open_schema_changes(snapshots)
@@ -175,6 +201,8 @@ class ConnectorPipeline:
                 self._log.info("slot_created", lsn=format_lsn(slot.confirmed_flush_lsn))
             if not snapshots.snapshot_before_streaming(slot, tables):
                 return
+            if self._toast is not None:
+                self._toast.commit()  # the snapshot's rows, before anything is confirmed
             self._tracker = PositionTracker(slot.confirmed_flush_lsn)
             self._received = slot.confirmed_flush_lsn
             protocol = protocol_version_for(info.version_num)
@@ -200,6 +228,8 @@ class ConnectorPipeline:
             self._shutdown()
         finally:
             metrics.CONNECTOR_UP.labels(**self._labels).set(0)
+            if self._toast is not None:
+                self._toast.close()
             if self._snapshots is not None:
                 self._snapshots.close()
             source.close()
@@ -293,9 +323,14 @@ class ConnectorPipeline:
             compacted_topic=lambda s, t: self._topics.compacted_topic(
                 cfg.name, self._database, s, t
             ),
-            options=ValueOptions(),
+            options=self._value_options,
             key_columns=self._key_columns,
+            toast=self._toast,
+            placeholder=cfg.toast.placeholder,
+            types=self._types,
+            stats=self._conversion_stats,
         )
+        self._encoder = encoder
         tracker = self._tracker
         read = source.read
         decode = decoder.decode
@@ -456,13 +491,41 @@ class ConnectorPipeline:
                 elif not logical.prefix.startswith("cdc."):
                     # Not published yet (a later feature); counted in stream_progress.
                     self._logical_messages += 1
-            elif kind is Type or kind is Origin:
-                pass  # types are cached by the decoder; origins carry nothing to publish
+            elif kind is Type:
+                # A custom type was (re)defined: its next use reads the catalog again.
+                self._type_catalog_invalidate(cast(Type, msg).oid)
+            elif kind is Origin:
+                pass  # origins carry nothing to publish
             else:
                 raise SourceError(
                     f"unexpected pgoutput message {kind.__name__} at LSN {format_lsn(lsn)}:"
                     " cdc does not request streaming or two-phase transactions"
                 )
+
+    def _type_catalog_invalidate(self, oid: int) -> None:
+        if self._catalog is not None:
+            self._catalog.invalidate(oid)
+
+    def _table_encoder(self, shape: TableShape) -> TableEncoder:
+        """The encoder of a table read by a snapshot: the stream's settings, its key."""
+        schema, table = shape.relation.namespace, shape.relation.name
+        return TableEncoder(
+            shape.relation,
+            connector=self._cfg.name,
+            database=self._database,
+            retention_topic=self._topics.retention_topic(
+                self._cfg.name, self._database, schema, table
+            ),
+            compacted_topic=self._topics.compacted_topic(
+                self._cfg.name, self._database, schema, table
+            ),
+            options=self._value_options,
+            key_columns=shape.key_columns,
+            toast=self._toast,
+            placeholder=self._cfg.toast.placeholder,
+            types=self._types,
+            stats=self._conversion_stats,
+        )
 
     def _open_schema_changes(self, snapshots: SnapshotControl) -> SchemaChanges:
         raw = snapshots.state_records.get(SCHEMA_STATE_KEY)
@@ -666,6 +729,10 @@ class ConnectorPipeline:
         ):
             return
         assert self._source is not None
+        if self._toast is not None:
+            # What the fill store remembers must be durable up to what we confirm: the
+            # stream after the confirmed LSN is replayed on restart, what is before is not.
+            self._toast.commit()
         written = max(self._received, confirmed)
         self._source.send(
             encode_standby_status(
@@ -695,6 +762,17 @@ class ConnectorPipeline:
             metrics.IN_FLIGHT_RECORDS.labels(**labels).set(len(self._sink))
         if self._last_commit_ts_us:
             metrics.LAST_COMMIT_TIMESTAMP.labels(**labels).set(self._last_commit_ts_us / 1e6)
+        fallbacks = self._conversion_stats.text_fallbacks
+        if fallbacks != self._fallbacks_published:
+            metrics.TEXT_FALLBACKS.labels(**labels).inc(fallbacks - self._fallbacks_published)
+            self._fallbacks_published = fallbacks
+        if self._encoder is not None:
+            unavailable = self._encoder.unavailable_values()
+            if unavailable != self._unavailable_published:
+                metrics.TOAST_UNAVAILABLE.labels(**labels).inc(
+                    unavailable - self._unavailable_published
+                )
+                self._unavailable_published = unavailable
         driver = self._driver
         progress = driver.progress if driver is not None else None
         BOARD.update(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -31,7 +31,6 @@ from cdc.initial_snapshot import PROGRESS_INTERVAL_S, InitialSnapshot, TableProg
 from cdc.lsn import format_lsn
 from cdc.progress import ProgressView
 from cdc.protocol.messages import Insert
-from cdc.protocol.values import ValueOptions
 from cdc.sink import KafkaSink, TopicSpec
 from cdc.snapshot import ConnectorState, SnapshotProgress
 from cdc.snapshot_reader import SnapshotReader, TableShape
@@ -65,6 +64,7 @@ class SnapshotControl:
         "_export_planned",
         "_last_report",
         "_log",
+        "_make_encoder",
         "_pending_incremental",
         "_progress_view",
         "_published",
@@ -89,6 +89,7 @@ class SnapshotControl:
         published: list[str],
         stop: threading.Event,
         log: Any,
+        table_encoder: Callable[[TableShape], TableEncoder],
     ) -> None:
         """No I/O here: the pipeline decides when the state topic is touched.
 
@@ -101,7 +102,10 @@ class SnapshotControl:
                 without tables snapshots them all).
             stop: set to interrupt the initial snapshot.
             log: the connector's bound logger (``connector`` and ``slot`` already bound).
+            table_encoder: builds the encoder of a table read by a snapshot, with the same
+                value settings, type catalog and TOAST memory as the stream's.
         """
+        self._make_encoder = table_encoder
         self._cfg = connector
         self._topics = topics
         self._database = database
@@ -308,7 +312,7 @@ class SnapshotControl:
             tables=[_qualified(s) for s in shapes],
             max_workers=self._cfg.snapshot.max_workers,
         )
-        encoders = {_qualified(s): self._table_encoder(s) for s in shapes}
+        encoders = {_qualified(s): self._make_encoder(s) for s in shapes}
         snapshot = InitialSnapshot(
             dsn=self._cfg.postgres.dsn.get_secret_value(),
             application_name=f"cdc:{self._cfg.name}",
@@ -369,7 +373,7 @@ class SnapshotControl:
         def encoder_for(shape: TableShape) -> TableEncoder:
             encoder = encoders.get(shape.qualified)
             if encoder is None or encoder.relation != shape.relation:
-                encoder = encoders[shape.qualified] = self._table_encoder(shape)
+                encoder = encoders[shape.qualified] = self._make_encoder(shape)
             return encoder
 
         use_table = snapshot.watermarks == "signal_table" or (
@@ -467,20 +471,6 @@ class SnapshotControl:
 
     def _retention_topic(self, schema: str, table: str) -> str:
         return self._topics.retention_topic(self._cfg.name, self._database, schema, table)
-
-    def _table_encoder(self, shape: TableShape) -> TableEncoder:
-        schema, table = shape.relation.namespace, shape.relation.name
-        return TableEncoder(
-            shape.relation,
-            connector=self._cfg.name,
-            database=self._database,
-            retention_topic=self._retention_topic(schema, table),
-            compacted_topic=self._topics.compacted_topic(
-                self._cfg.name, self._database, schema, table
-            ),
-            options=ValueOptions(),
-            key_columns=shape.key_columns,
-        )
 
 
 def _qualified(shape: TableShape) -> str:

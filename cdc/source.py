@@ -33,7 +33,7 @@ __all__ = [
 # value converters assume exactly these (cdc.protocol.values).
 SESSION_OPTIONS = (
     "-c datestyle=ISO,MDY -c timezone=UTC -c intervalstyle=postgres "
-    "-c extra_float_digits=3 -c bytea_output=hex"
+    "-c extra_float_digits=3 -c bytea_output=hex -c lc_monetary=C"
 )
 
 MIN_SERVER_VERSION = 100000  # pgoutput and logical replication appeared in PostgreSQL 10
@@ -260,6 +260,11 @@ class ReplicationSource:
         except psycopg.Error as exc:
             raise _source_error(f"reading tables of publication {self.publication!r}", exc) from exc
         return [TableInfo(s, t, ri, tuple(keys)) for s, t, ri, keys in rows]
+
+    @property
+    def catalog_connection(self) -> psycopg.Connection[Any]:
+        """The setup connection, for catalog lookups from this connector's thread."""
+        return self._require_sql()
 
     def format_types(self, types: list[tuple[int, int]]) -> list[str]:
         """SQL names of (type OID, modifier) pairs, e.g. ``numeric(12,2)``: for the

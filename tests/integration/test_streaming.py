@@ -618,3 +618,54 @@ def test_schema_changes_take_effect_at_once_and_are_announced_in_order(env: Env)
         assert set(event.value["after"]) == {c["name"] for c in schema["columns"]}
         assert list(event.key) == schema["key_columns"]
     assert daemon.terminate() == 0
+
+
+def _big_text(env: Env, doc_id: int) -> str:
+    """~100 kB of incompressible text, so PostgreSQL stores it out of line (TOAST)."""
+    env.sql(
+        (
+            "INSERT INTO docs SELECT %s, 'v1',"
+            " (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 3200))",
+            (doc_id,),
+        )
+    )
+    return str(env.rows(f"SELECT body FROM docs WHERE id = {doc_id}")[0][0])
+
+
+def _toast_env(env: Env, mode: str) -> None:
+    env.sql("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+    path = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(path.read_text())
+    connector["tables"] = ["public.docs"]
+    connector["toast"] = {"mode": mode, "store": str(env.log_path.parent / "{connector}.toast")}
+    path.write_text(yaml.safe_dump(connector))
+
+
+def test_toast_placeholder_mode_lists_the_unavailable_column(env: Env) -> None:
+    _toast_env(env, "placeholder")
+    env.start()
+    body = _big_text(env, 1)
+    env.sql("UPDATE docs SET title = 'v2' WHERE id = 1")
+    events = consume(env.bootstrap, env.topic("docs"), until=at_least(2))
+    inserted, updated = sorted(events, key=lambda m: m.offset)
+    assert inserted.value["after"]["body"] == body
+    assert updated.value["after"]["body"] == "__debezium_unavailable_value"
+    assert updated.value["after"]["title"] == "v2"
+    assert updated.value["unavailable_columns"] == ["body"]
+
+
+def test_toast_fill_mode_publishes_whole_rows_across_a_restart(env: Env) -> None:
+    _toast_env(env, "fill")
+    daemon = env.start()
+    body = _big_text(env, 1)
+    env.sql("UPDATE docs SET title = 'v2' WHERE id = 1")
+    latest = consume(env.bootstrap, env.topic("docs", compacted=True), until=at_least(2))
+    assert [m.value["body"] for m in sorted(latest, key=lambda m: m.offset)] == [body, body]
+    assert daemon.terminate() == 0
+    env.sql("UPDATE docs SET title = 'v3' WHERE id = 1")
+    env.start()
+    latest = consume(env.bootstrap, env.topic("docs", compacted=True), until=at_least(3))
+    last = max(latest, key=lambda m: m.offset).value
+    assert (last["title"], last["body"]) == ("v3", body)
+    events = consume(env.bootstrap, env.topic("docs"), until=at_least(3))
+    assert all("unavailable_columns" not in m.value for m in events)
