@@ -44,7 +44,9 @@ __all__ = [
     "DaemonConfig",
     "KafkaConfig",
     "LogConfig",
+    "MessagesConfig",
     "MetricsConfig",
+    "OutboxConfig",
     "PostgresConfig",
     "SnapshotConfig",
     "ToastConfig",
@@ -418,6 +420,33 @@ class ValuesConfig(_Model):
     on_conversion_error: Literal["stop", "text"] = "stop"
 
 
+class MessagesConfig(_Model):
+    """Logical decoding messages (pg_logical_emit_message, PostgreSQL 14+)."""
+
+    # Topic template ({connector}, {prefix}); null: messages are not published.
+    topic: str | None = "{connector}.messages"
+    # Only messages with these prefixes; empty: every prefix (cdc.* are cdc's own, never
+    # published).
+    prefixes: tuple[str, ...] = ()
+
+
+class OutboxConfig(_Model):
+    """The transactional outbox pattern, as Debezium's outbox event router routes it."""
+
+    table: str | None = None  # "schema.table" of the outbox table; null: no outbox
+    topic: str = "outbox.event.{aggregate_type}"  # placeholders {aggregate_type}, {connector}
+    id_column: str = "id"
+    aggregate_type_column: str = "aggregatetype"
+    aggregate_id_column: str = "aggregateid"
+    type_column: str = "type"
+    payload_column: str = "payload"
+
+    @field_validator("table")
+    @classmethod
+    def _normalise_table(cls, value: str | None) -> str | None:
+        return None if value is None else _check_table(value)
+
+
 class ToastConfig(_Model):
     """Unchanged TOASTed values, which PostgreSQL leaves out of UPDATEs (docs/events.md)."""
 
@@ -507,6 +536,8 @@ class ConnectorConfig(_Model):
     schema_changes: Literal["topic", "inband", "off"] = "topic"
     toast: ToastConfig = Field(default_factory=ToastConfig)
     values: ValuesConfig = Field(default_factory=ValuesConfig)
+    messages: MessagesConfig = Field(default_factory=MessagesConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
     enabled: bool = True

@@ -130,6 +130,7 @@ class Record:
     topic: str
     key: bytes | None
     value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
 from cdc.protocol.typeinfo import TypeResolver
 from cdc.protocol.values import ConversionStats, ValueOptions
+from cdc.routing import MessageRouter, OutboxRouter
 from cdc.schema_changes import (
     SCHEMA_STATE_KEY,
     PendingSchemaEvent,
@@ -97,6 +98,10 @@ class ConnectorPipeline:
         self._ensured: set[tuple[str, str]] = set()
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         self._schema_changes: SchemaChanges | None = None
+        self._messages = MessageRouter(connector.messages, connector=connector.name, database="")
+        self._outbox = OutboxRouter(connector.outbox, connector=connector.name)
+        self._outbox_json: tuple[str, ...] = ()
+        self._routed_topics: set[str] = set()
         values = connector.values
         self._value_options = ValueOptions(
             decimal_handling=values.decimal_handling,
@@ -151,20 +156,20 @@ class ConnectorPipeline:
         self._source = source
         try:
             info = source.connect()
+            self._messages = MessageRouter(cfg.messages, connector=cfg.name, database=info.database)
             self._catalog = TypeCatalog(source.catalog_connection)
             self._types = self._catalog.lookup
             if cfg.toast.mode == "fill":
                 self._toast = ToastStore(Path(cfg.toast.store.replace("{connector}", cfg.name)))
             self._database = info.database
-            signal_table = cfg.snapshot.signal_table
+            # The signal and outbox tables must be published (their rows reach us through
+            # the stream) but are not captured: no table topics, no snapshot.
+            special = {t for t in (cfg.snapshot.signal_table, cfg.outbox.table) if t}
             wanted = cfg.table_names
-            if wanted is not None and signal_table is not None:
-                # The signal table must be published (its rows reach us through the
-                # stream) but is not captured: no topics, no snapshot, no events.
-                schema, _, name = signal_table.partition(".")
-                wanted = [*wanted, (schema, name)]
+            if wanted is not None:
+                wanted = [*wanted, *(_split_table(t) for t in sorted(special))]
             source.ensure_publication(wanted, create=cfg.create_publication)
-            tables = [t for t in source.published_tables() if t.qualified != signal_table]
+            tables = [t for t in source.published_tables() if t.qualified not in special]
             self._report_tables(tables)
             self._keys = {(t.schema, t.name): t.key_columns for t in tables}
             self._sink = KafkaSink(
@@ -349,6 +354,7 @@ class ConnectorPipeline:
         snapshots = self._snapshots
         assert snapshots is not None
         signal_oid: int | None = None
+        outbox_oid: int | None = None
         pending_schema = self._pending_schema
 
         while not stop.is_set():
@@ -377,6 +383,16 @@ class ConnectorPipeline:
                         f"row change outside a transaction at LSN {format_lsn(lsn)}:"
                         " the replication stream is out of order"
                     )
+                if (
+                    outbox_oid is not None
+                    and kind is not Truncate
+                    and msg.relation.oid == outbox_oid  # type: ignore[union-attr]
+                ):
+                    if kind is Insert and not self._publish_routed(
+                        self._outbox_records(cast(Insert, msg)), tx, lsn
+                    ):
+                        return
+                    continue
                 if (
                     signal_oid is not None
                     and kind is not Truncate
@@ -465,8 +481,15 @@ class ConnectorPipeline:
                 tx_ctx = None
             elif kind is Relation:
                 relation = cast(Relation, msg)
-                if f"{relation.namespace}.{relation.name}" == cfg.snapshot.signal_table:
+                qualified = f"{relation.namespace}.{relation.name}"
+                if qualified == cfg.snapshot.signal_table:
                     signal_oid = relation.oid
+                    continue
+                if qualified == cfg.outbox.table:
+                    outbox_oid = relation.oid
+                    self._outbox_json = tuple(
+                        c.name for c in relation.columns if c.type_oid in _JSON_TYPE_OIDS
+                    )
                     continue
                 if (relation.namespace, relation.name) not in self._ensured:
                     has_key = any(c.is_key for c in relation.columns)
@@ -488,9 +511,19 @@ class ConnectorPipeline:
                     if not self._publish(snapshot_records, tx, lsn):
                         return
                     snapshots.chunk_published()
-                elif not logical.prefix.startswith("cdc."):
-                    # Not published yet (a later feature); counted in stream_progress.
-                    self._logical_messages += 1
+                else:
+                    routed = self._messages.record(logical, tx_ctx, lsn, time_ns() // 1000)
+                    if routed is not None:
+                        self._logical_messages += 1
+                        # A non-transactional message stands alone: track it as a
+                        # transaction of its own, ending at its LSN.
+                        own = tx is None
+                        carrier = tracker.begin() if own else tx
+                        assert carrier is not None
+                        if not self._publish_routed([routed], carrier, lsn):
+                            return
+                        if own:
+                            tracker.commit(carrier, lsn)
             elif kind is Type:
                 # A custom type was (re)defined: its next use reads the catalog again.
                 self._type_catalog_invalidate(cast(Type, msg).oid)
@@ -615,6 +648,53 @@ class ConnectorPipeline:
             self._snapshots.write_record(SCHEMA_STATE_KEY, changes.history.to_json())
         return True
 
+    def _outbox_records(self, change: Insert) -> list[Record]:
+        return self._outbox.records(change, self._outbox_json)
+
+    def _publish_routed(self, records: list[Record], tx: Transaction, lsn: int) -> bool:
+        """Produce message and outbox records (rare), creating their topics on first use."""
+        sink = self._sink
+        assert sink is not None
+        missing = {r.topic for r in records} - self._routed_topics
+        if missing:
+            self._sink_topics(sorted(missing))
+        for record in records:
+            tx.pending += 1
+            while True:
+                try:
+                    sink.produce(
+                        record.topic,
+                        record.value,
+                        record.key,
+                        headers=list(record.headers or ()),
+                        on_delivery=tx.on_delivery,
+                    )
+                    break
+                except BufferError:
+                    if not self._wait_for_kafka(lambda: len(sink) < self._max_records):
+                        return False
+                except ProduceRejected as exc:
+                    raise _rejected(exc, record, lsn) from exc
+        return True
+
+    def _sink_topics(self, names: list[str]) -> None:
+        assert self._sink is not None
+        created = self._sink.ensure_topics(
+            [
+                TopicSpec(
+                    name,
+                    self._topics.partitions,
+                    self._topics.replication_factor,
+                    "delete",
+                    {"retention.ms": "-1"},
+                )
+                for name in names
+            ]
+        )
+        for name in created:
+            self._log.info("topic_created", topic=name)
+        self._routed_topics.update(names)
+
     def _publish(self, records: Iterable[Record], tx: Transaction, lsn: int) -> bool:
         """Produce records that belong to ``tx`` (off the hot path: snapshot chunks)."""
         sink = self._sink
@@ -681,7 +761,7 @@ class ConnectorPipeline:
                 "stream_progress",
                 events=dict(self._events),
                 transactions=self._transactions,
-                logical_messages_skipped=self._logical_messages,
+                logical_messages=self._logical_messages,
                 lsn=format_lsn(self._tracker.confirmed),
                 lag_bytes=max(0, self._server_wal_end - self._tracker.confirmed),
                 in_flight=len(sink),
@@ -835,6 +915,14 @@ def _rejected(exc: BaseException, record: Record, lsn: int) -> SinkError:
         )
     return SinkError(f"Kafka refused the {where}: {exc}", topic=record.topic)
 
+
+def _split_table(qualified: str) -> tuple[str, str]:
+    schema, _, table = qualified.partition(".")
+    return schema, table
+
+
+# json and jsonb: an outbox payload of these types is published as the JSON it is.
+_JSON_TYPE_OIDS = frozenset({114, 3802})
 
 # pgoutput timestamps count microseconds from 2000-01-01 UTC; events use the Unix epoch.
 _PG_EPOCH_US = 946_684_800_000_000

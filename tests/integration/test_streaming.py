@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Iterator
@@ -669,3 +670,50 @@ def test_toast_fill_mode_publishes_whole_rows_across_a_restart(env: Env) -> None
     assert (last["title"], last["body"]) == ("v3", body)
     events = consume(env.bootstrap, env.topic("docs"), until=at_least(3))
     assert all("unavailable_columns" not in m.value for m in events)
+
+
+def test_logical_messages_are_published_in_order_with_the_data(env: Env) -> None:
+    env.start()
+    env.sql(
+        "INSERT INTO orders VALUES (1, 1, 1.00, 'new', NULL)",
+        "SELECT pg_logical_emit_message(true, 'audit', 'order 1 placed')",
+    )
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_logical_emit_message(false, 'heartbeat', 'beat')")
+    messages = consume(env.bootstrap, f"{env.name}.messages", until=at_least(2))
+    by_prefix = {m.key["prefix"]: m.value for m in messages}
+    audit = by_prefix["audit"]
+    assert audit["op"] == "m"
+    assert base64.b64decode(audit["message"]["content"]) == b"order 1 placed"
+    assert audit["message"]["transactional"] is True
+    assert isinstance(audit["source"]["txId"], int)
+    assert by_prefix["heartbeat"]["message"]["transactional"] is False
+    order = consume(env.bootstrap, env.topic("orders"), until=at_least(1))[0]
+    # In order with the data: the message came after the insert in the same transaction.
+    assert audit["source"]["lsn"] > order.value["source"]["lsn"]
+    assert audit["source"]["txId"] == order.value["source"]["txId"]
+
+
+def test_outbox_rows_are_routed_by_aggregate_type(env: Env) -> None:
+    env.sql(
+        "CREATE TABLE outbox (id uuid PRIMARY KEY DEFAULT gen_random_uuid(),"
+        " aggregatetype text NOT NULL, aggregateid text NOT NULL, type text NOT NULL,"
+        " payload jsonb)"
+    )
+    path = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(path.read_text())
+    connector["outbox"] = {"table": "public.outbox"}
+    path.write_text(yaml.safe_dump(connector))
+    env.start()
+    env.sql(
+        "INSERT INTO orders VALUES (9, 1, 5.00, 'new', NULL)",
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES"
+        " ('Order', '9', 'OrderPlaced', '{\"total\": 5.0}')",
+        "DELETE FROM outbox",
+    )
+    routed = consume(env.bootstrap, "outbox.event.Order", until=at_least(1))
+    assert len(routed) == 1
+    assert routed[0].key == "9"
+    assert routed[0].value == {"total": 5.0}
+    admin = AdminClient({"bootstrap.servers": env.bootstrap})
+    assert env.topic("outbox") not in admin.list_topics(timeout=10).topics
