@@ -717,3 +717,32 @@ def test_outbox_rows_are_routed_by_aggregate_type(env: Env) -> None:
     assert routed[0].value == {"total": 5.0}
     admin = AdminClient({"bootstrap.servers": env.bootstrap})
     assert env.topic("outbox") not in admin.list_topics(timeout=10).topics
+
+
+def test_custom_types_are_resolved_through_the_catalog(env: Env) -> None:
+    """Enums, domains, composites and arrays reach the events as JSON, not text."""
+    env.sql(
+        "CREATE TYPE mood AS ENUM ('sad', 'happy')",
+        "CREATE DOMAIN positive AS integer CHECK (VALUE > 0)",
+        "CREATE TYPE address AS (street text, number integer)",
+        "CREATE TABLE people (id int PRIMARY KEY, mood mood, age positive,"
+        " home address, scores integer[], tags text[][])",
+    )
+    path = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(path.read_text())
+    connector["tables"] = ["public.people"]
+    path.write_text(yaml.safe_dump(connector))
+    env.start()
+    env.sql(
+        "INSERT INTO people VALUES (1, 'happy', 42, ROW('Main St, \"1\"', 7),"
+        " '{1,NULL,3}', '{{a,b},{c,d}}')"
+    )
+    [event] = consume(env.bootstrap, env.topic("people"), until=at_least(1))
+    assert event.value["after"] == {
+        "id": 1,
+        "mood": "happy",
+        "age": 42,
+        "home": {"street": 'Main St, "1"', "number": 7},
+        "scores": [1, None, 3],
+        "tags": [["a", "b"], ["c", "d"]],
+    }
