@@ -124,9 +124,14 @@ class Daemon:
         self.process.wait(10)
 
     def stop_quietly(self) -> None:
+        """Stop as an operator would (SIGTERM), and SIGKILL only if that does not work."""
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 @dataclass(frozen=True)
