@@ -161,8 +161,16 @@ def consume(
         }
     )
     try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        partitions = metadata.topics[topic].partitions
+        # Topics the daemon creates on first use (messages, outbox) may not exist yet.
+        deadline = time.monotonic() + timeout
+        while True:
+            found = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if found is not None and found.error is None and found.partitions:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic} does not exist after {timeout}s")
+            time.sleep(0.2)
+        partitions = found.partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
         messages: list[Message] = []
         deadline = time.monotonic() + timeout
