@@ -131,6 +131,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     headers: tuple[tuple[str, bytes], ...] | None = None
+    partition: int = -1  # -1: chosen by the key (librdkafka's RD_KAFKA_PARTITION_UA)
 
 
 @dataclass(frozen=True, slots=True)

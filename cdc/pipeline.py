@@ -616,34 +616,14 @@ class ConnectorPipeline:
         """Publish the held schema-change events of these relations, in ``tx``. False when
         a stop came during backpressure."""
         changes = self._schema_changes
-        sink = self._sink
         assert changes is not None
-        assert sink is not None
         now_us = time.time_ns() // 1000
         for oid in oids:
             pending = self._pending_schema.pop(oid, None)
             if pending is None:
                 continue
-            for record, partition in changes.records(pending, tx_ctx, lsn, now_us):
-                tx.pending += 1
-                while True:
-                    try:
-                        if partition is None:
-                            sink.produce(
-                                record.topic, record.value, record.key, on_delivery=tx.on_delivery
-                            )
-                        else:
-                            sink.produce(
-                                record.topic,
-                                record.value,
-                                record.key,
-                                partition=partition,
-                                on_delivery=tx.on_delivery,
-                            )
-                        break
-                    except BufferError:
-                        if not self._wait_for_kafka(lambda: len(sink) < self._max_records):
-                            return False
+            if not self._publish(changes.records(pending, tx_ctx, lsn, now_us), tx, lsn):
+                return False
             assert self._snapshots is not None
             self._snapshots.write_record(SCHEMA_STATE_KEY, changes.history.to_json())
         return True
@@ -653,29 +633,10 @@ class ConnectorPipeline:
 
     def _publish_routed(self, records: list[Record], tx: Transaction, lsn: int) -> bool:
         """Produce message and outbox records (rare), creating their topics on first use."""
-        sink = self._sink
-        assert sink is not None
         missing = {r.topic for r in records} - self._routed_topics
         if missing:
             self._sink_topics(sorted(missing))
-        for record in records:
-            tx.pending += 1
-            while True:
-                try:
-                    sink.produce(
-                        record.topic,
-                        record.value,
-                        record.key,
-                        headers=list(record.headers or ()),
-                        on_delivery=tx.on_delivery,
-                    )
-                    break
-                except BufferError:
-                    if not self._wait_for_kafka(lambda: len(sink) < self._max_records):
-                        return False
-                except ProduceRejected as exc:
-                    raise _rejected(exc, record, lsn) from exc
-        return True
+        return self._publish(records, tx, lsn)
 
     def _sink_topics(self, names: list[str]) -> None:
         assert self._sink is not None
@@ -696,15 +657,27 @@ class ConnectorPipeline:
         self._routed_topics.update(names)
 
     def _publish(self, records: Iterable[Record], tx: Transaction, lsn: int) -> bool:
-        """Produce records that belong to ``tx`` (off the hot path: snapshot chunks)."""
+        """Produce records that belong to ``tx``, off the hot path (snapshot chunks,
+        schema changes, messages, outbox): with their headers and partition, if any.
+        False when a stop came during backpressure."""
         sink = self._sink
         assert sink is not None
         on_delivery = tx.on_delivery
         for index, record in enumerate(records):
             tx.pending += 1
+            headers: list[tuple[str, str | bytes | None]] | None = (
+                None if record.headers is None else list(record.headers)
+            )
             while True:
                 try:
-                    sink.produce(record.topic, record.value, record.key, on_delivery=on_delivery)
+                    sink.produce(
+                        record.topic,
+                        record.value,
+                        record.key,
+                        partition=record.partition,
+                        headers=headers,
+                        on_delivery=on_delivery,
+                    )
                     break
                 except BufferError:
                     if not self._wait_for_kafka(lambda: len(sink) < self._max_records):

@@ -70,8 +70,8 @@ class SchemaChanges:
 
     def records(
         self, pending: PendingSchemaEvent, tx: TxContext | None, lsn: int, now_us: int
-    ) -> list[tuple[Record, int | None]]:
-        """Records (with an explicit partition, or None) announcing the new shape."""
+    ) -> list[Record]:
+        """Records announcing the new shape (in band: one per partition, explicitly)."""
         relation, key_columns, change = pending.relation, pending.key_columns, pending.change
         columns: list[dict[str, Any]] = [
             {
@@ -105,9 +105,9 @@ class SchemaChanges:
         )
         if self._mode == "inband":
             topic = self._retention_topic(relation.namespace, relation.name)
-            return [(Record(topic, None, value), p) for p in range(self._partitions(topic))]
+            return [Record(topic, None, value, partition=p) for p in range(self._partitions(topic))]
         key = orjson.dumps({"schema": relation.namespace, "table": relation.name})
-        return [(Record(schema_topic_name(self._connector), key, value), None)]
+        return [Record(schema_topic_name(self._connector), key, value)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -746,3 +746,26 @@ def test_custom_types_are_resolved_through_the_catalog(env: Env) -> None:
         "scores": [1, None, 3],
         "tags": [["a", "b"], ["c", "d"]],
     }
+
+
+def test_inband_schema_changes_reach_every_partition_of_the_retention_topic(env: Env) -> None:
+    path = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(path.read_text())
+    connector["schema_changes"] = "inband"
+    path.write_text(yaml.safe_dump(connector))
+    env.start()
+    env.sql("INSERT INTO customers VALUES (1, 'Ada', NULL, 1, NULL)")
+    env.sql("ALTER TABLE customers ADD COLUMN vip boolean DEFAULT false")
+    env.sql("INSERT INTO customers VALUES (2, 'Bo', NULL, 1, NULL)")
+    messages = consume(
+        env.bootstrap,
+        env.topic("customers"),
+        until=lambda msgs: sum(1 for m in msgs if m.value["op"] == "s") >= 6,
+    )
+    schema_events = [m for m in messages if m.value["op"] == "s"]
+    # Two versions (the first shape, then vip added), each in all 3 partitions.
+    assert sorted((m.value["schema_version"], m.partition) for m in schema_events) == [
+        (v, p) for v in (1, 2) for p in range(3)
+    ]
+    assert all(m.key is None for m in schema_events)
+    assert schema_events[-1].value["change"]["added"] in ([], ["vip"])
