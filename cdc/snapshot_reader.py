@@ -28,7 +28,7 @@ from psycopg import sql
 
 from cdc.errors import SourceError
 from cdc.protocol.messages import Column, Relation, ReplicaIdentity
-from cdc.source import SESSION_OPTIONS
+from cdc.source import EVENT_KEY_COLUMNS_SQL, SESSION_OPTIONS
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -135,22 +135,14 @@ class SnapshotReader:
         generated = "AND a.attgenerated = ''" if self._server_version >= _PG12 else ""
         try:
             head = conn.execute(
-                """
-                SELECT c.oid::int8, c.relreplident, c.reltuples::float8,
-                       coalesce((
-                         SELECT array_agg(a.attname::text ORDER BY k.ord)
-                         FROM pg_index i
-                         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-                         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                         WHERE i.indrelid = c.oid
-                           AND CASE c.relreplident
-                                 WHEN 'i' THEN i.indisreplident
-                                 ELSE i.indisprimary END
-                       ), '{}')
+                sql.SQL(
+                    """
+                SELECT c.oid::int8, c.relreplident, c.reltuples::float8, {key_columns}
                 FROM pg_class c
                 JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
-                """,
+                """
+                ).format(key_columns=EVENT_KEY_COLUMNS_SQL),
                 (schema, table),
             ).fetchone()
             if head is None:

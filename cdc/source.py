@@ -20,6 +20,7 @@ from cdc.errors import SlotError, SourceError
 from cdc.lsn import format_lsn, parse_lsn
 
 __all__ = [
+    "EVENT_KEY_COLUMNS_SQL",
     "SESSION_OPTIONS",
     "ReplicationSource",
     "ServerInfo",
@@ -36,7 +37,21 @@ SESSION_OPTIONS = (
     "-c extra_float_digits=3 -c bytea_output=hex -c lc_monetary=C"
 )
 
-MIN_SERVER_VERSION = 100000  # pgoutput and logical replication appeared in PostgreSQL 10
+MIN_SERVER_VERSION = 100000
+
+# The event key of the table ``c`` (pg_class), as text[]: the replica-identity index's
+# columns under REPLICA IDENTITY USING INDEX, else the primary key's (also under FULL and
+# NOTHING, where pgoutput's key flags would mark every column or none); '{}' for neither.
+# One rule for the stream and the snapshots, so their records have the same keys.
+EVENT_KEY_COLUMNS_SQL = sql.SQL("""
+    coalesce((
+      SELECT array_agg(a.attname::text ORDER BY k.ord)
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+      WHERE i.indrelid = c.oid
+        AND CASE c.relreplident WHEN 'i' THEN i.indisreplident ELSE i.indisprimary END
+    ), '{}')""")  # pgoutput and logical replication appeared in PostgreSQL 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,24 +252,16 @@ class ReplicationSource:
         conn = self._require_sql()
         try:
             rows = conn.execute(
-                """
-                SELECT n.nspname, c.relname, c.relreplident,
-                       coalesce((
-                         SELECT array_agg(a.attname ORDER BY k.ord)
-                         FROM pg_index i
-                         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-                         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                         WHERE i.indrelid = c.oid
-                           AND CASE c.relreplident
-                                 WHEN 'i' THEN i.indisreplident
-                                 ELSE i.indisprimary END
-                       ), '{}')
+                sql.SQL(
+                    """
+                SELECT n.nspname, c.relname, c.relreplident, {key_columns}
                 FROM pg_publication_tables p
                 JOIN pg_namespace n ON n.nspname = p.schemaname
                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
                 WHERE p.pubname = %s
                 ORDER BY 1, 2
-                """,
+                """
+                ).format(key_columns=EVENT_KEY_COLUMNS_SQL),
                 (self.publication,),
             ).fetchall()
         except psycopg.Error as exc:
