@@ -818,6 +818,14 @@ class ConnectorPipeline:
         fallbacks = self._conversion_stats.text_fallbacks
         if fallbacks != self._fallbacks_published:
             metrics.TEXT_FALLBACKS.labels(**labels).inc(fallbacks - self._fallbacks_published)
+            # At most once a second (this runs with the status updates), never per value.
+            self._log.warning(
+                "values_published_as_text",
+                count=fallbacks - self._fallbacks_published,
+                total=fallbacks,
+                detail="these values have no exact JSON form in the configured values.*"
+                " modes; values.on_conversion_error: text published their PostgreSQL text",
+            )
             self._fallbacks_published = fallbacks
         if self._encoder is not None:
             unavailable = self._encoder.unavailable_values()
