@@ -769,3 +769,36 @@ def test_inband_schema_changes_reach_every_partition_of_the_retention_topic(env:
     ]
     assert all(m.key is None for m in schema_events)
     assert schema_events[-1].value["change"]["added"] in ([], ["vip"])
+
+
+def _interval_env(env: Env, on_error: str) -> None:
+    env.sql("CREATE TABLE spans (id int PRIMARY KEY, span interval)")
+    path = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(path.read_text())
+    connector["tables"] = ["public.spans"]
+    connector["values"] = {"interval_handling": "numeric", "on_conversion_error": on_error}
+    path.write_text(yaml.safe_dump(connector))
+
+
+def test_unconvertible_value_stops_the_connector_naming_table_column_type_and_lsn(
+    env: Env,
+) -> None:
+    """Microseconds cannot hold a month exactly: never a wrong number, a clear stop."""
+    _interval_env(env, "stop")
+    daemon = env.start()
+    env.sql("INSERT INTO spans VALUES (1, '1 mon')")
+    assert daemon.process.wait(60) == 1
+    failed = daemon.wait_for_log("connector_failed")
+    assert failed["error_type"] == "ConversionError"
+    for part in ("public.spans", "span", "interval", "LSN"):
+        assert part in failed["error"]
+
+
+def test_unconvertible_value_as_text_when_configured(env: Env) -> None:
+    _interval_env(env, "text")
+    daemon = env.start()
+    env.sql("INSERT INTO spans VALUES (1, '1 mon'), (2, '00:00:01')")
+    events = consume(env.bootstrap, env.topic("spans"), until=at_least(2))
+    spans = {m.value["after"]["id"]: m.value["after"]["span"] for m in events}
+    assert spans == {1: "1 mon", 2: 1_000_000}
+    assert daemon.wait_for_log("values_published_as_text", timeout=10)["total"] == 1
