@@ -55,13 +55,18 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && groupadd --system --gid 10001 cdc \
  && useradd --system --uid 10001 --gid cdc --no-create-home --shell /usr/sbin/nologin cdc
 WORKDIR /app
-# Defaults, owned by root and read-only for the daemon, which never writes files.
+# Defaults, owned by root and read-only for the daemon.
 COPY config/ /app/config/
 COPY connectors/ /app/connectors/
+# The one place the daemon writes: toast.mode: fill keeps its store here
+# (state/<connector>.toast.sqlite3). Mount a volume on it to keep the store across
+# container restarts.
+RUN mkdir -p /app/state && chown 10001:10001 /app/state
+VOLUME ["/app/state"]
 # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
 USER 10001:10001
-# Prometheus metrics (metrics.port). config/cdc.yaml binds it to metrics.host, 127.0.0.1 by
-# default: set 0.0.0.0 there for the port to be reachable from outside the container.
+# Prometheus metrics, /status and /healthz (metrics.port); CDC_METRICS_HOST above makes
+# config/cdc.yaml listen on all interfaces inside the container.
 EXPOSE 9187
 # Python is PID 1 here: fine, since the daemon handles SIGTERM/SIGINT itself and starts no
 # child processes that would need reaping. Logs are JSON lines on stderr (no TTY).
