@@ -91,7 +91,6 @@ __all__ = [
     "Record",
     "TableEncoder",
     "TxContext",
-    "schema_change_event",
 ]
 
 _dumps: Final = orjson.dumps
@@ -607,50 +606,3 @@ class EnvelopeEncoder:
         if isinstance(message, Delete):
             return self.table(message.relation).delete(message, tx, lsn, now_us)
         return [self.table(r).truncate(tx, lsn, now_us) for r in message.relations]
-
-
-def schema_change_event(
-    *,
-    connector: str,
-    database: str,
-    schema: str,
-    table: str,
-    version: int,
-    columns: list[dict[str, JsonValue]],
-    key_columns: list[str],
-    replica_identity: str,
-    change: dict[str, JsonValue],
-    tx: TxContext | None,
-    lsn: int,
-    now_us: int,
-) -> bytes:
-    """A schema-change event: op ``s``, the table's new shape and what changed.
-
-    Shaped like the data envelope (``op``, ``source``, ``ts_ms``) so one consumer loop can
-    dispatch on ``op``; ``before``/``after`` are absent because no row changed.
-    """
-    ts_us = tx.commit_ts_us if tx is not None else now_us
-    return _dumps(
-        {
-            "op": "s",
-            "schema_version": version,
-            "columns": columns,
-            "key_columns": key_columns,
-            "replica_identity": replica_identity,
-            "change": change,
-            "source": {
-                "version": __version__,
-                "connector": CONNECTOR_TYPE,
-                "name": connector,
-                "ts_ms": ts_us // 1000,
-                "snapshot": "false",
-                "db": database,
-                "schema": schema,
-                "table": table,
-                "txId": tx.xid if tx is not None else None,
-                "lsn": lsn,
-            },
-            "ts_ms": now_us // 1000,
-            "ts_us": now_us,
-        }
-    )

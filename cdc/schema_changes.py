@@ -15,11 +15,19 @@ from typing import Any
 
 import orjson
 
-from cdc.envelope import Record, TxContext, schema_change_event
+from cdc import __version__
+from cdc.envelope import CONNECTOR_TYPE, Record, TxContext
 from cdc.protocol.messages import Relation
+from cdc.protocol.values import JsonValue
 from cdc.schema_history import SchemaChange, SchemaHistory, schema_of
 
-__all__ = ["SCHEMA_STATE_KEY", "PendingSchemaEvent", "SchemaChanges", "schema_topic_name"]
+__all__ = [
+    "SCHEMA_STATE_KEY",
+    "PendingSchemaEvent",
+    "SchemaChanges",
+    "schema_change_event",
+    "schema_topic_name",
+]
 
 # The state topic's key for the known table shapes.
 SCHEMA_STATE_KEY = b"schemas"
@@ -118,3 +126,50 @@ class PendingSchemaEvent:
     key_columns: tuple[str, ...]
     change: SchemaChange
     type_names: list[str]
+
+
+def schema_change_event(
+    *,
+    connector: str,
+    database: str,
+    schema: str,
+    table: str,
+    version: int,
+    columns: list[dict[str, JsonValue]],
+    key_columns: list[str],
+    replica_identity: str,
+    change: dict[str, JsonValue],
+    tx: TxContext | None,
+    lsn: int,
+    now_us: int,
+) -> bytes:
+    """A schema-change event: op ``s``, the table's new shape and what changed.
+
+    Shaped like the data envelope (``op``, ``source``, ``ts_ms``) so one consumer loop can
+    dispatch on ``op``; ``before``/``after`` are absent because no row changed.
+    """
+    ts_us = tx.commit_ts_us if tx is not None else now_us
+    return orjson.dumps(
+        {
+            "op": "s",
+            "schema_version": version,
+            "columns": columns,
+            "key_columns": key_columns,
+            "replica_identity": replica_identity,
+            "change": change,
+            "source": {
+                "version": __version__,
+                "connector": CONNECTOR_TYPE,
+                "name": connector,
+                "ts_ms": ts_us // 1000,
+                "snapshot": "false",
+                "db": database,
+                "schema": schema,
+                "table": table,
+                "txId": tx.xid if tx is not None else None,
+                "lsn": lsn,
+            },
+            "ts_ms": now_us // 1000,
+            "ts_us": now_us,
+        }
+    )
