@@ -6,13 +6,19 @@ the LSN that ``positions`` says is safe. Keepalives that ask for a reply are ans
 once; while Kafka is slow, reading pauses (bounded memory) but status updates continue,
 so PostgreSQL never drops us for silence (``wal_sender_timeout``). Snapshot decisions and
 their state live in ``snapshot_control``; the loop calls it only on snapshot traffic.
+
+Off the hot path, the rest lives beside it: ``side_channel`` produces the records that
+are not row changes (snapshot chunks, schema changes, messages, outbox rows),
+``table_topics`` makes the tables' topics, ``connector_report`` publishes metrics, the
+status board and the periodic summary. The per-event path of ``_stream`` calls none of
+them; it must not gain function calls, attribute lookups or log lines.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,8 +26,9 @@ import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, TopicsConfig
-from cdc.envelope import EnvelopeEncoder, Record, TableEncoder, TxContext
-from cdc.errors import RecordTooLargeError, SinkError, SourceError
+from cdc.connector_report import ConnectorReport, report_tables
+from cdc.envelope import EnvelopeEncoder, TableEncoder, TxContext
+from cdc.errors import SinkError, SourceError
 from cdc.incremental import IncrementalDriver
 from cdc.lsn import format_lsn
 from cdc.positions import PositionTracker, Transaction
@@ -43,19 +50,13 @@ from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
 from cdc.protocol.typeinfo import TypeResolver
 from cdc.protocol.values import ConversionStats, ValueOptions
-from cdc.routing import MessageRouter, OutboxRouter
-from cdc.schema_changes import (
-    SCHEMA_STATE_KEY,
-    PendingSchemaEvent,
-    SchemaChanges,
-    schema_topic_name,
-)
-from cdc.schema_history import SchemaHistory
-from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
+from cdc.side_channel import SideChannel, rejected
+from cdc.sink import KafkaSink, ProduceRejected
 from cdc.snapshot_control import SnapshotControl
 from cdc.snapshot_reader import TableShape
-from cdc.source import ReplicationSource, TableInfo, protocol_version_for
+from cdc.source import ReplicationSource, protocol_version_for
 from cdc.status import BOARD
+from cdc.table_topics import TableTopics
 from cdc.toast_store import ToastStore
 from cdc.type_catalog import TypeCatalog
 
@@ -72,8 +73,6 @@ IDLE_WAIT_S = 0.1
 # ... and at most this long while Kafka owes acks: acks are only seen in poll(), and the
 # commit-to-confirm latency should not wait for the next WAL message to arrive.
 ACK_WAIT_S = 0.002
-# Periodic structured summary (never a line per row).
-PROGRESS_LOG_INTERVAL_S = 60.0
 # On SIGTERM, wait this long for Kafka to acknowledge what was produced.
 SHUTDOWN_FLUSH_S = 30.0
 # Records per event, for sizing the producer queue: retention + compacted. (A key change
@@ -95,13 +94,8 @@ class ConnectorPipeline:
         self._log = structlog.get_logger("cdc.pipeline").bind(
             connector=connector.name, slot=connector.slot
         )
-        self._ensured: set[tuple[str, str]] = set()
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._schema_changes: SchemaChanges | None = None
-        self._messages = MessageRouter(connector.messages, connector=connector.name, database="")
-        self._outbox = OutboxRouter(connector.outbox, connector=connector.name)
-        self._outbox_json: tuple[str, ...] = ()
-        self._routed_topics: set[str] = set()
+        self._side: SideChannel | None = None
         values = connector.values
         self._value_options = ValueOptions(
             decimal_handling=values.decimal_handling,
@@ -115,12 +109,7 @@ class ConnectorPipeline:
         self._catalog: TypeCatalog | None = None
         self._toast: ToastStore | None = None
         self._conversion_stats = ConversionStats()
-        self._encoder: EnvelopeEncoder | None = None
-        self._fallbacks_published = 0
-        self._unavailable_published = 0
-        self._pending_schema: dict[int, PendingSchemaEvent] = {}
-        # Topics this start created: empty, so the lost-slot guard skips them.
-        self._created_topics: set[str] = set()
+        self._table_topics: TableTopics | None = None
         self._snapshots: SnapshotControl | None = None
         self._driver: IncrementalDriver | None = None
         self._database = ""
@@ -130,12 +119,16 @@ class ConnectorPipeline:
         self._server_wal_end = 0
         self._last_status = 0.0
         self._last_sent_confirmed = -1
-        self._last_progress = time.monotonic()
         self._events = {"c": 0, "u": 0, "d": 0, "t": 0}
-        self._events_published = dict.fromkeys(self._events, 0)
+        self._report = ConnectorReport(
+            connector.name,
+            events=self._events,
+            stats=self._conversion_stats,
+            log=self._log,
+            now=time.monotonic(),
+        )
         self._transactions = 0
         self._logical_messages = 0
-        self._transactions_published = 0
         self._last_commit_ts_us = 0
         self._source: ReplicationSource | None = None
         self._sink: KafkaSink | None = None
@@ -156,7 +149,6 @@ class ConnectorPipeline:
         self._source = source
         try:
             info = source.connect()
-            self._messages = MessageRouter(cfg.messages, connector=cfg.name, database=info.database)
             self._catalog = TypeCatalog(source.catalog_connection)
             self._types = self._catalog.lookup
             if cfg.toast.mode == "fill":
@@ -170,7 +162,7 @@ class ConnectorPipeline:
                 wanted = [*wanted, *(_split_table(t) for t in sorted(special))]
             source.ensure_publication(wanted, create=cfg.create_publication)
             tables = [t for t in source.published_tables() if t.qualified not in special]
-            self._report_tables(tables)
+            report_tables(self._log, tables)
             self._keys = {(t.schema, t.name): t.key_columns for t in tables}
             self._sink = KafkaSink(
                 self._daemon.kafka.bootstrap_servers,
@@ -180,7 +172,14 @@ class ConnectorPipeline:
                 log=self._log,
             )
             self._sink.list_topics()
-            self._ensure_topics([(t.schema, t.name, bool(t.key_columns)) for t in tables])
+            table_topics = self._table_topics = TableTopics(
+                connector=cfg.name,
+                database=self._database,
+                topics=self._topics,
+                sink=self._sink,
+                log=self._log,
+            )
+            table_topics.ensure([(t.schema, t.name, bool(t.key_columns)) for t in tables])
             snapshots = self._snapshots = SnapshotControl(
                 connector=cfg,
                 topics=self._topics,
@@ -192,12 +191,24 @@ class ConnectorPipeline:
                 table_encoder=self._table_encoder,
             )
             snapshots.open_state()
-            self._schema_changes = self._open_schema_changes(snapshots)
+            self._side = SideChannel(
+                connector=cfg,
+                topics=self._topics,
+                database=self._database,
+                sink=self._sink,
+                snapshots=snapshots,
+                key_columns=self._key_columns,
+                wait_for_kafka=self._wait_for_kafka,
+                max_records=self._max_records,
+                poll_every=HOUSEKEEPING_EVERY,
+                log=self._log,
+            )
+            self._side.open_schema_changes(source.format_types)
             mode = cfg.snapshot.mode
             slot = source.ensure_slot(
                 create=cfg.create_slot,
                 before_create=lambda: snapshots.before_slot_create(
-                    tables, new_topics=self._created_topics
+                    tables, new_topics=table_topics.created
                 ),
                 export_snapshot=mode != "never",
                 temporary=mode == "initial_only",
@@ -239,63 +250,6 @@ class ConnectorPipeline:
                 self._snapshots.close()
             source.close()
 
-    def _report_tables(self, tables: list[TableInfo]) -> None:
-        for table in tables:
-            if not table.key_columns:
-                self._log.warning(
-                    "table_without_key",
-                    table=table.qualified,
-                    replica_identity=table.replica_identity,
-                    detail="events get a null key on the retention topic and are not"
-                    " written to the compacted topic; add a primary key or set REPLICA"
-                    " IDENTITY USING INDEX on a unique index",
-                )
-            if table.replica_identity == "n" or (
-                table.replica_identity == "d" and not table.key_columns
-            ):
-                self._log.warning(
-                    "table_updates_not_capturable",
-                    table=table.qualified,
-                    detail="UPDATE and DELETE on this table fail on the primary while it is"
-                    " published (no replica identity): add a primary key or"
-                    " ALTER TABLE ... REPLICA IDENTITY FULL",
-                )
-        self._log.info("tables_published", tables=[t.qualified for t in tables])
-
-    def _ensure_topics(self, tables: list[tuple[str, str, bool]]) -> None:
-        topics = self._topics
-        specs: list[TopicSpec] = []
-        for schema, table, has_key in tables:
-            if (schema, table) in self._ensured:
-                continue
-            specs.append(
-                TopicSpec(
-                    topics.retention_topic(self._cfg.name, self._database, schema, table),
-                    topics.partitions,
-                    topics.replication_factor,
-                    "delete",
-                    {"retention.ms": "-1", **topics.retention_configs},
-                )
-            )
-            if has_key:
-                specs.append(
-                    TopicSpec(
-                        topics.compacted_topic(self._cfg.name, self._database, schema, table),
-                        topics.partitions,
-                        topics.replication_factor,
-                        "compact",
-                        dict(topics.compacted_configs),
-                    )
-                )
-        if not specs:
-            return
-        assert self._sink is not None
-        created = self._sink.ensure_topics(specs)
-        self._created_topics.update(created)
-        for name in created:
-            self._log.info("topic_created", topic=name)
-        self._ensured.update((schema, table) for schema, table, _ in tables)
-
     def _key_columns(self, relation: Relation) -> tuple[str, ...] | None:
         """Key by the primary key where pgoutput's key flags do not name it.
 
@@ -335,7 +289,7 @@ class ConnectorPipeline:
             types=self._types,
             stats=self._conversion_stats,
         )
-        self._encoder = encoder
+        self._report.encoder = encoder
         tracker = self._tracker
         read = source.read
         decode = decoder.decode
@@ -355,7 +309,11 @@ class ConnectorPipeline:
         assert snapshots is not None
         signal_oid: int | None = None
         outbox_oid: int | None = None
-        pending_schema = self._pending_schema
+        side = self._side
+        assert side is not None
+        pending_schema = side.pending_schema
+        table_topics = self._table_topics
+        assert table_topics is not None
 
         while not stop.is_set():
             data = read()
@@ -388,8 +346,8 @@ class ConnectorPipeline:
                     and kind is not Truncate
                     and msg.relation.oid == outbox_oid  # type: ignore[union-attr]
                 ):
-                    if kind is Insert and not self._publish_routed(
-                        self._outbox_records(cast(Insert, msg)), tx, lsn
+                    if kind is Insert and not side.publish_routed(
+                        side.outbox_records(cast(Insert, msg)), tx, lsn
                     ):
                         return
                     continue
@@ -400,7 +358,7 @@ class ConnectorPipeline:
                 ):
                     chunk = snapshots.signal_row(msg, tx_ctx, lsn)
                     if chunk is not None:
-                        if not self._publish(chunk, tx, lsn):
+                        if not side.publish(chunk, tx, lsn):
                             return
                         snapshots.chunk_published()
                     continue
@@ -410,7 +368,7 @@ class ConnectorPipeline:
                         if kind is Truncate
                         else [msg.relation.oid]  # type: ignore[union-attr]
                     )
-                    if not self._publish_schema(oids, tx, tx_ctx, lsn):
+                    if not side.publish_schema(oids, tx, tx_ctx, lsn):
                         return
                 now_us = time_ns() // 1000
                 records = encode(msg, tx_ctx, lsn, now_us)  # type: ignore[arg-type]
@@ -433,7 +391,7 @@ class ConnectorPipeline:
                             return
                         produce(record.topic, record.value, record.key, on_delivery=on_delivery)
                     except ProduceRejected as exc:
-                        raise _rejected(exc, record, lsn) from exc
+                        raise rejected(exc, record, lsn) from exc
                 if kind is Insert:
                     events["c"] += 1
                 elif kind is Update:
@@ -487,20 +445,20 @@ class ConnectorPipeline:
                     continue
                 if qualified == cfg.outbox.table:
                     outbox_oid = relation.oid
-                    self._outbox_json = tuple(
-                        c.name for c in relation.columns if c.type_oid in _JSON_TYPE_OIDS
-                    )
+                    side.outbox_relation(relation)
                     continue
-                if (relation.namespace, relation.name) not in self._ensured:
+                if (relation.namespace, relation.name) not in table_topics.ensured:
                     has_key = any(c.is_key for c in relation.columns)
-                    self._ensure_topics([(relation.namespace, relation.name, has_key)])
+                    table_topics.ensure([(relation.namespace, relation.name, has_key)])
                     if not has_key:
                         self._log.warning(
                             "table_without_key",
                             table=f"{relation.namespace}.{relation.name}",
                             detail="events get a null key and skip the compacted topic",
                         )
-                self._relation_changed(relation)
+                # The table's shape may have changed (DDL): refresh the cached key.
+                self._keys.pop((relation.namespace, relation.name), None)
+                side.relation_changed(relation)
             elif kind is LogicalMessage:
                 logical = cast(LogicalMessage, msg)
                 snapshot_records = (
@@ -508,11 +466,11 @@ class ConnectorPipeline:
                 )
                 if snapshot_records is not None:
                     assert tx is not None
-                    if not self._publish(snapshot_records, tx, lsn):
+                    if not side.publish(snapshot_records, tx, lsn):
                         return
                     snapshots.chunk_published()
                 else:
-                    routed = self._messages.record(logical, tx_ctx, lsn, time_ns() // 1000)
+                    routed = side.messages.record(logical, tx_ctx, lsn, time_ns() // 1000)
                     if routed is not None:
                         self._logical_messages += 1
                         # A non-transactional message stands alone: track it as a
@@ -520,7 +478,7 @@ class ConnectorPipeline:
                         own = tx is None
                         carrier = tracker.begin() if own else tx
                         assert carrier is not None
-                        if not self._publish_routed([routed], carrier, lsn):
+                        if not side.publish_routed([routed], carrier, lsn):
                             return
                         if own:
                             tracker.commit(carrier, lsn)
@@ -560,135 +518,7 @@ class ConnectorPipeline:
             stats=self._conversion_stats,
         )
 
-    def _open_schema_changes(self, snapshots: SnapshotControl) -> SchemaChanges:
-        raw = snapshots.state_records.get(SCHEMA_STATE_KEY)
-        try:
-            history = SchemaHistory.from_json(raw) if raw is not None else SchemaHistory()
-        except ValueError as exc:
-            raise SinkError(
-                f"the schema history in the state topic is not readable: {exc}"
-            ) from exc
-        assert self._sink is not None
-        assert self._source is not None
-        if self._cfg.schema_changes == "topic":
-            self._sink.ensure_topics(
-                [
-                    TopicSpec(
-                        schema_topic_name(self._cfg.name),
-                        1,  # one partition: every schema change of the connector in order
-                        self._topics.replication_factor,
-                        "delete",
-                        {"retention.ms": "-1"},
-                    )
-                ]
-            )
-        return SchemaChanges(
-            connector=self._cfg.name,
-            database=self._database,
-            mode=self._cfg.schema_changes,
-            history=history,
-            type_names=self._source.format_types,
-            retention_topic=lambda schema, table: self._topics.retention_topic(
-                self._cfg.name, self._database, schema, table
-            ),
-            partitions=self._sink.partitions,
-            log=self._log,
-        )
-
-    def _relation_changed(self, relation: Relation) -> None:
-        """A Relation message: the table's shape may have changed (DDL). Refresh what the
-        key lookup cached, and hold a schema-change event for a new shape: it is
-        published just before the table's next data event, with that event's LSN."""
-        self._keys.pop((relation.namespace, relation.name), None)
-        changes = self._schema_changes
-        if changes is None:
-            return
-        key_columns = self._key_columns(relation)
-        if key_columns is None:
-            key_columns = tuple(c.name for c in relation.columns if c.is_key)
-        pending = changes.observe(relation, key_columns)
-        if pending is not None:
-            self._pending_schema[relation.oid] = pending
-
-    def _publish_schema(
-        self, oids: list[int], tx: Transaction, tx_ctx: TxContext, lsn: int
-    ) -> bool:
-        """Publish the held schema-change events of these relations, in ``tx``. False when
-        a stop came during backpressure."""
-        changes = self._schema_changes
-        assert changes is not None
-        now_us = time.time_ns() // 1000
-        for oid in oids:
-            pending = self._pending_schema.pop(oid, None)
-            if pending is None:
-                continue
-            if not self._publish(changes.records(pending, tx_ctx, lsn, now_us), tx, lsn):
-                return False
-            assert self._snapshots is not None
-            self._snapshots.write_record(SCHEMA_STATE_KEY, changes.history.to_json())
-        return True
-
-    def _outbox_records(self, change: Insert) -> list[Record]:
-        return self._outbox.records(change, self._outbox_json)
-
-    def _publish_routed(self, records: list[Record], tx: Transaction, lsn: int) -> bool:
-        """Produce message and outbox records (rare), creating their topics on first use."""
-        missing = {r.topic for r in records} - self._routed_topics
-        if missing:
-            self._sink_topics(sorted(missing))
-        return self._publish(records, tx, lsn)
-
-    def _sink_topics(self, names: list[str]) -> None:
-        assert self._sink is not None
-        created = self._sink.ensure_topics(
-            [
-                TopicSpec(
-                    name,
-                    self._topics.partitions,
-                    self._topics.replication_factor,
-                    "delete",
-                    {"retention.ms": "-1"},
-                )
-                for name in names
-            ]
-        )
-        for name in created:
-            self._log.info("topic_created", topic=name)
-        self._routed_topics.update(names)
-
-    def _publish(self, records: Iterable[Record], tx: Transaction, lsn: int) -> bool:
-        """Produce records that belong to ``tx``, off the hot path (snapshot chunks,
-        schema changes, messages, outbox): with their headers and partition, if any.
-        False when a stop came during backpressure."""
-        sink = self._sink
-        assert sink is not None
-        on_delivery = tx.on_delivery
-        for index, record in enumerate(records):
-            tx.pending += 1
-            headers: list[tuple[str, str | bytes | None]] | None = (
-                None if record.headers is None else list(record.headers)
-            )
-            while True:
-                try:
-                    sink.produce(
-                        record.topic,
-                        record.value,
-                        record.key,
-                        partition=record.partition,
-                        headers=headers,
-                        on_delivery=on_delivery,
-                    )
-                    break
-                except BufferError:
-                    if not self._wait_for_kafka(lambda: len(sink) < self._max_records):
-                        return False
-                except ProduceRejected as exc:
-                    raise _rejected(exc, record, lsn) from exc
-            if index % HOUSEKEEPING_EVERY == HOUSEKEEPING_EVERY - 1:
-                sink.poll(0)
-        return True
-
-    def _wait_for_kafka(self, ready: Any) -> bool:
+    def _wait_for_kafka(self, ready: Callable[[], bool]) -> bool:
         """Backpressure: stop reading until Kafka catches up; keep the slot informed.
 
         Returns False when a stop was requested meanwhile: the caller leaves the stream
@@ -728,18 +558,17 @@ class ConnectorPipeline:
                 snapshots.report_incremental(driver)
         self._send_status(force=False)
         now = time.monotonic()
-        if now - self._last_progress >= PROGRESS_LOG_INTERVAL_S:
+        report = self._report
+        if report.progress_due(now):
             self._publish_metrics()
-            self._log.info(
-                "stream_progress",
-                events=dict(self._events),
+            report.log_progress(
+                now,
                 transactions=self._transactions,
                 logical_messages=self._logical_messages,
-                lsn=format_lsn(self._tracker.confirmed),
-                lag_bytes=max(0, self._server_wal_end - self._tracker.confirmed),
+                confirmed=self._tracker.confirmed,
+                server_wal_end=self._server_wal_end,
                 in_flight=len(sink),
             )
-            self._last_progress = now
 
     def _observe_latency(self) -> None:
         """Commit -> confirmable latency of the transactions the last poll completed."""
@@ -797,65 +626,14 @@ class ConnectorPipeline:
         self._publish_metrics()
 
     def _publish_metrics(self) -> None:
-        labels = self._labels
-        for op, count in self._events.items():
-            delta = count - self._events_published[op]
-            if delta:
-                metrics.EVENTS.labels(connector=labels["connector"], op=op).inc(delta)
-                self._events_published[op] = count
-        delta = self._transactions - self._transactions_published
-        if delta:
-            metrics.TRANSACTIONS.labels(**labels).inc(delta)
-            self._transactions_published = self._transactions
-        confirmed = self._tracker.confirmed
-        metrics.CONFIRMED_LSN.labels(**labels).set(confirmed)
-        metrics.RECEIVED_LSN.labels(**labels).set(self._received)
-        metrics.LAG_BYTES.labels(**labels).set(max(0, self._server_wal_end - confirmed))
-        if self._sink is not None:
-            metrics.IN_FLIGHT_RECORDS.labels(**labels).set(len(self._sink))
-        if self._last_commit_ts_us:
-            metrics.LAST_COMMIT_TIMESTAMP.labels(**labels).set(self._last_commit_ts_us / 1e6)
-        fallbacks = self._conversion_stats.text_fallbacks
-        if fallbacks != self._fallbacks_published:
-            metrics.TEXT_FALLBACKS.labels(**labels).inc(fallbacks - self._fallbacks_published)
-            # At most once a second (this runs with the status updates), never per value.
-            self._log.warning(
-                "values_published_as_text",
-                count=fallbacks - self._fallbacks_published,
-                total=fallbacks,
-                detail="these values have no exact JSON form in the configured values.*"
-                " modes; values.on_conversion_error: text published their PostgreSQL text",
-            )
-            self._fallbacks_published = fallbacks
-        if self._encoder is not None:
-            unavailable = self._encoder.unavailable_values()
-            if unavailable != self._unavailable_published:
-                metrics.TOAST_UNAVAILABLE.labels(**labels).inc(
-                    unavailable - self._unavailable_published
-                )
-                self._unavailable_published = unavailable
-        driver = self._driver
-        progress = driver.progress if driver is not None else None
-        BOARD.update(
-            labels["connector"],
-            confirmed_lsn=format_lsn(confirmed),
-            received_lsn=format_lsn(self._received),
-            lag_bytes=max(0, self._server_wal_end - confirmed),
-            in_flight_records=len(self._sink) if self._sink is not None else 0,
-            events=dict(self._events),
+        self._report.publish(
             transactions=self._transactions,
-            snapshot=None
-            if progress is None
-            else {
-                "kind": progress.kind,
-                "mode": "incremental",
-                "snapshot_id": progress.snapshot_id,
-                "table": progress.tables[0] if progress.tables else None,
-                "tables_left": list(progress.tables),
-                "tables_done": list(progress.tables_done),
-                "chunks_done": progress.chunks_done,
-                "rows_done": progress.rows_done,
-            },
+            confirmed=self._tracker.confirmed,
+            received=self._received,
+            server_wal_end=self._server_wal_end,
+            last_commit_ts_us=self._last_commit_ts_us,
+            sink=self._sink,
+            driver=self._driver,
         )
 
     # --- shutdown -------------------------------------------------------------------
@@ -882,28 +660,10 @@ class ConnectorPipeline:
             )
 
 
-def _rejected(exc: BaseException, record: Record, lsn: int) -> SinkError:
-    size = len(record.value or b"") + len(record.key or b"")
-    where = f"record for topic {record.topic!r} (change at LSN {format_lsn(lsn)}, {size} bytes)"
-    if is_too_large(exc):
-        return RecordTooLargeError(
-            f"Kafka refuses the {where}: it is larger than the producer's message.max.bytes"
-            " or the topic's max.message.bytes. Raise kafka.properties.message.max.bytes in"
-            " the daemon config and the topic's max.message.bytes (and the broker's"
-            " message.max.bytes) above it, then restart: nothing after the last confirmed"
-            " LSN was lost",
-            topic=record.topic,
-        )
-    return SinkError(f"Kafka refused the {where}: {exc}", topic=record.topic)
-
-
 def _split_table(qualified: str) -> tuple[str, str]:
     schema, _, table = qualified.partition(".")
     return schema, table
 
-
-# json and jsonb: an outbox payload of these types is published as the JSON it is.
-_JSON_TYPE_OIDS = frozenset({114, 3802})
 
 # pgoutput timestamps count microseconds from 2000-01-01 UTC; events use the Unix epoch.
 _PG_EPOCH_US = 946_684_800_000_000
