@@ -85,7 +85,6 @@ class IncrementalDriver:
         self._signal_table = signal_table
         self._snapshot: IncrementalSnapshot[Row] | None = None
         self._shapes: dict[str, TableShape] = {}
-        self._queued: list[str] = []
         self._not_before = 0.0
         # The table whose chunk window may be open: only its changes need reporting. A
         # plain attribute, read for every streamed change.
@@ -120,7 +119,9 @@ class IncrementalDriver:
         if not usable:
             return
         if self._snapshot is not None:
-            self._queued.extend(t for t in usable if t not in self._queued)
+            # Behind the running snapshot's tables, and so in its stored progress: a
+            # restart does not forget the request.
+            self._snapshot.add_tables(usable)
             self._log.info("snapshot_queued", tables=usable)
             return
         progress = SnapshotProgress(
@@ -324,9 +325,6 @@ class IncrementalDriver:
                 chunks=snapshot.progress.chunks_done,
             )
             self._snapshot = None
-            if self._queued:
-                queued, self._queued = self._queued, []
-                self.start(queued)
         return records
 
 

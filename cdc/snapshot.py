@@ -70,7 +70,8 @@ What the caller must keep (this module cannot see time, only the stream's order)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, TypeVar
 
 import orjson
@@ -340,6 +341,15 @@ class IncrementalSnapshot(Generic[T]):
         self._next_id += 1
         self._chunk = _Chunk(request)
         return request
+
+    def add_tables(self, tables: Sequence[str]) -> None:
+        """Queue more tables behind the remaining ones (a request that arrived while this
+        snapshot runs); they become part of the stored progress with the next chunk. A
+        table still to do is not added twice; one already done is read again."""
+        p = self._progress
+        extra = tuple(dict.fromkeys(t for t in tables if t not in p.tables))
+        if extra:
+            self._progress = replace(p, tables=p.tables + extra)
 
     def abandon_chunk(self) -> None:
         """Forget the chunk in flight (its query or a watermark failed): the next call of

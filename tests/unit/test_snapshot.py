@@ -608,3 +608,14 @@ def test_empty_connector_state() -> None:
     assert ConnectorState() == ConnectorState.from_json(
         b'{"version": 1, "initial_snapshot": null, "initial_tables": [], "incremental": null}'
     )
+
+
+def test_tables_requested_while_running_join_the_stored_progress() -> None:
+    progress = SnapshotProgress(snapshot_id="s", kind="incremental", tables=("public.a",))
+    snapshot: IncrementalSnapshot[str] = IncrementalSnapshot(progress, chunk_rows=10)
+    snapshot.add_tables(["public.b", "public.a", "public.b"])
+    assert snapshot.progress.tables == ("public.a", "public.b")
+    restored = SnapshotProgress.from_json(snapshot.progress.to_json())
+    assert restored.tables == ("public.a", "public.b")
+    snapshot.add_tables(["public.b"])  # already to do: nothing changes
+    assert snapshot.progress.tables == ("public.a", "public.b")
