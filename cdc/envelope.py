@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import orjson
 
@@ -122,9 +122,12 @@ class ToastMemory(Protocol):
 CONNECTOR_TYPE: Final = "postgresql"
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One Kafka message. ``value`` ``None`` is a tombstone (never ``b""``)."""
+class Record(NamedTuple):
+    """One Kafka message. ``value`` ``None`` is a tombstone (never ``b""``).
+
+    A NamedTuple rather than a frozen dataclass: two are built per event on the hot path,
+    and a tuple is built in a third of the time.
+    """
 
     topic: str
     key: bytes | None
