@@ -802,3 +802,44 @@ def test_unconvertible_value_as_text_when_configured(env: Env) -> None:
     spans = {m.value["after"]["id"]: m.value["after"]["span"] for m in events}
     assert spans == {1: "1 mon", 2: 1_000_000}
     assert daemon.wait_for_log("values_published_as_text", timeout=10)["total"] == 1
+
+
+def test_one_daemon_streams_several_databases(
+    postgres_server: Any, kafka_server: Any, tmp_path: Path
+) -> None:
+    """Every connector file in the folder runs in the same process, each on its own slot."""
+    admin_dsn = postgres_server.dsn()
+    names = [unique_name("multi"), unique_name("multi")]
+    for name in names:
+        create_database(admin_dsn, name)
+        with psycopg.connect(postgres_server.dsn(dbname=name), autocommit=True) as conn:
+            conn.execute(SCHEMA)
+    try:
+        connectors = [
+            {"name": name, "postgres": {"dsn": postgres_server.dsn(dbname=name)}, "slot": name}
+            for name in names
+        ]
+        config, folder = write_config(tmp_path, kafka_server.bootstrap_servers, connectors)
+        daemon = Daemon.start(config, folder, tmp_path / "d.log")
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                started = [e for e in daemon.log_lines() if e.get("event") == "streaming_started"]
+                if len(started) == 2:
+                    break
+                time.sleep(0.2)
+            for i, name in enumerate(names):
+                with psycopg.connect(postgres_server.dsn(dbname=name), autocommit=True) as conn:
+                    conn.execute("INSERT INTO customers VALUES (%s, 'x', NULL, 0, NULL)", (i,))
+            for i, name in enumerate(names):
+                [event] = consume(
+                    kafka_server.bootstrap_servers, f"{name}.public.customers", until=at_least(1)
+                )
+                assert event.value["after"]["id"] == i
+                assert event.value["source"]["name"] == name
+            assert daemon.terminate() == 0
+        finally:
+            daemon.stop_quietly()
+    finally:
+        for name in names:
+            drop_database(admin_dsn, name, slot=name)
