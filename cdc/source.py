@@ -100,6 +100,25 @@ def protocol_version_for(server_version_num: int) -> int:
     return 1
 
 
+def _connection_hint(message: str) -> str | None:
+    """What to do about the connection failures a user must fix (retrying goes on
+    meanwhile, so the fix takes effect without restarting cdc)."""
+    text = message.lower()
+    if "replication role" in text or "permission denied to start wal sender" in text:
+        return (
+            "The role needs the REPLICATION attribute: ALTER ROLE <user> REPLICATION"
+            " (and SELECT on the published tables)"
+        )
+    if "password authentication failed" in text:
+        return "Check the password postgres.dsn gives (e.g. the environment variable it reads)"
+    if "no pg_hba.conf entry" in text and "replication" in text:
+        return (
+            "pg_hba.conf must allow this host a replication connection to the database"
+            " (a line with the database name, not only 'replication')"
+        )
+    return None
+
+
 def _source_error(action: str, exc: BaseException) -> SourceError:
     # psycopg error messages never contain the password, but the DSN could appear in
     # connection errors as host/user only; we still scrub via the logging layer.
@@ -143,7 +162,11 @@ class ReplicationSource:
             ).fetchone()
         except psycopg.Error as exc:
             self.close()
-            raise _source_error("connecting to PostgreSQL", exc) from exc
+            error = _source_error("connecting to PostgreSQL", exc)
+            hint = _connection_hint(str(exc))
+            if hint:
+                error = SourceError(f"{error}. {hint}")
+            raise error from exc
         assert row is not None
         info = ServerInfo(version_num=row[0], database=row[1], wal_level=row[2], encoding=row[3])
         if info.version_num < MIN_SERVER_VERSION:

@@ -131,3 +131,19 @@ def test_bad_credentials_are_reported_without_the_password(postgres_server: Any)
         src.connect()
     assert "s3cret-pw" not in str(info.value)
     assert "connecting to PostgreSQL failed" in str(info.value)
+
+
+def test_role_without_replication_gets_the_fix_in_the_error(
+    postgres_server: Any, database: str
+) -> None:
+    role = unique_name("norepl")
+    with psycopg.connect(postgres_server.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        dsn = database.replace("postgres@", f"{role}@")
+        src = ReplicationSource(dsn, slot="x", publication="x", application_name="cdc:test")
+        with pytest.raises(SourceError, match="ALTER ROLE <user> REPLICATION"):
+            src.connect()
+    finally:
+        with psycopg.connect(postgres_server.dsn(), autocommit=True) as conn:
+            conn.execute(f"DROP ROLE {role}")
