@@ -9,7 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,23 @@ def drop_database(admin_dsn: str, name: str, slot: str | None = None) -> None:
                 (slot,),
             )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def scratch_database(server: Any, prefix: str, schema: str = "") -> Iterator[tuple[str, str]]:
+    """A database of its own for one test, ``schema`` applied; yields (name, dsn). Dropped
+    afterwards, with the replication slot named like it (tests name their slot so)."""
+    name = unique_name(prefix)
+    admin_dsn = server.dsn()
+    create_database(admin_dsn, name)
+    dsn = server.dsn(dbname=name)
+    try:
+        if schema:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(schema)
+        yield name, dsn
+    finally:
+        drop_database(admin_dsn, name, slot=name)
 
 
 def write_config(

@@ -23,9 +23,7 @@ from tests.integration.helpers import (
     Daemon,
     Message,
     consume,
-    create_database,
-    drop_database,
-    unique_name,
+    scratch_database,
     write_config,
 )
 
@@ -70,29 +68,26 @@ class SnapEnv:
 
 @pytest.fixture
 def snap(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[SnapEnv]:
-    name = unique_name("snap")
     admin_dsn = postgres_server.dsn()
-    create_database(admin_dsn, name)
-    dsn = postgres_server.dsn(dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    connector = {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.items", "public.empty_one", "public.nokey"],
-        "status_interval_seconds": 1,
-    }
-    config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
-    env = SnapEnv(
-        name, dsn, admin_dsn, kafka_server.bootstrap_servers, config, connectors,
-        tmp_path / "daemon.log", [],
-    )  # fmt: skip
-    yield env
-    for daemon in env.daemons:
-        daemon.stop_quietly()
-    drop_database(admin_dsn, name, slot=name)
+    with scratch_database(postgres_server, "snap", SCHEMA) as (name, dsn):
+        connector = {
+            "name": name,
+            "postgres": {"dsn": dsn},
+            "slot": name,
+            "publication": name,
+            "tables": ["public.items", "public.empty_one", "public.nokey"],
+            "status_interval_seconds": 1,
+        }
+        config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
+        env = SnapEnv(
+            name, dsn, admin_dsn, kafka_server.bootstrap_servers, config, connectors,
+            tmp_path / "daemon.log", [],
+        )  # fmt: skip
+        try:
+            yield env
+        finally:
+            for daemon in env.daemons:
+                daemon.stop_quietly()
 
 
 def _fill(dsn: str, count: int) -> None:

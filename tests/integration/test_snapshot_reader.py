@@ -15,7 +15,7 @@ from cdc.protocol.messages import Column, Insert, LogicalMessage, Relation, Repl
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.snapshot_reader import SnapshotReader, TableShape
 from cdc.source import SESSION_OPTIONS
-from tests.integration.helpers import create_database, drop_database, unique_name
+from tests.integration.helpers import scratch_database
 
 INT4 = 23
 INT8 = 20
@@ -41,13 +41,8 @@ CREATE TABLE typed (id int PRIMARY KEY, amount numeric(12,2), feeling mood);
 
 @pytest.fixture
 def database(postgres_server: Any) -> Iterator[str]:
-    name = unique_name("snap")
-    create_database(postgres_server.dsn(), name)
-    dsn = postgres_server.dsn(dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    yield dsn
-    drop_database(postgres_server.dsn(), name, slot=name)
+    with scratch_database(postgres_server, "snap", SCHEMA) as (_, dsn):
+        yield dsn
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 
 from cdc.errors import SlotError, SourceError
 from cdc.source import ReplicationSource
-from tests.integration.helpers import create_database, drop_database, unique_name
+from tests.integration.helpers import scratch_database, unique_name
 
 SCHEMA = """
 CREATE TABLE with_pk (id bigint PRIMARY KEY, v text);
@@ -28,13 +28,8 @@ ALTER TABLE nothing REPLICA IDENTITY NOTHING;
 
 @pytest.fixture
 def database(postgres_server: Any) -> Iterator[str]:
-    name = unique_name("src")
-    create_database(postgres_server.dsn(), name)
-    dsn = postgres_server.dsn(dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    yield dsn
-    drop_database(postgres_server.dsn(), name, slot=name)
+    with scratch_database(postgres_server, "src", SCHEMA) as (_, dsn):
+        yield dsn
 
 
 @pytest.fixture

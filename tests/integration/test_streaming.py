@@ -25,6 +25,7 @@ from tests.integration.helpers import (
     create_database,
     current_wal_lsn,
     drop_database,
+    scratch_database,
     slot_confirmed_lsn,
     unique_name,
     write_config,
@@ -81,36 +82,33 @@ class Env:
 
 @pytest.fixture
 def env(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[Env]:
-    name = unique_name("it")
     admin_dsn = postgres_server.dsn()
-    create_database(admin_dsn, name)
-    dsn = postgres_server.dsn(dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    connector = {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.customers", "public.orders"],
-        "status_interval_seconds": 1,
-    }
-    config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
-    environment = Env(
-        name,
-        dsn,
-        admin_dsn,
-        name,
-        kafka_server.bootstrap_servers,
-        config,
-        connectors,
-        tmp_path / "daemon.log",
-        [],
-    )
-    yield environment
-    for daemon in environment.daemons:
-        daemon.stop_quietly()
-    drop_database(admin_dsn, name, slot=name)
+    with scratch_database(postgres_server, "it", SCHEMA) as (name, dsn):
+        connector = {
+            "name": name,
+            "postgres": {"dsn": dsn},
+            "slot": name,
+            "publication": name,
+            "tables": ["public.customers", "public.orders"],
+            "status_interval_seconds": 1,
+        }
+        config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
+        environment = Env(
+            name,
+            dsn,
+            admin_dsn,
+            name,
+            kafka_server.bootstrap_servers,
+            config,
+            connectors,
+            tmp_path / "daemon.log",
+            [],
+        )
+        try:
+            yield environment
+        finally:
+            for daemon in environment.daemons:
+                daemon.stop_quietly()
 
 
 WORKLOAD = [

@@ -28,7 +28,7 @@ from cdc.protocol.values import (
 from cdc.snapshot_reader import SnapshotReader
 from cdc.source import SESSION_OPTIONS
 from cdc.type_catalog import TypeCatalog
-from tests.integration.helpers import create_database, drop_database, unique_name
+from tests.integration.helpers import scratch_database
 
 GOLDEN_DIR = Path(__file__).parent.parent / "golden"
 UPDATE = os.environ.get("CDC_UPDATE_GOLDEN") == "1"
@@ -159,13 +159,8 @@ MODES: dict[str, ValueOptions] = {
 
 @pytest.fixture
 def database(postgres_server: Any) -> Iterator[str]:
-    name = unique_name("types")
-    create_database(postgres_server.dsn(), name)
-    dsn = postgres_server.dsn(dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    yield dsn
-    drop_database(postgres_server.dsn(), name, slot=name)
+    with scratch_database(postgres_server, "types", SCHEMA) as (_, dsn):
+        yield dsn
 
 
 def execute(dsn: str, statement: str, params: Any = None) -> None:
