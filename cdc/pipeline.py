@@ -194,6 +194,7 @@ class ConnectorPipeline:
             self._side = SideChannel(
                 connector=cfg,
                 topics=self._topics,
+                table_topics=table_topics,
                 database=self._database,
                 sink=self._sink,
                 snapshots=snapshots,

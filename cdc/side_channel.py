@@ -37,8 +37,9 @@ from cdc.schema_changes import (
     schema_topic_name,
 )
 from cdc.schema_history import SchemaHistory
-from cdc.sink import KafkaSink, ProduceRejected, TopicSpec, is_too_large
+from cdc.sink import KafkaSink, ProduceRejected, is_too_large
 from cdc.snapshot_control import SnapshotControl
+from cdc.table_topics import TableTopics
 
 __all__ = ["SideChannel", "rejected"]
 
@@ -65,10 +66,10 @@ class SideChannel:
         "_outbox",
         "_outbox_json",
         "_poll_every",
-        "_routed_topics",
         "_schema_changes",
         "_sink",
         "_snapshots",
+        "_table_topics",
         "_topics",
         "_wait_for_kafka",
         "messages",
@@ -80,6 +81,7 @@ class SideChannel:
         *,
         connector: ConnectorConfig,
         topics: TopicsConfig,
+        table_topics: TableTopics,
         database: str,
         sink: KafkaSink,
         snapshots: SnapshotControl,
@@ -97,6 +99,7 @@ class SideChannel:
             topics: the effective topic settings (partitions, replication factor).
             database: the source database's name, as it appears in topics and events.
             sink: the connector's Kafka sink.
+            table_topics: makes the topics of routed records and schema changes.
             snapshots: the connector's snapshot control, whose state topic also keeps
                 the schema history.
             key_columns: the pipeline's key lookup for REPLICA IDENTITY FULL/NOTHING
@@ -110,6 +113,7 @@ class SideChannel:
         """
         self._cfg = connector
         self._topics = topics
+        self._table_topics = table_topics
         self._database = database
         self._sink = sink
         self._snapshots = snapshots
@@ -123,7 +127,6 @@ class SideChannel:
         )
         self._outbox = OutboxRouter(connector.outbox, connector=connector.name)
         self._outbox_json: tuple[str, ...] = ()
-        self._routed_topics: set[str] = set()
         self._schema_changes: SchemaChanges | None = None
         # Schema-change events by relation OID, held until the table's next data event.
         # Public: the streaming loop tests it (a plain dict) before every data event.
@@ -146,17 +149,8 @@ class SideChannel:
             ) from exc
         cfg = self._cfg
         if cfg.schema_changes == "topic":
-            self._sink.ensure_topics(
-                [
-                    TopicSpec(
-                        schema_topic_name(cfg.name),
-                        1,  # one partition: every schema change of the connector in order
-                        self._topics.replication_factor,
-                        "delete",
-                        {"retention.ms": "-1"},
-                    )
-                ]
-            )
+            # One partition: every schema change of the connector in order.
+            self._table_topics.ensure_log_topics([schema_topic_name(cfg.name)], partitions=1)
         self._schema_changes = SchemaChanges(
             connector=cfg.name,
             database=self._database,
@@ -211,27 +205,8 @@ class SideChannel:
 
     def publish_routed(self, records: list[Record], tx: Transaction, lsn: int) -> bool:
         """Produce message and outbox records (rare), creating their topics on first use."""
-        missing = {r.topic for r in records} - self._routed_topics
-        if missing:
-            self._sink_topics(sorted(missing))
+        self._table_topics.ensure_log_topics(r.topic for r in records)
         return self.publish(records, tx, lsn)
-
-    def _sink_topics(self, names: list[str]) -> None:
-        created = self._sink.ensure_topics(
-            [
-                TopicSpec(
-                    name,
-                    self._topics.partitions,
-                    self._topics.replication_factor,
-                    "delete",
-                    {"retention.ms": "-1"},
-                )
-                for name in names
-            ]
-        )
-        for name in created:
-            self._log.info("topic_created", topic=name)
-        self._routed_topics.update(names)
 
     # --- producing --------------------------------------------------------------------
 

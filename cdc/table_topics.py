@@ -5,24 +5,39 @@ published tables, and in the stream when a Relation message names a table not se
 (one added to the publication while streaming). The topics this run created are kept:
 they are empty, so the lost-slot guard need not look for data in them.
 
-It must not produce records or decide anything about the slot; the topics of routed
-records (messages, outbox) and of schema changes belong to ``side_channel``.
+It also makes the connector's other topics that keep every record (messages, outbox,
+schema changes), so what "kept forever" means is said once. It must not produce records
+or decide anything about the slot.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from cdc.config import TopicsConfig
 from cdc.sink import KafkaSink, TopicSpec
 
-__all__ = ["TableTopics"]
+__all__ = ["KEEP_EVERY_RECORD", "TableTopics"]
+
+# The topic config of a topic that keeps every record (the log is the source of truth);
+# retention topics start from it and users may override it through retention_configs.
+KEEP_EVERY_RECORD = {"retention.ms": "-1"}
 
 
 class TableTopics:
     """Which tables' topics exist (made or checked by this run), and which it created."""
 
-    __slots__ = ("_connector", "_database", "_log", "_sink", "_topics", "created", "ensured")
+    __slots__ = (
+        "_connector",
+        "_database",
+        "_log",
+        "_log_topics",
+        "_sink",
+        "_topics",
+        "created",
+        "ensured",
+    )
 
     def __init__(
         self, *, connector: str, database: str, topics: TopicsConfig, sink: KafkaSink, log: Any
@@ -43,6 +58,8 @@ class TableTopics:
         self.ensured: set[tuple[str, str]] = set()
         # Topics this start created: empty, so the lost-slot guard skips them.
         self.created: set[str] = set()
+        # The other topics that keep every record, made (or checked) by this run.
+        self._log_topics: set[str] = set()
 
     def ensure(self, tables: list[tuple[str, str, bool]]) -> None:
         """Make the topics of these (schema, table, has_key) tables unless done already:
@@ -62,7 +79,7 @@ class TableTopics:
                     topics.partitions,
                     topics.replication_factor,
                     "delete",
-                    {"retention.ms": "-1", **topics.retention_configs},
+                    {**KEEP_EVERY_RECORD, **topics.retention_configs},
                 )
             )
             if has_key:
@@ -75,10 +92,37 @@ class TableTopics:
                         dict(topics.compacted_configs),
                     )
                 )
-        if not specs:
+        if specs:
+            self._create(specs)
+        self.ensured.update((schema, table) for schema, table, _ in tables)
+
+    def ensure_log_topics(self, names: Iterable[str], *, partitions: int | None = None) -> None:
+        """Make topics beside the tables' that keep every record (messages, outbox,
+        schema changes): cleanup.policy=delete, retention.ms=-1; once each per run.
+
+        Raises:
+            TopicConfigError: an existing topic has the wrong cleanup policy.
+        """
+        wanted = sorted(set(names) - self._log_topics)
+        if not wanted:
             return
+        topics = self._topics
+        self._create(
+            [
+                TopicSpec(
+                    name,
+                    partitions or topics.partitions,
+                    topics.replication_factor,
+                    "delete",
+                    dict(KEEP_EVERY_RECORD),
+                )
+                for name in wanted
+            ]
+        )
+        self._log_topics.update(wanted)
+
+    def _create(self, specs: list[TopicSpec]) -> None:
         created = self._sink.ensure_topics(specs)
         self.created.update(created)
         for name in created:
             self._log.info("topic_created", topic=name)
-        self.ensured.update((schema, table) for schema, table, _ in tables)
