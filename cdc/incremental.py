@@ -99,7 +99,6 @@ class IncrementalDriver:
         self._table_started = 0.0
         self._rows_before_table = 0
         self.published_tables: list[str] = []
-        self.chunks_read = 0
 
     # --- control --------------------------------------------------------------------
 
@@ -228,7 +227,6 @@ class IncrementalDriver:
         except BaseException:
             snapshot.abandon_chunk()
             raise
-        self.chunks_read += 1
         self.window_table = request.table
         self._log.info(
             "snapshot_chunk_read",

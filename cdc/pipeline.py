@@ -471,13 +471,15 @@ class ConnectorPipeline:
                         return
                     snapshots.chunk_published()
                 else:
-                    routed = side.messages.record(logical, tx_ctx, lsn, time_ns() // 1000)
+                    now_us = time_ns() // 1000
+                    routed = side.messages.record(logical, tx_ctx, lsn, now_us)
                     if routed is not None:
                         self._logical_messages += 1
                         # A non-transactional message stands alone: track it as a
-                        # transaction of its own, ending at its LSN.
+                        # transaction of its own, ending at its LSN, "committed" now (so
+                        # the commit-to-ack histogram measures its acknowledgement).
                         own = tx is None
-                        carrier = tracker.begin() if own else tx
+                        carrier = tracker.begin(now_us) if own else tx
                         assert carrier is not None
                         if not side.publish_routed([routed], carrier, lsn):
                             return
