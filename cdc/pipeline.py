@@ -47,7 +47,12 @@ from cdc.protocol.messages import (
     Update,
 )
 from cdc.protocol.pgoutput import PgoutputDecoder
-from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
+from cdc.protocol.replication import (
+    PG_EPOCH_UNIX_US,
+    encode_standby_status,
+    parse_copy_data,
+    unix_us_to_pg_us,
+)
 from cdc.protocol.typeinfo import TypeResolver
 from cdc.protocol.values import ConversionStats, ValueOptions
 from cdc.side_channel import SideChannel, rejected
@@ -415,12 +420,13 @@ class ConnectorPipeline:
                         return
             elif kind is Begin:
                 begin = cast(Begin, msg)
-                tx = tracker.begin(begin.commit_ts + _PG_EPOCH_US)
+                commit_ts_us = begin.commit_ts + PG_EPOCH_UNIX_US
+                tx = tracker.begin(commit_ts_us)
                 on_delivery = tx.on_delivery
                 tx_ctx = TxContext(
                     xid=begin.xid,
                     commit_lsn=begin.final_lsn,
-                    commit_ts_us=begin.commit_ts + _PG_EPOCH_US,
+                    commit_ts_us=commit_ts_us,
                     last_commit_lsn=last_commit_lsn,
                 )
             elif kind is Commit:
@@ -434,7 +440,7 @@ class ConnectorPipeline:
                 if snapshots.progress_in_tx is not None:
                     snapshots.transaction_committed(commit.end_lsn)
                 last_commit_lsn = commit.commit_lsn
-                self._last_commit_ts_us = commit.commit_ts + _PG_EPOCH_US
+                self._last_commit_ts_us = commit.commit_ts + PG_EPOCH_UNIX_US
                 self._transactions += 1
                 tx = None
                 tx_ctx = None
@@ -666,7 +672,3 @@ class ConnectorPipeline:
 def _split_table(qualified: str) -> tuple[str, str]:
     schema, _, table = qualified.partition(".")
     return schema, table
-
-
-# pgoutput timestamps count microseconds from 2000-01-01 UTC; events use the Unix epoch.
-_PG_EPOCH_US = 946_684_800_000_000
