@@ -16,6 +16,7 @@ from cdc.config import (
     load_files,
 )
 from cdc.errors import ConfigError
+from cdc.sink import PRODUCER_REQUIRED
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL_DAEMON = "kafka:\n  bootstrap_servers: k:9092\n"
@@ -160,8 +161,10 @@ def test_pass_through_properties_keep_their_types() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["enable.idempotence", "acks", "partitioner", "max.in.flight.requests.per.connection"],
-)
+    # Every property the sink sets for correctness: the two lists must not drift apart.
+    sorted({"enable.idempotence", "acks", "partitioner", "max.in.flight.requests.per.connection"}
+           | set(PRODUCER_REQUIRED)),
+)  # fmt: skip
 def test_properties_owned_by_cdc_are_rejected_with_the_reason(name: str) -> None:
     error = daemon_error(f"kafka:\n  bootstrap_servers: k\n  properties:\n    {name}: 1\n")
     assert error.key == f"kafka.properties.{name}"
