@@ -2,7 +2,7 @@
 
 Its one job is to parse arguments, load the configuration, and hand over: configuration
 errors are printed (file, key, what to do) with exit status 2; everything else belongs to
-:mod:`cdc.daemon` (and :mod:`cdc.signals` for ``snapshot``). This module must not connect
+:mod:`cdc.daemon` (and :mod:`cdc.postgres.signals` for ``snapshot``). This module must not connect
 to PostgreSQL or Kafka itself, and must
 not configure logging anywhere but here, once, before the daemon starts.
 """
@@ -174,7 +174,7 @@ def snapshot(
     wanted = [t if "." in t else f"public.{t}" for t in tables]
     # Imported here so the other commands never load the I/O edges.
     from cdc.errors import CdcError  # noqa: PLC0415
-    from cdc.signals import request_snapshot  # noqa: PLC0415
+    from cdc.postgres.signals import request_snapshot  # noqa: PLC0415
 
     target = found[0]
     try:
@@ -266,7 +266,7 @@ def render_status(document: dict[str, Any]) -> list[str]:
 
 def _load_daemon(config_path: Path) -> DaemonConfig:
     from cdc.config import load_daemon_config_text  # noqa: PLC0415
-    from cdc.config_files import read_config_file  # noqa: PLC0415
+    from cdc.config.files import read_config_file  # noqa: PLC0415
 
     try:
         return load_daemon_config_text(

@@ -29,8 +29,8 @@ from cdc.errors import (
     TopicConfigError,
 )
 from cdc.logging import redact_dsn
-from cdc.pipeline import ConnectorPipeline
 from cdc.status import BOARD, start_status_server
+from cdc.stream.pipeline import ConnectorPipeline
 
 __all__ = ["ConnectorRunner", "is_retryable", "run_daemon"]
 

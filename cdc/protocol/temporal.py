@@ -3,7 +3,7 @@
 The one job: the converters of ``date``, ``time``, ``timetz``, ``timestamp``,
 ``timestamptz`` and ``interval`` under each ``time_precision`` and ``interval_handling``
 mode, from the text PostgreSQL prints with ``DateStyle=ISO``, ``TimeZone=UTC`` and
-``IntervalStyle=postgres`` (forced by ``cdc.source.SESSION_OPTIONS``). No I/O, no
+``IntervalStyle=postgres`` (forced by ``cdc.postgres.source.SESSION_OPTIONS``). No I/O, no
 logging, no clock.
 
 Dates and timestamps outside Python's ``datetime`` range (BC, years past 9999) are

@@ -2,7 +2,7 @@
 
 The one job: name what a converter is (text in, JSON value out) and what the catalog
 tells the converter builder about a type it does not know by OID (``TypeInfo``), so that
-``cdc.protocol.values`` stays pure and ``cdc.type_catalog`` (the edge that queries
+``cdc.protocol.values`` stays pure and ``cdc.postgres.catalog`` (the edge that queries
 ``pg_type``) only fills these values in. No I/O, no logging, no psycopg.
 """
 

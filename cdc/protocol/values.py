@@ -5,7 +5,7 @@ text PostgreSQL sends (pgoutput tuple kind ``t``; ``COPY ... TO STDOUT`` text us
 output functions) to the value Debezium's PostgreSQL connector would put in its JSON event
 (JsonConverter, schemas disabled), under the connector's ``ValueOptions``. Types this
 module does not know by OID (enums, domains, composites, arrays of those, extension types)
-are described by a ``TypeResolver`` (``cdc.type_catalog`` at the edge). No I/O, no
+are described by a ``TypeResolver`` (``cdc.postgres.catalog`` at the edge). No I/O, no
 logging, no clock, no psycopg.
 
 The daemon forces these session settings on every connection, and the parsers rely on

@@ -11,10 +11,10 @@ import pytest
 
 from cdc.errors import SourceError
 from cdc.lsn import parse_lsn
+from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
+from cdc.postgres.source import SESSION_OPTIONS
 from cdc.protocol.messages import Column, Insert, LogicalMessage, Relation, ReplicaIdentity
 from cdc.protocol.pgoutput import PgoutputDecoder
-from cdc.snapshot_reader import SnapshotReader, TableShape
-from cdc.source import SESSION_OPTIONS
 from tests.integration.helpers import scratch_database
 
 INT4 = 23

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from cdc.errors import SlotError, SourceError
-from cdc.source import ReplicationSource
+from cdc.postgres.source import ReplicationSource
 from tests.integration.helpers import scratch_database, unique_name
 
 SCHEMA = """

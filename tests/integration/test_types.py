@@ -16,6 +16,9 @@ import orjson
 import psycopg
 import pytest
 
+from cdc.postgres.catalog import TypeCatalog
+from cdc.postgres.snapshot_reader import SnapshotReader
+from cdc.postgres.source import SESSION_OPTIONS
 from cdc.protocol.messages import Insert, Relation, TupleData
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.values import (
@@ -25,9 +28,6 @@ from cdc.protocol.values import (
     RowConverter,
     ValueOptions,
 )
-from cdc.snapshot_reader import SnapshotReader
-from cdc.source import SESSION_OPTIONS
-from cdc.type_catalog import TypeCatalog
 from tests.integration.helpers import scratch_database
 
 GOLDEN_DIR = Path(__file__).parent.parent / "golden"

@@ -8,8 +8,8 @@ import time
 import structlog
 from structlog.testing import capture_logs
 
-from cdc.initial_snapshot import TableProgress
-from cdc.progress import ProgressView, eta_seconds
+from cdc.snapshots.initial import TableProgress
+from cdc.snapshots.progress import ProgressView, eta_seconds
 
 
 def test_eta_from_the_rate_so_far() -> None:

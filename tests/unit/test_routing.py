@@ -9,7 +9,7 @@ import orjson
 from cdc.config import MessagesConfig, OutboxConfig
 from cdc.envelope import TxContext
 from cdc.protocol.messages import Column, Insert, LogicalMessage, Relation, ReplicaIdentity
-from cdc.routing import MessageRouter, OutboxRouter
+from cdc.stream.routing import MessageRouter, OutboxRouter
 
 TX = TxContext(xid=7, commit_lsn=100, commit_ts_us=1_700_000_000_000_000, last_commit_lsn=None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cdc.protocol.messages import Column, Relation, ReplicaIdentity
-from cdc.schema_history import SchemaHistory, TableSchema, schema_of
+from cdc.stream.schema_history import SchemaHistory, TableSchema, schema_of
 
 
 def _relation(*columns: tuple[str, int, int], key: tuple[str, ...] = ("id",)) -> Relation:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.snapshot import (
+from cdc.snapshots.window import (
     STATE_VERSION,
     ChunkRequest,
     ConnectorState,

@@ -18,7 +18,7 @@ from cdc.protocol.messages import (
     Update,
 )
 from cdc.protocol.values import UNAVAILABLE_VALUE_PLACEHOLDER, ValueOptions
-from cdc.toast_store import ToastStore
+from cdc.stream.toast_store import ToastStore
 
 TX = TxContext(xid=1, commit_lsn=100, commit_ts_us=1_700_000_000_000_000, last_commit_lsn=None)
 DOCS = Relation(

@@ -21,8 +21,8 @@ from typing import Any
 
 from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SinkError
-from cdc.sink import KafkaSink, ProduceRejected
-from cdc.snapshot_reader import KeyRange, SnapshotReader, TableShape
+from cdc.kafka.sink import KafkaSink, ProduceRejected
+from cdc.postgres.snapshot_reader import KeyRange, SnapshotReader, TableShape
 
 __all__ = ["InitialSnapshot", "SnapshotTask", "TableProgress", "plan_tasks"]
 

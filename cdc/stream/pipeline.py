@@ -26,12 +26,15 @@ import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, TopicsConfig
-from cdc.connector_report import ConnectorReport, report_tables
 from cdc.envelope import EnvelopeEncoder, TableEncoder, TxContext
 from cdc.errors import SinkError, SourceError
-from cdc.incremental import IncrementalDriver
+from cdc.kafka.sink import KafkaSink, ProduceRejected
+from cdc.kafka.topics import TableTopics
 from cdc.lsn import format_lsn
 from cdc.positions import PositionTracker, Transaction
+from cdc.postgres.catalog import TypeCatalog
+from cdc.postgres.snapshot_reader import TableShape
+from cdc.postgres.source import ReplicationSource, protocol_version_for
 from cdc.protocol.messages import (
     Begin,
     Commit,
@@ -55,15 +58,12 @@ from cdc.protocol.replication import (
 )
 from cdc.protocol.typeinfo import TypeResolver
 from cdc.protocol.values import ConversionStats, ValueOptions
-from cdc.side_channel import SideChannel, rejected
-from cdc.sink import KafkaSink, ProduceRejected
-from cdc.snapshot_control import SnapshotControl
-from cdc.snapshot_reader import TableShape
-from cdc.source import ReplicationSource, protocol_version_for
+from cdc.snapshots.control import SnapshotControl
+from cdc.snapshots.incremental import IncrementalDriver
 from cdc.status import BOARD
-from cdc.table_topics import TableTopics
-from cdc.toast_store import ToastStore
-from cdc.type_catalog import TypeCatalog
+from cdc.stream.report import ConnectorReport, report_tables
+from cdc.stream.side_channel import SideChannel, rejected
+from cdc.stream.toast_store import ToastStore
 
 __all__ = ["ConnectorPipeline"]
 
@@ -96,7 +96,7 @@ class ConnectorPipeline:
         self._cfg = connector
         self._stop = stop
         self._topics: TopicsConfig = connector.effective_topics(daemon)
-        self._log = structlog.get_logger("cdc.pipeline").bind(
+        self._log = structlog.get_logger("cdc.stream.pipeline").bind(
             connector=connector.name, slot=connector.slot
         )
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}

@@ -18,11 +18,11 @@ from typing import Any
 
 from cdc import metrics
 from cdc.envelope import EnvelopeEncoder
-from cdc.incremental import IncrementalDriver
+from cdc.kafka.sink import KafkaSink
 from cdc.lsn import format_lsn
+from cdc.postgres.source import TableInfo
 from cdc.protocol.values import ConversionStats
-from cdc.sink import KafkaSink
-from cdc.source import TableInfo
+from cdc.snapshots.incremental import IncrementalDriver
 from cdc.status import BOARD
 
 __all__ = ["PROGRESS_LOG_INTERVAL_S", "ConnectorReport", "report_tables"]

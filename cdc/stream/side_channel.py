@@ -26,20 +26,20 @@ from typing import Any
 from cdc.config import ConnectorConfig, TopicsConfig
 from cdc.envelope import Record, TxContext
 from cdc.errors import RecordTooLargeError, SinkError
+from cdc.kafka.sink import KafkaSink, ProduceRejected, is_too_large
+from cdc.kafka.topics import TableTopics
 from cdc.lsn import format_lsn
 from cdc.positions import Transaction
 from cdc.protocol.messages import Insert, Relation
-from cdc.routing import MessageRouter, OutboxRouter
-from cdc.schema_changes import (
+from cdc.snapshots.control import SnapshotControl
+from cdc.stream.routing import MessageRouter, OutboxRouter
+from cdc.stream.schema_changes import (
     SCHEMA_STATE_KEY,
     PendingSchemaEvent,
     SchemaChanges,
     schema_topic_name,
 )
-from cdc.schema_history import SchemaHistory
-from cdc.sink import KafkaSink, ProduceRejected, is_too_large
-from cdc.snapshot_control import SnapshotControl
-from cdc.table_topics import TableTopics
+from cdc.stream.schema_history import SchemaHistory
 
 __all__ = ["SideChannel", "rejected"]
 

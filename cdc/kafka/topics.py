@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from cdc.config import TopicsConfig
-from cdc.sink import KafkaSink, TopicSpec
+from cdc.kafka.sink import KafkaSink, TopicSpec
 
 __all__ = ["KEEP_EVERY_RECORD", "TableTopics"]
 

@@ -6,7 +6,7 @@ would (:class:`TableShape`), import an exported snapshot, and stream rows out wi
 chunk -- plus the logical messages that serve as watermarks of incremental snapshots.
 
 Rows are tuples of ``str`` (the type's output function text, exactly what pgoutput puts in
-a tuple of kind ``t``, because this connection runs with :data:`cdc.source.SESSION_OPTIONS`
+a tuple of kind ``t``, because this connection runs with :data:`cdc.postgres.source.SESSION_OPTIONS`
 as the walsender does) or ``None`` for NULL, so ``RowConverter`` and ``TableEncoder``
 treat them like streamed tuples.
 
@@ -27,8 +27,8 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SourceError
+from cdc.postgres.source import EVENT_KEY_COLUMNS_SQL, SESSION_OPTIONS
 from cdc.protocol.messages import Column, Relation, ReplicaIdentity
-from cdc.source import EVENT_KEY_COLUMNS_SQL, SESSION_OPTIONS
 
 __all__ = [
     "DEFAULT_BATCH_ROWS",
@@ -62,7 +62,7 @@ class TableShape:
     ``relation`` has the table's OID, its replica identity and its columns in attnum
     order without dropped and generated columns (pgoutput publishes neither); a column's
     ``flags`` is 1 when it is one of ``key_columns``. ``key_columns`` follows the rule of
-    ``cdc.source.published_tables``: the replica-identity index under ``USING INDEX``,
+    ``cdc.postgres.source.published_tables``: the replica-identity index under ``USING INDEX``,
     else the primary key, else ``()``. (pgoutput's own Relation flags every column under
     ``REPLICA IDENTITY FULL`` and none under ``NOTHING``; consumers here pass
     ``key_columns`` explicitly, and a snapshot row has no old tuple, so only the key

@@ -11,7 +11,7 @@ Environment variables are interpolated into string *values* after YAML parsing, 
 secret full of YAML-special characters (``:``, ``#``, quotes) is taken verbatim:
 ``${NAME}``, ``${NAME:-default}`` (default used when unset or empty) and ``$${`` for a
 literal ``${``. That file-format machinery (YAML, interpolation, error messages) lives in
-:mod:`cdc.config_files`; this module holds the models and the ``load_*`` entry points.
+:mod:`cdc.config.files`; this module holds the models and the ``load_*`` entry points.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from cdc.config_files import config_error, load_model, read_config_file, yaml_type
+from cdc.config.files import config_error, load_model, read_config_file, yaml_type
 from cdc.errors import ConfigError
 
 __all__ = [

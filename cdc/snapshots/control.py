@@ -26,20 +26,20 @@ from cdc import metrics
 from cdc.config import ConnectorConfig, TopicsConfig
 from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SinkError, SlotError
-from cdc.incremental import IncrementalDriver
-from cdc.initial_snapshot import PROGRESS_INTERVAL_S, InitialSnapshot, TableProgress
+from cdc.kafka.sink import KafkaSink, TopicSpec
 from cdc.lsn import format_lsn
-from cdc.progress import ProgressView
+from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
+from cdc.postgres.source import SlotInfo, TableInfo
 from cdc.protocol.messages import Insert
-from cdc.sink import KafkaSink, TopicSpec
-from cdc.snapshot import ConnectorState, SnapshotProgress
-from cdc.snapshot_reader import SnapshotReader, TableShape
-from cdc.source import SlotInfo, TableInfo
+from cdc.snapshots.incremental import IncrementalDriver
+from cdc.snapshots.initial import PROGRESS_INTERVAL_S, InitialSnapshot, TableProgress
+from cdc.snapshots.progress import ProgressView
+from cdc.snapshots.window import ConnectorState, SnapshotProgress
 from cdc.status import BOARD
 
 __all__ = ["STATE_KEY", "SnapshotControl"]
 
-# The state topic's one key: the connector's snapshot state (cdc.snapshot.ConnectorState).
+# The state topic's one key: the connector's snapshot state (cdc.snapshots.window.ConnectorState).
 STATE_KEY = b"snapshot"
 
 # pgoutput passes logical decoding messages (our watermarks) from PostgreSQL 14 on.

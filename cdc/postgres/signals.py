@@ -16,7 +16,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SourceError
-from cdc.incremental import SIGNAL_PREFIX
+from cdc.snapshots.incremental import SIGNAL_PREFIX
 
 __all__ = ["request_snapshot", "snapshot_signal"]
 

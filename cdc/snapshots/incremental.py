@@ -1,6 +1,6 @@
 """Runs incremental snapshots while streaming: chunks, watermarks, signals, progress.
 
-The one job: drive ``cdc.snapshot.IncrementalSnapshot`` (the pure DBLog window) from the
+The one job: drive ``cdc.snapshots.window.IncrementalSnapshot`` (the pure DBLog window) from the
 pipeline's thread. It reads a chunk in one short query between a LOW and a HIGH
 watermark written into the WAL, hands the stream's watermark messages and row changes to
 the window, and returns the chunk rows to publish at the HIGH watermark. It also reads
@@ -22,10 +22,10 @@ import orjson
 
 from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SourceError
-from cdc.initial_snapshot import TableProgress
+from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
 from cdc.protocol.messages import LogicalMessage
-from cdc.snapshot import IncrementalSnapshot, SnapshotProgress
-from cdc.snapshot_reader import SnapshotReader, TableShape
+from cdc.snapshots.initial import TableProgress
+from cdc.snapshots.window import IncrementalSnapshot, SnapshotProgress
 
 __all__ = [
     "SIGNAL_PREFIX",

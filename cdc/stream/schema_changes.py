@@ -19,7 +19,7 @@ from cdc import __version__
 from cdc.envelope import CONNECTOR_TYPE, Record, TxContext
 from cdc.protocol.messages import Relation
 from cdc.protocol.values import JsonValue
-from cdc.schema_history import SchemaChange, SchemaHistory, schema_of
+from cdc.stream.schema_history import SchemaChange, SchemaHistory, schema_of
 
 __all__ = [
     "SCHEMA_STATE_KEY",

@@ -1,0 +1,1 @@
+"""Edges to Kafka: producer, topics, the state topic (the only confluent_kafka users)."""

@@ -1,0 +1,1 @@
+"""Edges to PostgreSQL: replication, catalog, snapshot reads, signals (the only psycopg users)."""

@@ -1,0 +1,1 @@
+"""Snapshots: the initial one from an exported snapshot, and incremental ones (DBLog)."""

@@ -1,0 +1,1 @@
+"""The streaming path of one connector: routing, the edge loop, side records."""
