@@ -56,6 +56,7 @@ __all__ = [
     "TypeResolver",
     "ValueOptions",
     "converter_for",
+    "is_builtin",
     "type_name",
 ]
 
@@ -77,7 +78,8 @@ class ValueOptions:
     binary_handling: BinaryHandling = "base64"
     time_precision: temporal.TimePrecision = "adaptive"
     interval_handling: temporal.IntervalHandling = "string"
-    hstore_handling: HstoreHandling = "map"
+    # Debezium's default hstore.handling.mode: the map as JSON text in a string.
+    hstore_handling: HstoreHandling = "json"
     on_conversion_error: OnConversionError = "stop"
 
 
@@ -222,6 +224,11 @@ _ARRAY_ELEMENTS: Final[dict[int, int]] = {
     4073: 4072,  # jsonpath
 }
 _BOX: Final = 603
+
+
+def is_builtin(type_oid: int) -> bool:
+    """Whether a type's converter is known without the catalog (a ``TypeResolver``)."""
+    return type_oid in _FACTORIES or (type_oid in _ARRAY_ELEMENTS and type_oid in _TYPE_NAMES)
 
 
 def type_name(type_oid: int) -> str:

@@ -151,6 +151,7 @@ MODES: dict[str, ValueOptions] = {
         decimal_handling="double",
         binary_handling="base64-url-safe",
         time_precision="isostring",
+        hstore_handling="map",
         on_conversion_error="text",
     ),
     "connect": ValueOptions(time_precision="connect", on_conversion_error="text"),
