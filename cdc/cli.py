@@ -144,7 +144,12 @@ def run(
     # Imported here so `cdc validate` (and its tests) never load the I/O edges.
     from cdc.daemon import run_daemon  # noqa: PLC0415
 
-    raise SystemExit(run_daemon(daemon, enabled))
+    try:
+        status = run_daemon(daemon, enabled)
+    except ConfigError as exc:
+        click.echo(f"cdc: configuration error: {redact_dsn(str(exc))}", err=True)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    raise SystemExit(status)
 
 
 @cli.command()

@@ -1,11 +1,13 @@
 """Runs every enabled connector in its own thread, restarts them after retryable errors,
-and turns SIGTERM/SIGINT into a clean stop (flush Kafka, confirm, exit 0).
+and turns SIGTERM/SIGINT into a clean stop (make Kafka durable, confirm, exit 0).
 
-Retryable: a lost PostgreSQL connection, a slot still held by a dying walsender, Kafka
-unreachable or refusing records (the connector restarts from the confirmed LSN, so
-nothing is lost). Fatal: configuration the user must fix (wrong topic policy, missing
-privileges, corrupt stream). A fatal error stops that connector loudly; the others go on;
-the daemon exits 1 when no connector is left running.
+Retryable (``CdcError.retryable``, decided by each edge's error mapping): a lost
+PostgreSQL connection, a server restart, a slot still held by a dying walsender, Kafka
+unreachable or slow (the connector restarts from what Kafka durably holds, so nothing is
+lost). Fatal: what a person must fix (a setting, a privilege, a topic's policy, a replication
+factor the cluster cannot meet, another instance holding the connector's transactional
+id). A fatal error stops that connector with its one-line fix, and is never retried; the
+others go on; the daemon exits 1 when no connector is left running.
 """
 
 from __future__ import annotations
@@ -19,15 +21,7 @@ import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig
-from cdc.errors import (
-    CdcError,
-    ProtocolError,
-    RecordTooLargeError,
-    SinkError,
-    SlotError,
-    SourceError,
-    TopicConfigError,
-)
+from cdc.errors import CdcError, ConfigError
 from cdc.logging import redact_dsn
 from cdc.status import BOARD, start_status_server
 from cdc.stream.pipeline import ConnectorPipeline
@@ -42,10 +36,8 @@ BACKOFF_RESET_AFTER_S = 120.0
 
 
 def is_retryable(error: CdcError) -> bool:
-    """Errors that a restart from the confirmed LSN can heal without a human."""
-    if isinstance(error, (ProtocolError, SlotError, TopicConfigError, RecordTooLargeError)):
-        return False
-    return isinstance(error, (SourceError, SinkError))
+    """Errors that a restart from the durable position can heal without a person."""
+    return error.retryable
 
 
 class ConnectorRunner(threading.Thread):
@@ -130,7 +122,15 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if daemon.metrics.port is not None:
-            server = start_status_server(daemon.metrics.host, daemon.metrics.port)
+            try:
+                server = start_status_server(daemon.metrics.host, daemon.metrics.port)
+            except OSError as exc:
+                where = f"{daemon.metrics.host}:{daemon.metrics.port}"
+                raise ConfigError(
+                    f"cannot listen on {where} ({exc.strerror}): another process uses it"
+                    " (a second cdc?). Choose a free metrics.port, or null to serve no metrics",
+                    key="metrics.port",
+                ) from exc
             log.info(
                 "metrics_listening",
                 host=daemon.metrics.host,

@@ -89,7 +89,9 @@ from cdc.protocol.values import (
 __all__ = [
     "EnvelopeEncoder",
     "Record",
+    "Row",
     "TableEncoder",
+    "ToastMemory",
     "TxContext",
 ]
 
@@ -286,17 +288,24 @@ class TableEncoder:
             event["unavailable_columns"] = unavailable
         return _dumps(event)
 
-    def _remember(self, values: TupleData, key: bytes) -> None:
-        """``toast.mode: fill``: remember this row's large values (forget small ones)."""
-        toast = self._toast
-        if toast is None:
-            return
+    def large_values(self, values: TupleData) -> dict[str, str] | None:
+        """``toast.mode: fill``: the large values of a row, to remember (None otherwise)."""
+        if self._toast is None:
+            return None
         large: dict[str, str] = {}
         for index, name in self._toastable:
             value = values[index]
             if isinstance(value, str) and len(value) >= REMEMBER_FROM_BYTES:
                 large[name] = value
-        toast.put(f"{self._schema}.{self._table}", key, large)
+        return large
+
+    def remember(self, key: bytes, large: dict[str, str] | None) -> None:
+        """``toast.mode: fill``: remember what ``large_values`` found (forget small ones)."""
+        if self._toast is not None and large is not None:
+            self._toast.put(f"{self._schema}.{self._table}", key, large)
+
+    def _remember(self, values: TupleData, key: bytes) -> None:
+        self.remember(key, self.large_values(values))
 
     def _fill(self, new: TupleData, key: bytes) -> TupleData:
         """``toast.mode: fill``: the remembered text of the unchanged TOASTed values."""

@@ -1,6 +1,6 @@
 """The exceptions of ``cdc``: one small tree, each message telling the user what to do.
 
-    CdcError
+    CdcError               ``retryable``: can a restart from the durable position heal it?
     ├── ConfigError        a YAML file or key is wrong (carries ``source`` and ``key``)
     ├── SourceError        PostgreSQL refused or broke the replication conversation
     │   ├── ProtocolError  bytes that are not valid replication/pgoutput (``lsn``, ``offset``)
@@ -8,7 +8,15 @@
     ├── ConversionError    a column value cannot be turned into JSON (table, column, type, LSN)
     └── SinkError          Kafka refused an event or a topic (``topic``)
         ├── TopicConfigError    an existing topic has the wrong cleanup policy
-        └── RecordTooLargeError one event is larger than Kafka accepts
+        ├── RecordTooLargeError one event is larger than Kafka accepts
+        └── FencedError         another instance took the connector's transactional id
+
+    Stopped                not an error: a stop was requested while waiting (SIGTERM)
+
+Retryable errors heal by themselves (a network blip, a broker or server restart): the
+daemon restarts the connector with backoff. The others need a person (a setting, a
+privilege, a topic): the connector stops with the message, and nothing is retried. Each
+edge decides which is which in one place (``cdc.postgres.errors``, ``cdc.kafka.errors``).
 
 Third-party exceptions (psycopg, confluent-kafka, pydantic) are translated only at the
 edges, with ``raise ... from exc``. Anything else escaping the pure core is a bug.
@@ -20,17 +28,30 @@ __all__ = [
     "CdcError",
     "ConfigError",
     "ConversionError",
+    "FencedError",
     "ProtocolError",
     "RecordTooLargeError",
     "SinkError",
     "SlotError",
     "SourceError",
+    "Stopped",
     "TopicConfigError",
 ]
 
 
 class CdcError(Exception):
     """Base of every error ``cdc`` raises on purpose."""
+
+    #: Whether restarting the connector (from what Kafka durably holds) can heal it.
+    retryable: bool = False
+
+
+class Stopped(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """A stop was requested while the connector waited (for Kafka, for a transaction).
+
+    Raised from the waits so the stop travels up to the pipeline's shutdown in one step,
+    instead of a ``bool`` returned through every layer.
+    """
 
 
 class ConfigError(CdcError):
@@ -48,11 +69,24 @@ class ConfigError(CdcError):
 
 
 class SourceError(CdcError):
-    """PostgreSQL refused, dropped or broke the replication conversation."""
+    """PostgreSQL refused, dropped or broke the replication conversation.
+
+    Retryable unless the edge says otherwise (a wrong password, a missing privilege, a
+    database that does not exist are not).
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None):
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(message)
 
 
 class ProtocolError(SourceError):
     """Bytes from the server that are not a valid replication or pgoutput message."""
+
+    retryable = False
 
     def __init__(self, message: str, *, lsn: int | None = None, offset: int | None = None):
         self.lsn = lsn
@@ -62,6 +96,8 @@ class ProtocolError(SourceError):
 
 class SlotError(SourceError):
     """The replication slot or the publication cannot be used as configured."""
+
+    retryable = False
 
 
 class ConversionError(CdcError):
@@ -84,16 +120,35 @@ class ConversionError(CdcError):
 
 
 class SinkError(CdcError):
-    """Kafka refused an event or a topic operation."""
+    """Kafka refused an event or a topic operation.
 
-    def __init__(self, message: str, *, topic: str | None = None):
+    Retryable unless the edge says otherwise (authorization, an invalid setting, a
+    replication factor the cluster cannot meet are not).
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, topic: str | None = None, retryable: bool | None = None):
         self.topic = topic
+        if retryable is not None:
+            self.retryable = retryable
         super().__init__(message)
 
 
 class TopicConfigError(SinkError):
     """An existing topic is configured against what ``cdc`` needs (e.g. its cleanup policy)."""
 
+    retryable = False
+
 
 class RecordTooLargeError(SinkError):
     """One record is larger than the producer or the topic accepts; retrying cannot help."""
+
+    retryable = False
+
+
+class FencedError(SinkError):
+    """Another producer initialised this connector's transactional id: another instance
+    runs the connector now. Retrying would fence it back, so this one stops."""
+
+    retryable = False

@@ -42,6 +42,7 @@ __all__ = [
     "TEMPLATE_PLACEHOLDERS",
     "ConnectorConfig",
     "DaemonConfig",
+    "ExactlyOnceConfig",
     "KafkaConfig",
     "LogConfig",
     "MessagesConfig",
@@ -99,7 +100,11 @@ _OWNED_KAFKA_PROPERTIES: Mapping[str, str] = {
         "cdc fixes the partitioner so every change of a row key lands on the same "
         "partition as before (compaction and per-key order depend on it)"
     ),
-    "transactional.id": "cdc does not use Kafka transactions",
+    "transactional.id": (
+        "cdc derives it from the connector name (cdc-<connector>) so a restarted or"
+        " second instance fences the old one"
+    ),
+    "isolation.level": "cdc reads its own state read_committed",
     "delivery.report.only.error": (
         "cdc needs a delivery report for every event to know which LSN is safe to confirm"
     ),
@@ -414,7 +419,8 @@ class ValuesConfig(_Model):
         "adaptive"
     )
     interval_handling: Literal["string", "numeric"] = "string"
-    hstore_handling: Literal["map", "json"] = "map"
+    # Debezium's default hstore.handling.mode is json: the map as JSON text in a string.
+    hstore_handling: Literal["map", "json"] = "json"
     # A value that cannot be converted exactly: stop the connector (naming table, column,
     # type and LSN), or publish its PostgreSQL text form and count it.
     on_conversion_error: Literal["stop", "text"] = "stop"
@@ -445,6 +451,16 @@ class OutboxConfig(_Model):
     @classmethod
     def _normalise_table(cls, value: str | None) -> str | None:
         return None if value is None else _check_table(value)
+
+
+class ExactlyOnceConfig(_Model):
+    """How ``delivery: exactly_once`` groups records into Kafka transactions."""
+
+    # A Kafka transaction is committed at once when the stream catches up between two
+    # source transactions; under load, after this long or this many records, whichever
+    # comes first: a commit costs a few ms, spread over many records.
+    commit_interval_ms: Annotated[int, Field(ge=1, le=30_000)] = 100
+    max_records: Annotated[int, Field(ge=1)] = 50_000
 
 
 class ToastConfig(_Model):
@@ -493,8 +509,16 @@ class SnapshotConfig(_Model):
         return None if value is None else _check_table(value)
 
 
+# Characters no sane table name holds, and that mark a pasted SQL fragment or a quoted
+# name: statement ends, quotes, comments, control characters. (cdc quotes identifiers
+# wherever it uses them, so this is about catching the mistake, not about injection.)
+_NOT_IN_A_NAME = re.compile(r"[;'\"\\\x00-\x1f\x7f]|--|/\*")
+_NAMEDATALEN = 63  # PostgreSQL truncates identifiers to NAMEDATALEN-1 bytes
+
+
 def _check_table(entry: str) -> str:
-    """Normalise ``table`` or ``schema.table`` to ``schema.table``."""
+    """Normalise ``table`` or ``schema.table`` to ``schema.table``; refuse what cannot
+    be a table name as stored in the catalog."""
     parts = entry.split(".")
     if len(parts) == 1:
         parts = ["public", parts[0]]
@@ -503,6 +527,17 @@ def _check_table(entry: str) -> str:
             "expected 'schema.table' or 'table' (meaning public.table), with exactly "
             "the names stored in the catalog (no quotes)"
         )
+    for part in parts:
+        if _NOT_IN_A_NAME.search(part) or part != part.strip():
+            raise ValueError(
+                f"{entry!r} is not a table name: write the schema and table names exactly"
+                " as stored in the catalog, without quotes, semicolons, comments or"
+                " surrounding spaces"
+            )
+        if len(part.encode()) > _NAMEDATALEN:
+            raise ValueError(
+                f"{part!r} is longer than PostgreSQL's {_NAMEDATALEN}-byte identifiers"
+            )
     return ".".join(parts)
 
 
@@ -540,6 +575,11 @@ class ConnectorConfig(_Model):
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
     max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
+    # exactly_once: Kafka transactions, no change lost or repeated, even across crashes
+    # (consumers read read_committed); at_least_once: the idempotent producer, no change
+    # lost, some repeated after a crash (docs/delivery.md).
+    delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    exactly_once: ExactlyOnceConfig = Field(default_factory=ExactlyOnceConfig)
     enabled: bool = True
 
     @model_validator(mode="before")

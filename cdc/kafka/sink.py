@@ -1,45 +1,75 @@
-"""Edge: the Kafka side. Creates and checks topics, produces records, reports acks.
+"""Edge: the one path by which every record of a connector reaches Kafka.
 
-Records for one key must land in one partition in commit order and never twice out of
-order: hence the idempotent producer with ``acks=all`` and the Java client's murmur2
-partitioner (so Java/Kafka Streams consumers agree on the partition of a key). This
-module knows nothing of PostgreSQL or of our envelopes: topic, key and value bytes in,
-delivery callbacks out.
+Row changes, snapshot rows, schema changes, messages, outbox records and the connector's
+own state records all go through ``KafkaSink``: one produce loop, one backpressure wait,
+one error mapping (``cdc.kafka.errors``). Two delivery modes share it:
+
+- ``exactly_once``: one transactional producer per connector, its ``transactional.id``
+  derived from the connector's name, so a restarted or second instance fences the old
+  one. Records go into Kafka transactions that also carry the connector's state (the
+  position reached, snapshot progress, schema history); the slot is confirmed only after
+  ``commit_transaction()`` returned (``positions.TransactionLedger``). No per-record
+  delivery callback is needed: a failed record fails the commit.
+- ``at_least_once``: the idempotent producer; the slot is confirmed once every record of a
+  source transaction and of all before it is acknowledged (``positions.PositionTracker``);
+  state records are written once what they describe is acknowledged.
+
+Records for one key land in one partition in commit order (the Java client's murmur2
+partitioner, so Java/Kafka Streams consumers agree on the partition of a key) and never
+twice out of order (idempotence, ``acks=all``).
+
+Backpressure holds on records (``max_in_flight_events``) and on bytes (librdkafka's
+``queue.buffering.max.kbytes``, seen as ``BufferError``): the sink then polls Kafka, which
+frees the queue, and calls ``on_wait`` about every 100 ms, which keeps the slot informed
+and raises ``Stopped`` when a stop was requested. This module knows nothing of PostgreSQL
+or of our envelopes: records in, durable positions out.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import KafkaException, Producer
 
-from cdc.errors import SinkError, TopicConfigError
+from cdc import metrics
+from cdc.envelope import Record
+from cdc.errors import SinkError
+from cdc.kafka.errors import is_abortable, is_retriable, kafka_error
+from cdc.lsn import format_lsn
+from cdc.positions import (
+    CommitPolicy,
+    Position,
+    PositionTracker,
+    StoredPosition,
+    TransactionLedger,
+)
 
 __all__ = [
     "MAX_RECORD_BYTES",
+    "POSITION_KEY",
     "PRODUCER_DEFAULTS",
     "PRODUCER_REQUIRED",
     "ClientLog",
+    "DeliveryMode",
     "KafkaSink",
-    "ProduceRejected",
-    "TopicSpec",
-    "is_too_large",
+    "ProducerClient",
+    "transactional_id_for",
 ]
+
+DeliveryMode = Literal["exactly_once", "at_least_once"]
 
 # Legacy rows can be wide (TOASTed text, jsonb, bytea): Kafka's 1 MB defaults would stop
 # a connector on the first big row. Both the producer's limit and the topics' we create
 # are raised to this; users may change either through the config.
 MAX_RECORD_BYTES = 16 * 1024 * 1024
 
-# What produce() raises when librdkafka refuses a record outright (e.g. too large).
-ProduceRejected = KafkaException
+# The state topic's key for the stream position (exactly_once).
+POSITION_KEY = b"position"
 
-# Properties correctness depends on; config.py refuses user overrides of these.
+# Properties correctness depends on; config refuses user overrides of these.
 PRODUCER_REQUIRED: Mapping[str, Any] = {
     "enable.idempotence": True,  # no duplicate or reordered record on producer retries
     "acks": "all",  # an ack means every in-sync replica has the record
@@ -54,20 +84,69 @@ PRODUCER_DEFAULTS: Mapping[str, Any] = {
     "batch.num.messages": 10000,
     "batch.size": 1_000_000,
     # librdkafka's own buffer: a second bound behind the pipeline's in-flight limit
-    # (its default, 1 GiB, is more than a daemon beside a database should hold).
+    # (its default, 1 GiB, is more than a daemon beside a database should hold). It must
+    # hold at least one record of the largest size we accept.
     "queue.buffering.max.kbytes": 262_144,
     "message.max.bytes": MAX_RECORD_BYTES,
+    # librdkafka's default (60 s) is far below the broker's transaction.max.timeout.ms
+    # (15 min); our transactions last a commit interval, so this only bounds a stall.
+    "transaction.timeout.ms": 60_000,
 }
 
-ADMIN_TIMEOUT_S = 15.0
+# Admin-like waits (init_transactions, a synchronous state write) give up after this.
+KAFKA_CALL_TIMEOUT_S = 30.0
+# A wait polls Kafka and calls on_wait this often: the slot hears from us while we wait.
+WAIT_STEP_S = 0.1
+# commit_transaction is retried after a timeout (librdkafka allows it) up to this long.
+COMMIT_TIMEOUT_S = 60.0
+# On close, in-flight requests get this long to resolve before they are purged.
+CLOSE_FLUSH_S = 10.0
 
 # librdkafka repeats a broker-down line every few hundred ms; say each thing once a while.
 CLIENT_LOG_REPEAT_S = 30.0
 
 
-def is_too_large(exc: BaseException) -> bool:
-    """Whether librdkafka refused a record for its size."""
-    return bool(exc.args) and getattr(exc.args[0], "name", lambda: "")() == "MSG_SIZE_TOO_LARGE"
+def transactional_id_for(connector: str) -> str:
+    """The connector's ``transactional.id``: the same on every restart and host, so the
+    producer of a new instance fences the old one (``init_transactions``)."""
+    return f"cdc-{connector}"
+
+
+class ProducerClient(Protocol):
+    """What the sink uses of confluent-kafka's ``Producer`` (tests substitute a fake that
+    controls acknowledgements, delivery errors, ``BufferError``, aborts and fencing)."""
+
+    def produce(  # noqa: PLR0917 - confluent-kafka's signature
+        self,
+        topic: str,
+        value: str | bytes | None = None,
+        key: str | bytes | None = None,
+        partition: int = -1,
+        callback: Any = None,
+        on_delivery: Any = None,
+        timestamp: int = 0,
+        headers: Any = None,
+    ) -> None: ...
+
+    def poll(self, timeout: float = -1) -> int: ...
+
+    def flush(self, timeout: float = -1) -> int: ...
+
+    def purge(
+        self, in_queue: bool = True, in_flight: bool = True, blocking: bool = True
+    ) -> None: ...
+
+    def init_transactions(self, timeout: float = -1) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def commit_transaction(self, timeout: float = -1) -> None: ...
+
+    def abort_transaction(self, timeout: float = -1) -> None: ...
+
+    def close(self) -> bool: ...
+
+    def __len__(self) -> int: ...
 
 
 class ClientLog:
@@ -102,256 +181,534 @@ class ClientLog:
             self._log.info("kafka_client_log", message=message)
 
     def error(self, error: Any) -> None:
-        """The producer's ``error_cb``: transient trouble that librdkafka retries itself."""
+        """The clients' ``error_cb``: transient trouble that librdkafka retries itself."""
         if self._due(f"error:{error.code() if hasattr(error, 'code') else error}"):
             self._log.warning("kafka_client_error", error=str(error))
 
 
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    """A topic cdc needs, with the cleanup policy its meaning depends on."""
-
-    name: str
-    partitions: int
-    replication_factor: int  # -1: the broker's default.replication.factor
-    cleanup_policy: str  # "delete" (retention topic) or "compact" (latest state)
-    configs: Mapping[str, str] = field(default_factory=dict)
+def _nothing() -> None:
+    """The default ``on_wait``: nothing to keep alive."""
 
 
 class KafkaSink:
-    """One connector's producer and admin client."""
+    """One connector's producer, in one delivery mode; lives as long as its pipeline run.
+
+    Call ``start`` once, then ``publish`` records as units of the stream, ``end_group``
+    at the end of each source transaction (or batch of snapshot rows), ``save_state`` for
+    state records that describe what was published, and ``service`` regularly (acks, and
+    commits when due). ``confirmed`` is what the slot may be confirmed to. ``finish`` on a
+    clean stop; ``close`` always.
+    """
 
     def __init__(
         self,
+        producer: ProducerClient,
+        *,
+        mode: DeliveryMode,
+        state_topic: str,
+        max_in_flight: int,
+        policy: CommitPolicy,
+        transactional_id: str = "",
+        connector: str = "",
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Args:
+        producer: the producer (transactional for ``exactly_once``).
+        mode: the delivery mode.
+        state_topic: the connector's state topic (its state records go there).
+        max_in_flight: records awaiting acknowledgement above which producing waits.
+        policy: when an ``exactly_once`` transaction is committed.
+        transactional_id: the producer's, for error messages.
+        connector: the connector's name (metric labels).
+        log: the connector's bound logger.
+        clock: monotonic seconds (tests pass their own).
+        """
+        self._producer = producer
+        self._mode = mode
+        self._exactly_once = mode == "exactly_once"
+        self._state_topic = state_topic
+        self._max_in_flight = max_in_flight
+        self._policy = policy
+        self._transactional_id = transactional_id
+        self._log = log
+        self._clock = clock
+        self._labels = {"connector": connector}
+        self._tracker = PositionTracker(0)
+        self._ledger = TransactionLedger(0, None)
+        self._in_transaction = False
+        # A unit is being produced (publish did not return): half of it may be in Kafka.
+        self._unit_open = False
+        self._state_failures: list[Any] = []
+        self._identity: tuple[str, str] = ("", "")
+        # Commit timestamps (Unix us) of source transactions that became durable; the
+        # pipeline drains it into the commit-to-durable histogram.
+        self.completed: list[int] = []
+        #: Called about every WAIT_STEP_S while waiting for Kafka; may raise ``Stopped``.
+        self.on_wait: Callable[[], None] = _nothing
+
+    @classmethod
+    def create(
+        cls,
+        *,
         bootstrap_servers: str,
         properties: Mapping[str, Any],
-        *,
         client_id: str,
-        max_queued_records: int,
+        mode: DeliveryMode,
+        connector: str,
+        state_topic: str,
+        max_in_flight: int,
+        policy: CommitPolicy,
         log: Any,
-    ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    ) -> KafkaSink:
+        """The sink with a real producer.
+
+        Raises:
+            SinkError: the producer configuration is invalid (not retryable).
+        """
         client_log = ClientLog(log)
-        common: dict[str, Any] = {
+        config: dict[str, Any] = {
+            **PRODUCER_DEFAULTS,
             "bootstrap.servers": bootstrap_servers,
             **properties,
+            **PRODUCER_REQUIRED,
             "logger": client_log,
             "error_cb": client_log.error,
-        }
-        producer_config = {
-            **PRODUCER_DEFAULTS,
-            **common,
-            **PRODUCER_REQUIRED,
             "client.id": client_id,
-            "queue.buffering.max.messages": max_queued_records,
+            # Records awaiting acks are bounded by max_in_flight; librdkafka's own count
+            # limit sits above it so the byte limit is the one it enforces.
+            "queue.buffering.max.messages": max_in_flight + 10_000,
         }
-        self._common = common
-        self._client_id = client_id
+        transactional_id = ""
+        if mode == "exactly_once":
+            transactional_id = transactional_id_for(connector)
+            config["transactional.id"] = transactional_id
         try:
-            self._producer = Producer(producer_config)
-            self._admin = AdminClient({**common, "client.id": f"{client_id}-admin"})
-        except KafkaException as exc:
-            raise SinkError(f"invalid Kafka client configuration: {exc}") from exc
-        self.produce = self._producer.produce
-        self.poll = self._producer.poll
-
-    def list_topics(self) -> set[str]:
-        """Topic names; also the start-up check that Kafka answers at all."""
-        try:
-            return set(self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+            producer = Producer(config)
         except KafkaException as exc:
             raise SinkError(
-                f"cannot reach Kafka at {self.bootstrap_servers} within {ADMIN_TIMEOUT_S:.0f}s:"
-                f" {exc}. Check kafka.bootstrap_servers and kafka.properties (security.protocol,"
-                " sasl.*) in the daemon config"
+                f"invalid Kafka producer configuration: {exc}. Check kafka.properties in"
+                " the daemon config",
+                retryable=False,
             ) from exc
-
-    def partitions(self, topic: str) -> int:
-        """How many partitions ``topic`` has (for records written to every partition)."""
-        metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            raise SinkError(f"topic {topic!r} has no partitions visible to cdc", topic=topic)
-        return len(metadata.partitions)
-
-    def records_written(self, topics: Iterable[str]) -> dict[str, int]:
-        """How many records each existing topic has ever received (its high watermarks).
-
-        High watermarks never decrease, even when retention deletes old records, so a
-        non-zero count means "this topic has been written to".
-        """
-        names = list(topics)
-        metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
-        consumer = Consumer(
-            {**self._common, "group.id": f"{self._client_id}-probe", "enable.auto.commit": False}
+        return cls(
+            producer,
+            mode=mode,
+            state_topic=state_topic,
+            max_in_flight=max_in_flight,
+            policy=policy,
+            transactional_id=transactional_id,
+            connector=connector,
+            log=log,
         )
-        counts: dict[str, int] = {}
-        try:
-            for name in names:
-                if name not in metadata:
-                    continue
-                counts[name] = sum(
-                    consumer.get_watermark_offsets(
-                        TopicPartition(name, partition), timeout=ADMIN_TIMEOUT_S, cached=False
-                    )[1]
-                    for partition in metadata[name].partitions
-                )
-        except KafkaException as exc:
-            raise SinkError(f"cannot read topic offsets from Kafka: {exc}") from exc
-        finally:
-            consumer.close()
-        return counts
 
-    def read_latest(self, topic: str) -> dict[bytes, bytes]:
-        """The latest value of every key of a small compacted topic, read to its end.
+    # --- state of the sink --------------------------------------------------------------
 
-        For the connector's state topic: a handful of records, read once at start.
-        Keys whose latest record is a tombstone are absent.
-        """
-        metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            return {}
-        consumer = Consumer(
-            {
-                **self._common,
-                "group.id": f"{self._client_id}-state",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
-        latest: dict[bytes, bytes] = {}
-        try:
-            partitions = list(metadata.partitions)
-            ends = {
-                p: consumer.get_watermark_offsets(
-                    TopicPartition(topic, p), timeout=ADMIN_TIMEOUT_S, cached=False
-                )[1]
-                for p in partitions
-            }
-            pending = {p for p, end in ends.items() if end > 0}
-            consumer.assign([TopicPartition(topic, p, 0) for p in pending])
-            deadline = time.monotonic() + ADMIN_TIMEOUT_S
-            while pending:
-                if time.monotonic() > deadline:
-                    raise SinkError(f"timed out reading state topic {topic!r}", topic=topic)
-                for message in consumer.consume(num_messages=1000, timeout=0.5):
-                    partition = message.partition()
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(partition)
-                            continue
-                        raise SinkError(f"cannot read state topic {topic!r}: {error}", topic=topic)
-                    key, value = message.key(), message.value()
-                    if key is not None:
-                        if value is None:
-                            latest.pop(key, None)
-                        else:
-                            latest[key] = value
-                    offset = message.offset()
-                    if (
-                        partition is not None
-                        and offset is not None
-                        and offset + 1 >= ends[partition]
-                    ):
-                        pending.discard(partition)
-        except KafkaException as exc:
-            raise SinkError(f"cannot read state topic {topic!r}: {exc}", topic=topic) from exc
-        finally:
-            consumer.close()
-        return latest
+    @property
+    def exactly_once(self) -> bool:
+        return self._exactly_once
 
-    def write_state(self, topic: str, key: bytes, value: bytes, *, wait: bool) -> None:
-        """Produce one state record; with ``wait``, return only once Kafka holds it."""
-        failures: list[Any] = []
+    @property
+    def confirmed(self) -> int:
+        """The LSN the slot may be confirmed to: everything before it is durable."""
+        if self._exactly_once:
+            return self._ledger.confirmed
+        return self._tracker.confirmable()
 
-        def delivered(err: Any, _msg: Any) -> None:
-            if err is not None:
-                failures.append(err)
+    @property
+    def durable(self) -> Position | None:
+        """``exactly_once``: the last position a committed Kafka transaction holds."""
+        return self._ledger.durable
 
-        self._producer.produce(topic, value, key, on_delivery=delivered)
-        if wait:
-            if self._producer.flush(ADMIN_TIMEOUT_S):
-                raise SinkError(
-                    f"Kafka did not acknowledge state in {topic!r} in time", topic=topic
-                )
-            if failures:
-                raise SinkError(f"Kafka refused state in {topic!r}: {failures[0]}", topic=topic)
-
-    def ensure_topics(self, specs: Iterable[TopicSpec]) -> list[str]:
-        """Create missing topics; refuse existing ones whose cleanup policy is wrong.
-
-        Returns the names of the topics created.
-        """
-        wanted = {spec.name: spec for spec in specs}
-        if not wanted:
-            return []
-        existing = self.list_topics()
-        missing = [spec for name, spec in wanted.items() if name not in existing]
-        created: list[str] = []
-        if missing:
-            new_topics = [
-                NewTopic(
-                    spec.name,
-                    num_partitions=spec.partitions,
-                    replication_factor=spec.replication_factor,
-                    config={
-                        "max.message.bytes": str(MAX_RECORD_BYTES),
-                        "cleanup.policy": spec.cleanup_policy,
-                        **spec.configs,
-                    },
-                )
-                for spec in missing
-            ]
-            for name, future in self._admin.create_topics(
-                new_topics, request_timeout=ADMIN_TIMEOUT_S
-            ).items():
-                try:
-                    future.result()
-                    created.append(name)
-                except KafkaException as exc:
-                    if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
-                        continue  # created concurrently: checked below like any other
-                    raise SinkError(f"cannot create topic {name!r}: {exc}", topic=name) from exc
-        self._check_cleanup_policies([wanted[n] for n in wanted if n not in created])
-        return created
-
-    def _check_cleanup_policies(self, specs: list[TopicSpec]) -> None:
-        if not specs:
-            return
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, spec.name) for spec in specs]
-        futures = self._admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
-        by_name = {spec.name: spec for spec in specs}
-        for resource, future in futures.items():
-            spec = by_name[resource.name]
-            try:
-                configs = future.result()
-            except KafkaException as exc:
-                raise SinkError(
-                    f"cannot read the configuration of topic {spec.name!r}: {exc}",
-                    topic=spec.name,
-                ) from exc
-            policy = configs["cleanup.policy"].value
-            if policy != spec.cleanup_policy:
-                role = "compacted" if spec.cleanup_policy == "compact" else "retention"
-                raise TopicConfigError(
-                    f"topic {spec.name!r} exists with cleanup.policy={policy}, but as the"
-                    f" {role} topic it needs cleanup.policy={spec.cleanup_policy}: fix it"
-                    f" (kafka-configs --alter --entity-type topics --entity-name {spec.name}"
-                    f" --add-config cleanup.policy={spec.cleanup_policy}) or change the topic"
-                    " name template",
-                    topic=spec.name,
-                )
-
-    def topic_configs(self, name: str) -> dict[str, str]:
-        """The broker's view of a topic's configuration (for status output and tests)."""
-        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
-        future = self._admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
-        configs = future[resource].result()
-        return {key: entry.value for key, entry in configs.items()}
-
-    def flush(self, timeout: float) -> int:
-        """Wait for outstanding records; returns how many are still unacknowledged."""
-        return int(self._producer.flush(timeout))
+    @property
+    def pending(self) -> bool:
+        """Something published is not durable yet."""
+        if self._exactly_once:
+            return self._ledger.pending
+        return not self._tracker.idle
 
     def __len__(self) -> int:
+        """Records produced and not yet acknowledged by Kafka."""
         return len(self._producer)
+
+    # --- life cycle ---------------------------------------------------------------------
+
+    def start(
+        self, *, confirmed: int, durable: StoredPosition | None, system_id: str, slot: str
+    ) -> None:
+        """Begin at the slot's ``confirmed`` LSN; ``exactly_once``: the producer is
+        already initialised (``init_transactions``), ``durable`` is the stored position."""
+        self._identity = (system_id, slot)
+        self._tracker = PositionTracker(confirmed)
+        reached = durable.reached if durable is not None else None
+        self._ledger = TransactionLedger(confirmed, reached)
+
+    def init_transactions(self) -> None:
+        """``exactly_once``: register the transactional id, fencing any older producer
+        of it and completing (aborting) the transaction it left open.
+
+        Raises:
+            SinkError: Kafka did not answer in time (retryable), refused the id
+                (authorization), or ...
+            Stopped: a stop was requested while waiting.
+        """
+        deadline = self._clock() + KAFKA_CALL_TIMEOUT_S
+        while True:
+            try:
+                self._producer.init_transactions(WAIT_STEP_S * 10)
+            except KafkaException as exc:
+                if not is_retriable(exc) or self._clock() > deadline:
+                    raise kafka_error(
+                        exc,
+                        f"initialising Kafka transactions (transactional.id"
+                        f" {self._transactional_id!r})",
+                        transactional_id=self._transactional_id,
+                    ) from exc
+            else:
+                return
+            self.on_wait()
+
+    # --- producing ----------------------------------------------------------------------
+
+    def publish(self, records: Iterable[Record], reached: Position | None) -> None:
+        """Produce one unit's records, in order; ``reached`` is where the stream stands
+        once they are durable (None for snapshot rows, which are not stream positions).
+
+        Raises:
+            SinkError: Kafka refused a record (``RecordTooLargeError`` for its size).
+            Stopped: a stop was requested while waiting for room (the unit is then only
+                partly produced: ``finish`` aborts rather than commits).
+        """
+        exactly_once = self._exactly_once
+        if exactly_once:
+            if not self._in_transaction:
+                self._begin()
+            on_delivery = None
+        else:
+            tx = self._tracker.open or self._tracker.begin()
+            on_delivery = tx.on_delivery
+        self._unit_open = True
+        produce = self._producer.produce
+        count = 0
+        for record in records:
+            count += 1
+            try:
+                if record.headers is None and record.partition < 0:
+                    produce(record.topic, record.value, record.key, on_delivery=on_delivery)
+                else:
+                    produce(
+                        record.topic,
+                        record.value,
+                        record.key,
+                        partition=record.partition,
+                        headers=list(record.headers or ()),
+                        on_delivery=on_delivery,
+                    )
+            except BufferError:
+                # librdkafka's byte (or count) limit: wait for room, then the same record.
+                self._produce_when_room(record, on_delivery, reached)
+            except KafkaException as exc:
+                raise self._rejected(exc, record, reached) from exc
+        # Accounted once the whole unit is produced: a commit never holds half of one.
+        if exactly_once:
+            self._ledger.added(count, reached, self._clock())
+        else:
+            tx.pending += count
+        self._unit_open = False
+        if len(self._producer) >= self._max_in_flight:
+            self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
+
+    def _produce_when_room(
+        self, record: Record, on_delivery: Any, reached: Position | None
+    ) -> None:
+        """The slow path of ``publish``: librdkafka's queue is full (bytes or records) and
+        frees room only when polled. Poll, keep the slot informed, try again."""
+        started = self._clock()
+        self._log.info("kafka_backpressure_started", in_flight=len(self._producer), bytes=True)
+        while True:
+            self._producer.poll(WAIT_STEP_S)
+            if not self._exactly_once:
+                self._raise_failures()
+            self.on_wait()
+            try:
+                self._producer.produce(
+                    record.topic,
+                    record.value,
+                    record.key,
+                    partition=record.partition,
+                    headers=None if record.headers is None else list(record.headers),
+                    on_delivery=on_delivery,
+                )
+                break
+            except BufferError:
+                continue
+            except KafkaException as exc:
+                raise self._rejected(exc, record, reached) from exc
+        self._waited(started)
+
+    def end_group(
+        self, *, end_lsn: int, commit_ts_us: int | None = None, reached: Position | None = None
+    ) -> None:
+        """The records of a source transaction (or a batch of snapshot rows) are all
+        produced: ``end_lsn`` may be confirmed once they are durable."""
+        if self._exactly_once:
+            self._ledger.source_ended(reached, end_lsn, commit_ts_us)
+            return
+        tracker = self._tracker
+        tx = tracker.open
+        if tx is None:
+            if tracker.idle:
+                # Nothing of it was produced (filtered, empty): confirmable at once.
+                tracker.on_keepalive(end_lsn)
+                return
+            tx = tracker.begin()
+        tx.commit_ts_us = commit_ts_us
+        tracker.commit(tx, end_lsn)
+
+    def save_state(self, key: bytes, value: bytes) -> None:
+        """Store a state record describing what was published so far: in the same Kafka
+        transaction (``exactly_once``), or once all of it is acknowledged."""
+        if self._exactly_once:
+            self._ledger.state_added(key, value, self._clock())
+            return
+        if not self._tracker.attach_state(key, value):
+            self._produce_state(key, value)
+
+    def store_state(self, key: bytes, value: bytes) -> None:
+        """Write a state record now and return once Kafka holds it (decisions that must
+        be durable before the next step, e.g. "an initial snapshot is due").
+
+        Raises:
+            SinkError: Kafka refused it or did not acknowledge it in time.
+            Stopped: a stop was requested while waiting.
+        """
+        if self._exactly_once:
+            self.save_state(key, value)
+            self.commit()
+            return
+        self._produce_state(key, value)
+        self._wait(lambda: not len(self._producer), timeout=KAFKA_CALL_TIMEOUT_S)
+        self._raise_state_failures()
+
+    def service(self, *, idle_boundary: bool = False) -> None:
+        """Serve Kafka's callbacks; commit an ``exactly_once`` transaction when due
+        (``idle_boundary``: the stream caught up between two source transactions).
+
+        Raises:
+            SinkError: a record or a commit failed.
+            Stopped: a stop was requested while a commit waited.
+        """
+        self._producer.poll(0)
+        if self._exactly_once:
+            if self._policy.due(self._ledger, self._clock(), idle_boundary=idle_boundary):
+                self.commit()
+            return
+        self._raise_failures()
+        self._release_state()
+
+    def keepalive(self, wal_end: int) -> None:
+        """The server has sent everything before ``wal_end`` (called between source
+        transactions only): confirmable once nothing published is waiting."""
+        if self._exactly_once:
+            self._ledger.keepalive(wal_end)
+        else:
+            self._tracker.on_keepalive(wal_end)
+
+    # --- exactly_once transactions -------------------------------------------------------
+
+    def _begin(self) -> None:
+        try:
+            self._producer.begin_transaction()
+        except KafkaException as exc:
+            raise kafka_error(
+                exc, "beginning a Kafka transaction", transactional_id=self._transactional_id
+            ) from exc
+        self._in_transaction = True
+
+    def commit(self) -> None:
+        """``exactly_once``: write the position reached and the pending state records
+        into the open transaction and commit it; the slot may then be confirmed past it.
+
+        Raises:
+            SinkError: the commit failed; an abortable failure aborts the transaction
+                first, so a restart rewinds to the last committed position.
+            Stopped: a stop was requested while the commit waited for Kafka.
+        """
+        ledger = self._ledger
+        if not ledger.pending:
+            return
+        if not self._in_transaction:
+            self._begin()
+        produce = self._producer.produce
+        try:
+            if ledger.reached is not None:
+                confirm = max(ledger.confirmed, ledger.end_lsn or 0)
+                stored = StoredPosition(ledger.reached, confirm, *self._identity)
+                produce(self._state_topic, stored.to_json(), POSITION_KEY)
+            for key, value in ledger.state.items():
+                produce(self._state_topic, value, key)
+        except BufferError:
+            self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
+            self.commit()  # the ledger is unchanged: write the state records again
+            return
+        except KafkaException as exc:
+            self._abort_quietly()
+            raise kafka_error(exc, f"writing state to {self._state_topic!r}") from exc
+        deadline = self._clock() + COMMIT_TIMEOUT_S
+        while True:
+            try:
+                self._producer.commit_transaction(WAIT_STEP_S * 10)
+                break
+            except KafkaException as exc:
+                if is_retriable(exc) and self._clock() < deadline:
+                    self.on_wait()
+                    continue
+                if is_abortable(exc):
+                    self._abort_quietly()
+                    raise SinkError(
+                        f"a Kafka transaction failed and was aborted ({exc}); nothing after"
+                        f" LSN {format_lsn(ledger.confirmed)} was confirmed and the"
+                        " connector restarts from the last committed position"
+                    ) from exc
+                raise kafka_error(
+                    exc, "committing a Kafka transaction", transactional_id=self._transactional_id
+                ) from exc
+        self._in_transaction = False
+        self.completed.extend(ledger.committed())
+
+    def _abort_quietly(self) -> None:
+        """Abort the open transaction on the way out of an error (which the caller
+        raises): its records become invisible to read_committed consumers."""
+        ledger = self._ledger
+        ledger.aborted()
+        if not self._in_transaction:
+            return
+        self._in_transaction = False
+        try:
+            self._producer.abort_transaction(KAFKA_CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            # The error being raised is the one to act on; the next instance's
+            # init_transactions aborts this transaction anyway.
+            self._log.warning("kafka_abort_failed", error=str(exc))
+
+    # --- at_least_once bookkeeping ---------------------------------------------------------
+
+    def _produce_state(self, key: bytes, value: bytes) -> None:
+        try:
+            self._producer.produce(self._state_topic, value, key, on_delivery=self._state_delivered)
+        except BufferError:
+            self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
+            self._produce_state(key, value)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"writing state to {self._state_topic!r}") from exc
+
+    def _state_delivered(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._state_failures.append(err)
+
+    def _raise_state_failures(self) -> None:
+        if self._state_failures:
+            raise kafka_error(
+                self._state_failures[0],
+                f"Kafka refused a state record in {self._state_topic!r}",
+                topic=self._state_topic,
+            )
+
+    def _release_state(self) -> None:
+        tracker = self._tracker
+        tracker.confirmable()
+        if tracker.completed:
+            self.completed.extend(tracker.completed)
+            tracker.completed.clear()
+        released = tracker.released_state
+        if released:
+            # Only the latest value per key matters (the topic is compacted).
+            latest = dict(released)
+            released.clear()
+            for key, value in latest.items():
+                self._produce_state(key, value)
+        self._raise_state_failures()
+
+    def _raise_failures(self) -> None:
+        failures = self._tracker.failures
+        if failures:
+            first = failures[0]
+            raise kafka_error(
+                first.error,
+                f"Kafka did not accept a record for topic {first.topic!r}; nothing after LSN"
+                f" {format_lsn(self._tracker.confirmed)} was confirmed",
+                topic=first.topic,
+            )
+
+    # --- waiting ------------------------------------------------------------------------
+
+    def _wait(self, ready: Callable[[], bool], *, timeout: float | None = None) -> None:
+        """Backpressure: poll Kafka (which frees its queue and serves acks) until
+        ``ready``; call ``on_wait`` meanwhile, so the slot keeps hearing from us."""
+        if ready():
+            return
+        started = self._clock()
+        self._log.info("kafka_backpressure_started", in_flight=len(self._producer))
+        while not ready():
+            self._producer.poll(WAIT_STEP_S)
+            if not self._exactly_once:
+                self._raise_failures()
+            self.on_wait()
+            if timeout is not None and self._clock() - started > timeout:
+                raise SinkError(
+                    f"Kafka did not acknowledge {len(self._producer)} records within"
+                    f" {timeout:.0f}s; nothing after LSN {format_lsn(self.confirmed)} was"
+                    " confirmed"
+                )
+        self._waited(started)
+
+    def _waited(self, started: float) -> None:
+        waited = self._clock() - started
+        metrics.BACKPRESSURE_SECONDS.labels(**self._labels).inc(waited)
+        self._log.info("kafka_backpressure_ended", waited_s=round(waited, 3))
+
+    def _rejected(self, exc: BaseException, record: Record, reached: Position | None) -> SinkError:
+        size = len(record.value or b"") + len(record.key or b"")
+        where = f"the record for topic {record.topic!r} ({size} bytes"
+        if reached is not None:
+            where += f", transaction at LSN {format_lsn(reached.lsn)}"
+        return kafka_error(exc, f"Kafka refuses {where})", topic=record.topic)
+
+    # --- the end ------------------------------------------------------------------------
+
+    def finish(self, timeout: float) -> None:
+        """A clean stop: make everything published durable (commit, or wait for every
+        acknowledgement), so a restart repeats nothing.
+
+        Raises:
+            SinkError: Kafka did not take it all within ``timeout``.
+        """
+        if self._exactly_once:
+            if self._unit_open:
+                # Stopped halfway through a unit: committing would publish half of it,
+                # and the restart would publish it whole again.
+                self._abort_quietly()
+                return
+            self.commit()
+            return
+        self._wait(lambda: not len(self._producer), timeout=timeout)
+        self._raise_failures()
+        self._release_state()
+        self._wait(lambda: not len(self._producer), timeout=timeout)
+        self._raise_state_failures()
+
+    def close(self) -> None:
+        """Leave nothing behind: abort an open transaction, let in-flight requests
+        resolve (bounded), purge the rest and close the producer, so no late delivery of
+        this run lands after the next run's records."""
+        producer = self._producer
+        try:
+            if self._in_transaction:
+                self._abort_quietly()
+            producer.purge(in_queue=True, in_flight=False)
+            if producer.flush(CLOSE_FLUSH_S):
+                producer.purge(in_queue=True, in_flight=True)
+                producer.flush(0)
+            producer.close()
+        except KafkaException as exc:
+            self._log.warning("kafka_producer_close_failed", error=str(exc))

@@ -1,58 +1,302 @@
-"""The Kafka topics of a connector's tables: each table's retention and compacted topic.
+"""Edge: the connector's Kafka topics, through the admin client.
 
-A table's topics are made once per run, before its first record: at set-up for the
-published tables, and in the stream when a Relation message names a table not seen yet
-(one added to the publication while streaming). The topics this run created are kept:
-they are empty, so the lost-slot guard need not look for data in them.
+Each table has a retention topic (``cleanup.policy=delete``, every change kept) and, when
+it has a key, a compacted topic (``cleanup.policy=compact``); the connector also has its
+state topic (compacted) and topics that keep every record beside the tables' (messages,
+outbox, schema changes). ``KafkaAdmin`` makes and checks them; ``TableTopics`` knows which
+of them this run has made or checked, and which it created: those are empty, so the
+lost-slot guard need not look for data in them.
 
-It also makes the connector's other topics that keep every record (messages, outbox,
-schema changes), so what "kept forever" means is said once. It must not produce records
-or decide anything about the slot.
+A topic is made once per run, before its first record: at set-up for the published
+tables, and in the stream when a table appears or a routed record names a new topic. An
+existing topic with the wrong cleanup policy stops the connector with the command that
+fixes it. It must not produce records or decide anything about the slot.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from cdc.config import TopicsConfig
-from cdc.kafka.sink import KafkaSink, TopicSpec
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-__all__ = ["KEEP_EVERY_RECORD", "TableTopics"]
+from cdc.config import TopicsConfig
+from cdc.errors import SinkError, TopicConfigError
+from cdc.kafka.errors import kafka_error
+from cdc.kafka.sink import MAX_RECORD_BYTES, ClientLog
+
+__all__ = [
+    "ADMIN_TIMEOUT_S",
+    "KEEP_EVERY_RECORD",
+    "STATE_TOPIC_CONFIGS",
+    "KafkaAdmin",
+    "TableTopics",
+    "TopicSpec",
+    "state_topic_name",
+]
+
+ADMIN_TIMEOUT_S = 15.0
 
 # The topic config of a topic that keeps every record (the log is the source of truth);
 # retention topics start from it and users may override it through retention_configs.
 KEEP_EVERY_RECORD = {"retention.ms": "-1"}
 
+# The state topic gets a record per Kafka transaction (exactly_once): small segments let
+# compaction keep it to a few records per key, so reading it at start stays quick.
+STATE_TOPIC_CONFIGS = {
+    "segment.bytes": str(16 * 1024 * 1024),
+    "segment.ms": str(10 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+}
+
+
+def state_topic_name(connector: str) -> str:
+    """The connector's own compacted topic: positions, snapshot state, schema history."""
+    return f"{connector}.__cdc_state"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic cdc needs, with the cleanup policy its meaning depends on."""
+
+    name: str
+    partitions: int
+    replication_factor: int  # -1: the broker's default.replication.factor
+    cleanup_policy: str  # "delete" (retention topic) or "compact" (latest state)
+    configs: Mapping[str, str] = field(default_factory=dict)
+
+
+class KafkaAdmin:
+    """One connector's admin client: topics and their metadata."""
+
+    def __init__(
+        self, bootstrap_servers: str, properties: Mapping[str, Any], *, client_id: str, log: Any
+    ) -> None:
+        """Raises:
+        SinkError: the client configuration is invalid (not retryable).
+        """
+        self.bootstrap_servers = bootstrap_servers
+        client_log = ClientLog(log)
+        # Producer-only properties (linger.ms, acks...) would make these clients warn.
+        self.common: dict[str, Any] = {
+            "bootstrap.servers": bootstrap_servers,
+            **{k: v for k, v in properties.items() if k not in _PRODUCER_ONLY},
+            "logger": client_log,
+            "error_cb": client_log.error,
+        }
+        self._client_id = client_id
+        try:
+            self._admin = AdminClient({**self.common, "client.id": f"{client_id}-admin"})
+        except KafkaException as exc:
+            raise SinkError(
+                f"invalid Kafka client configuration: {exc}. Check kafka.properties in the"
+                " daemon config",
+                retryable=False,
+            ) from exc
+
+    def list_topics(self) -> set[str]:
+        """Topic names; also the start-up check that Kafka answers at all."""
+        try:
+            return set(self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics)
+        except KafkaException as exc:
+            raise kafka_error(
+                exc,
+                f"cannot reach Kafka at {self.bootstrap_servers} within {ADMIN_TIMEOUT_S:.0f}s."
+                " Check kafka.bootstrap_servers and kafka.properties (security.protocol,"
+                " sasl.*) in the daemon config",
+            ) from exc
+
+    def partitions(self, topic: str) -> int:
+        """How many partitions ``topic`` has (for records written to every partition)."""
+        try:
+            metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading the metadata of topic {topic!r}", topic=topic) from exc
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            raise SinkError(f"topic {topic!r} has no partitions visible to cdc", topic=topic)
+        return len(metadata.partitions)
+
+    def records_written(self, topics: Iterable[str]) -> dict[str, int]:
+        """How many records each existing topic has ever received (its high watermarks).
+
+        High watermarks never decrease, even when retention deletes old records, so a
+        non-zero count means "this topic has been written to".
+        """
+        names = list(topics)
+        try:
+            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S).topics
+        except KafkaException as exc:
+            raise kafka_error(exc, "listing topics") from exc
+        consumer = self.consumer(f"{self._client_id}-probe")
+        counts: dict[str, int] = {}
+        try:
+            for name in names:
+                if name not in metadata:
+                    continue
+                counts[name] = sum(
+                    consumer.get_watermark_offsets(
+                        TopicPartition(name, partition), timeout=ADMIN_TIMEOUT_S, cached=False
+                    )[1]
+                    for partition in metadata[name].partitions
+                )
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading topic offsets from Kafka") from exc
+        finally:
+            consumer.close()
+        return counts
+
+    def consumer(self, group_id: str, **config: Any) -> Consumer:
+        """A consumer with the daemon's connection settings (never commits offsets)."""
+        try:
+            return Consumer(
+                {
+                    **self.common,
+                    "group.id": group_id,
+                    "enable.auto.commit": False,
+                    "client.id": f"{self._client_id}-reader",
+                    **config,
+                }
+            )
+        except KafkaException as exc:
+            raise SinkError(
+                f"invalid Kafka consumer configuration: {exc}. Check kafka.properties",
+                retryable=False,
+            ) from exc
+
+    def ensure_topics(self, specs: Iterable[TopicSpec]) -> list[str]:
+        """Create missing topics; refuse existing ones whose cleanup policy is wrong.
+
+        Returns the names of the topics created.
+
+        Raises:
+            TopicConfigError: an existing topic has the wrong cleanup policy.
+            SinkError: creation was refused (not retryable when a setting or an ACL is
+                the cause, e.g. a replication factor above the number of brokers).
+        """
+        wanted = {spec.name: spec for spec in specs}
+        if not wanted:
+            return []
+        existing = self.list_topics()
+        missing = [spec for name, spec in wanted.items() if name not in existing]
+        created: list[str] = []
+        if missing:
+            new_topics = [
+                NewTopic(
+                    spec.name,
+                    num_partitions=spec.partitions,
+                    replication_factor=spec.replication_factor,
+                    config={
+                        "max.message.bytes": str(MAX_RECORD_BYTES),
+                        "cleanup.policy": spec.cleanup_policy,
+                        **spec.configs,
+                    },
+                )
+                for spec in missing
+            ]
+            try:
+                futures = self._admin.create_topics(new_topics, request_timeout=ADMIN_TIMEOUT_S)
+            except KafkaException as exc:
+                raise kafka_error(exc, "creating topics") from exc
+            for name, future in futures.items():
+                try:
+                    future.result()
+                    created.append(name)
+                except KafkaException as exc:
+                    if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                        continue  # created concurrently: checked below like any other
+                    raise kafka_error(exc, f"cannot create topic {name!r}", topic=name) from exc
+        self._check_cleanup_policies([wanted[n] for n in wanted if n not in created])
+        return created
+
+    def _check_cleanup_policies(self, specs: list[TopicSpec]) -> None:
+        if not specs:
+            return
+        resources = [ConfigResource(ConfigResource.Type.TOPIC, spec.name) for spec in specs]
+        try:
+            futures = self._admin.describe_configs(resources, request_timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading topic configurations") from exc
+        by_name = {spec.name: spec for spec in specs}
+        for resource, future in futures.items():
+            spec = by_name[resource.name]
+            try:
+                configs = future.result()
+            except KafkaException as exc:
+                raise kafka_error(
+                    exc, f"cannot read the configuration of topic {spec.name!r}", topic=spec.name
+                ) from exc
+            policy = configs["cleanup.policy"].value
+            if policy != spec.cleanup_policy:
+                role = "compacted" if spec.cleanup_policy == "compact" else "retention"
+                raise TopicConfigError(
+                    f"topic {spec.name!r} exists with cleanup.policy={policy}, but as the"
+                    f" {role} topic it needs cleanup.policy={spec.cleanup_policy}: fix it"
+                    f" (kafka-configs --alter --entity-type topics --entity-name {spec.name}"
+                    f" --add-config cleanup.policy={spec.cleanup_policy}) or change the topic"
+                    " name template",
+                    topic=spec.name,
+                )
+
+    def topic_configs(self, name: str) -> dict[str, str]:
+        """The broker's view of a topic's configuration (for status output and tests)."""
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            future = self._admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
+            configs = future[resource].result()
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading the configuration of topic {name!r}") from exc
+        return {key: entry.value for key, entry in configs.items()}
+
+
+# Producer properties an admin client or consumer would only warn about.
+_PRODUCER_ONLY = frozenset(
+    {
+        "compression.type",
+        "linger.ms",
+        "batch.num.messages",
+        "batch.size",
+        "queue.buffering.max.kbytes",
+        "queue.buffering.max.messages",
+        "transaction.timeout.ms",
+        "enable.idempotence",
+        "acks",
+        "partitioner",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+    }
+)
+
 
 class TableTopics:
-    """Which tables' topics exist (made or checked by this run), and which it created."""
+    """Which topics exist (made or checked by this run), and which it created."""
 
     __slots__ = (
+        "_admin",
         "_connector",
         "_database",
         "_log",
         "_log_topics",
-        "_sink",
         "_topics",
         "created",
         "ensured",
     )
 
     def __init__(
-        self, *, connector: str, database: str, topics: TopicsConfig, sink: KafkaSink, log: Any
+        self, *, connector: str, database: str, topics: TopicsConfig, admin: KafkaAdmin, log: Any
     ) -> None:
         """Args:
         connector: the connector's name, as it appears in topic names.
         database: the source database's name, as it appears in topic names.
         topics: the effective topic settings (names, partitions, configs).
-        sink: the connector's Kafka sink (its admin client makes the topics).
+        admin: the connector's admin client.
         log: the connector's bound logger (``connector`` and ``slot`` already bound).
         """
         self._connector = connector
         self._database = database
         self._topics = topics
-        self._sink = sink
+        self._admin = admin
         self._log = log
         # (schema, table) whose topics exist: the stream checks it at Relation messages.
         self.ensured: set[tuple[str, str]] = set()
@@ -60,6 +304,14 @@ class TableTopics:
         self.created: set[str] = set()
         # The other topics that keep every record, made (or checked) by this run.
         self._log_topics: set[str] = set()
+
+    def ensure_state_topic(self) -> str:
+        """Make the connector's state topic (compacted, one partition); returns its name."""
+        name = state_topic_name(self._connector)
+        self._create(
+            [TopicSpec(name, 1, self._topics.replication_factor, "compact", STATE_TOPIC_CONFIGS)]
+        )
+        return name
 
     def ensure(self, tables: list[tuple[str, str, bool]]) -> None:
         """Make the topics of these (schema, table, has_key) tables unless done already:
@@ -122,7 +374,7 @@ class TableTopics:
         self._log_topics.update(wanted)
 
     def _create(self, specs: list[TopicSpec]) -> None:
-        created = self._sink.ensure_topics(specs)
+        created = self._admin.ensure_topics(specs)
         self.created.update(created)
         for name in created:
             self._log.info("topic_created", topic=name)

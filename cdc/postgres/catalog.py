@@ -13,12 +13,14 @@ in autocommit; each lookup is one or two short statements).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Final
 
 import psycopg
 
-from cdc.errors import SourceError
+from cdc.postgres.errors import source_error
 from cdc.protocol.typeinfo import Attribute, TypeInfo, TypeKind
+from cdc.protocol.values import is_builtin
 
 __all__ = ["TypeCatalog"]
 
@@ -75,6 +77,28 @@ class TypeCatalog:
         self._cache[oid] = info
         return info
 
+    def resolve(self, oids: Iterable[int]) -> dict[int, TypeInfo | None]:
+        """Every non-built-in type among ``oids`` and the types they are made of (array
+        elements, domain bases, composite attributes, range subtypes), so the value
+        converters of a relation are built from a plain mapping, without I/O.
+
+        Raises:
+            SourceError: the catalog query failed.
+        """
+        resolved: dict[int, TypeInfo | None] = {}
+        todo = [oid for oid in oids if not is_builtin(oid)]
+        while todo:
+            oid = todo.pop()
+            if oid in resolved:
+                continue
+            info = resolved[oid] = self.lookup(oid)
+            if info is None:
+                continue
+            parts = [info.element_oid, info.base_oid, info.range_subtype]
+            parts.extend(a.type_oid for a in info.attributes)
+            todo.extend(p for p in parts if p and not is_builtin(p) and p not in resolved)
+        return resolved
+
     def invalidate(self, oid: int | None = None) -> None:
         """Forget one type (a Type message for it arrived), or every type (``None``)."""
         if oid is None:
@@ -98,7 +122,7 @@ class TypeCatalog:
                     ).fetchall()
                 )
         except psycopg.Error as exc:
-            raise SourceError(f"reading type oid {oid} from pg_type failed: {exc}") from exc
+            raise source_error(f"reading type oid {oid} from pg_type", exc) from exc
         type_kind: TypeKind = kind
         return TypeInfo(
             oid=oid,

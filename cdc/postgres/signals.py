@@ -16,7 +16,8 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SourceError
-from cdc.snapshots.incremental import SIGNAL_PREFIX
+from cdc.postgres.errors import source_error
+from cdc.snapshots.window import SIGNAL_PREFIX
 
 __all__ = ["request_snapshot", "snapshot_signal"]
 
@@ -57,6 +58,6 @@ def request_snapshot(dsn: str, tables: list[str], *, signal_table: str | None) -
                 (SIGNAL_PREFIX, signal.decode()),
             ).fetchone()
     except psycopg.Error as exc:
-        raise SourceError(f"writing the snapshot signal failed: {str(exc).strip()}") from exc
+        raise source_error("writing the snapshot signal", exc) from exc
     assert lsn is not None
     return f"logical message at {lsn[0]}"

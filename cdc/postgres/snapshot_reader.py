@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SourceError
+from cdc.postgres.errors import source_error
 from cdc.postgres.source import EVENT_KEY_COLUMNS_SQL, SESSION_OPTIONS
 from cdc.protocol.messages import Column, Relation, ReplicaIdentity
 
@@ -87,11 +88,6 @@ class TableShape:
         return f"{self.relation.namespace}.{self.relation.name}"
 
 
-def _error(action: str, exc: BaseException) -> SourceError:
-    # psycopg messages carry host, port and user at most, never the password.
-    return SourceError(f"{action} failed: {str(exc).strip()}")
-
-
 class SnapshotReader:
     """One PostgreSQL connection for snapshot reads (not a replication connection).
 
@@ -117,7 +113,7 @@ class SnapshotReader:
                 client_encoding="UTF8",
             )
         except psycopg.Error as exc:
-            raise _error("connecting to PostgreSQL for snapshot reads", exc) from exc
+            raise source_error("connecting to PostgreSQL for snapshot reads", exc) from exc
         self._server_version = self._conn.info.server_version
         self._in_snapshot = False
         # format_type(atttypid, atttypmod) per column type, for casting chunk keys back.
@@ -164,7 +160,7 @@ class SnapshotReader:
                 (oid,),
             ).fetchall()
         except psycopg.Error as exc:
-            raise _error(f"reading the columns of table {schema}.{table}", exc) from exc
+            raise source_error(f"reading the columns of table {schema}.{table}", exc) from exc
         key_columns = tuple(keys)
         for _, type_oid, typmod, type_text in columns:
             self._type_names[(type_oid, typmod)] = type_text
@@ -205,7 +201,7 @@ class SnapshotReader:
             conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))
         except psycopg.Error as exc:
             self._rollback()
-            raise _error(
+            raise source_error(
                 f"importing snapshot {snapshot_name} (the connection that created the slot"
                 " must stay idle until every worker imported it)",
                 exc,
@@ -220,7 +216,7 @@ class SnapshotReader:
         try:
             conn.execute("COMMIT")
         except psycopg.Error as exc:
-            raise _error("ending the snapshot transaction", exc) from exc
+            raise source_error("ending the snapshot transaction", exc) from exc
 
     # --- rows ----------------------------------------------------------------------------
 
@@ -230,6 +226,7 @@ class SnapshotReader:
         *,
         key_range: KeyRange | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        ordered: bool = False,
     ) -> Generator[list[KeyValues], None, None]:
         """Stream the rows of a table (or of an integer key range of it) in batches.
 
@@ -242,10 +239,13 @@ class SnapshotReader:
             key_range: ``(lower exclusive, upper inclusive)`` of the single integer key
                 column, ``None`` for an unbounded side; from :meth:`split_ranges`.
             batch_rows: rows per yielded list.
+            ordered: in key order (so that how far the read got is a key: an
+                interrupted snapshot resumes after it); the table must have a key.
 
         Raises:
             SourceError: the COPY failed.
-            ValueError: ``key_range`` given for a table without a single integer key.
+            ValueError: ``key_range`` given for a table without a single integer key, or
+                ``ordered`` for a table without a key.
         """
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be positive, not {batch_rows}")
@@ -264,6 +264,11 @@ class SnapshotReader:
                 bounds.append(sql.SQL("{} <= {}").format(key, sql.Literal(int(upper))))
             if bounds:
                 query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(bounds))
+        if ordered:
+            if not shape.key_columns:
+                raise ValueError(f"table {shape.qualified} has no key to read in order of")
+            keys = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_columns)
+            query = sql.SQL("{} ORDER BY {}").format(query, keys)
         yield from self._copy(shape, query, batch_rows, f"reading table {shape.qualified}")
 
     def split_ranges(self, shape: TableShape, parts: int) -> list[KeyRange | None]:
@@ -286,7 +291,7 @@ class SnapshotReader:
                 sql.SQL("SELECT min({0}), max({0}) FROM {1}").format(key, _table(shape))
             ).fetchone()
         except psycopg.Error as exc:
-            raise _error(f"reading the key range of table {shape.qualified}", exc) from exc
+            raise source_error(f"reading the key range of table {shape.qualified}", exc) from exc
         assert row is not None
         low, high = row
         if low is None:
@@ -302,12 +307,17 @@ class SnapshotReader:
         return [(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
 
     def read_chunk(
-        self, shape: TableShape, after_key: KeyValues | None, limit: int
+        self,
+        shape: TableShape,
+        after_key: KeyValues | None,
+        limit: int,
+        until_key: KeyValues | None = None,
     ) -> list[KeyValues]:
         """Read the next ``limit`` rows in key order after ``after_key``, in autocommit.
 
         ``after_key`` is :meth:`key_of` the last row of the previous chunk (text forms,
         cast back with each column's declared type); ``None`` starts at the beginning.
+        ``until_key`` (inclusive) ends the range early (None: the end of the table).
         One short statement: no transaction outlives the chunk.
 
         Raises:
@@ -325,26 +335,37 @@ class SnapshotReader:
             raise SourceError("read_chunk runs in autocommit: end the snapshot transaction first")
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_columns)
         query = sql.SQL("SELECT {} FROM {}").format(_select_list(shape), _table(shape))
+        conditions = []
         if after_key is not None:
-            if len(after_key) != len(shape.key_columns):
-                raise ValueError(
-                    f"after_key has {len(after_key)} values; the key of {shape.qualified}"
-                    f" has {len(shape.key_columns)} columns"
-                )
-            columns = shape.relation.columns
-            values = sql.SQL(", ").join(
-                sql.SQL("{}::{}").format(
-                    sql.Literal(value),
-                    sql.SQL(self._type_name(columns[index], shape)),
-                )
-                for value, index in zip(after_key, shape.key_indexes, strict=True)
+            conditions.append(
+                sql.SQL("({}) > ({})").format(keys, self._key_literal(shape, after_key))
             )
-            query = sql.SQL("{} WHERE ({}) > ({})").format(query, keys, values)
+        if until_key is not None:
+            conditions.append(
+                sql.SQL("({}) <= ({})").format(keys, self._key_literal(shape, until_key))
+            )
+        if conditions:
+            query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
         query = sql.SQL("{} ORDER BY {} LIMIT {}").format(query, keys, sql.Literal(int(limit)))
         rows: list[KeyValues] = []
         for batch in self._copy(shape, query, limit, f"reading a chunk of table {shape.qualified}"):
             rows.extend(batch)
         return rows
+
+    def _key_literal(self, shape: TableShape, key: KeyValues) -> sql.Composable:
+        """A key's text values cast back with each column's declared type."""
+        if len(key) != len(shape.key_columns):
+            raise ValueError(
+                f"a key of {len(key)} values; the key of {shape.qualified}"
+                f" has {len(shape.key_columns)} columns"
+            )
+        columns = shape.relation.columns
+        return sql.SQL(", ").join(
+            sql.SQL("{}::{}").format(
+                sql.Literal(value), sql.SQL(self._type_name(columns[index], shape))
+            )
+            for value, index in zip(key, shape.key_indexes, strict=True)
+        )
 
     @staticmethod
     def key_of(shape: TableShape, row: KeyValues) -> KeyValues:
@@ -367,7 +388,7 @@ class SnapshotReader:
                 "SELECT pg_logical_emit_message(true, %s, %s)::text", (prefix, content)
             ).fetchone()
         except psycopg.Error as exc:
-            raise _error(f"emitting logical message {prefix!r}", exc) from exc
+            raise source_error(f"emitting logical message {prefix!r}", exc) from exc
         assert row is not None
         return str(row[0])
 
@@ -392,7 +413,7 @@ class SnapshotReader:
                 )
                 conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(target), (row_id,))
         except psycopg.Error as exc:
-            raise _error(f"writing a watermark row into {signal_table}", exc) from exc
+            raise source_error(f"writing a watermark row into {signal_table}", exc) from exc
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -426,7 +447,7 @@ class SnapshotReader:
                 if batch:
                     yield batch
         except psycopg.Error as exc:
-            raise _error(action, exc) from exc
+            raise source_error(action, exc) from exc
 
     def _type_name(self, column: Column, shape: TableShape) -> str:
         cache_key = (column.type_oid, column.type_modifier)
@@ -439,7 +460,9 @@ class SnapshotReader:
                     .fetchone()
                 )
             except psycopg.Error as exc:
-                raise _error(f"reading the key types of table {shape.qualified}", exc) from exc
+                raise source_error(
+                    f"reading the key types of table {shape.qualified}", exc
+                ) from exc
             assert row is not None
             name = self._type_names[cache_key] = str(row[0])
         return name

@@ -15,9 +15,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import DiagnosticField
 
 from cdc.errors import SlotError, SourceError
 from cdc.lsn import format_lsn, parse_lsn
+from cdc.postgres.errors import source_error
 
 __all__ = [
     "EVENT_KEY_COLUMNS_SQL",
@@ -60,6 +62,8 @@ class ServerInfo:
     database: str
     wal_level: str
     encoding: str
+    # pg_control's system identifier: the LSNs of another cluster mean nothing here.
+    system_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,31 +104,6 @@ def protocol_version_for(server_version_num: int) -> int:
     return 1
 
 
-def _connection_hint(message: str) -> str | None:
-    """What to do about the connection failures a user must fix (retrying goes on
-    meanwhile, so the fix takes effect without restarting cdc)."""
-    text = message.lower()
-    if "replication role" in text or "permission denied to start wal sender" in text:
-        return (
-            "The role needs the REPLICATION attribute: ALTER ROLE <user> REPLICATION"
-            " (and SELECT on the published tables)"
-        )
-    if "password authentication failed" in text:
-        return "Check the password postgres.dsn gives (e.g. the environment variable it reads)"
-    if "no pg_hba.conf entry" in text and "replication" in text:
-        return (
-            "pg_hba.conf must allow this host a replication connection to the database"
-            " (a line with the database name, not only 'replication')"
-        )
-    return None
-
-
-def _source_error(action: str, exc: BaseException) -> SourceError:
-    # psycopg error messages never contain the password, but the DSN could appear in
-    # connection errors as host/user only; we still scrub via the logging layer.
-    return SourceError(f"{action} failed: {str(exc).strip()}")
-
-
 class ReplicationSource:
     """One connector's two PostgreSQL connections and the COPY_BOTH byte stream."""
 
@@ -160,29 +139,36 @@ class ReplicationSource:
                 "SELECT current_setting('server_version_num')::int, current_database(),"
                 " current_setting('wal_level'), current_setting('server_encoding')"
             ).fetchone()
+            system = self._repl.execute("IDENTIFY_SYSTEM").fetchone()
         except psycopg.Error as exc:
             self.close()
-            error = _source_error("connecting to PostgreSQL", exc)
-            hint = _connection_hint(str(exc))
-            if hint:
-                error = SourceError(f"{error}. {hint}")
-            raise error from exc
+            raise source_error("connecting to PostgreSQL", exc) from exc
         assert row is not None
-        info = ServerInfo(version_num=row[0], database=row[1], wal_level=row[2], encoding=row[3])
+        assert system is not None
+        info = ServerInfo(
+            version_num=row[0],
+            database=row[1],
+            wal_level=row[2],
+            encoding=row[3],
+            system_id=str(system[0]),
+        )
         if info.version_num < MIN_SERVER_VERSION:
             raise SourceError(
                 f"PostgreSQL {info.version_num} is too old: logical replication with pgoutput"
-                " needs PostgreSQL 10 or later"
+                " needs PostgreSQL 10 or later",
+                retryable=False,
             )
         if info.wal_level != "logical":
             raise SourceError(
                 f"wal_level is {info.wal_level!r} on database {info.database!r}: set"
-                " wal_level = logical in postgresql.conf and restart PostgreSQL"
+                " wal_level = logical in postgresql.conf and restart PostgreSQL",
+                retryable=False,
             )
         if info.encoding != "UTF8":
             raise SourceError(
                 f"database {info.database!r} uses encoding {info.encoding}: cdc reads UTF8"
-                " databases only"
+                " databases only",
+                retryable=False,
             )
         return info
 
@@ -248,7 +234,7 @@ class ReplicationSource:
                 " create_publication: false"
             ) from exc
         except psycopg.Error as exc:
-            raise _source_error(f"preparing publication {self.publication!r}", exc) from exc
+            raise source_error(f"preparing publication {self.publication!r}", exc) from exc
 
     @staticmethod
     def _check_tables_exist(
@@ -288,7 +274,7 @@ class ReplicationSource:
                 (self.publication,),
             ).fetchall()
         except psycopg.Error as exc:
-            raise _source_error(f"reading tables of publication {self.publication!r}", exc) from exc
+            raise source_error(f"reading tables of publication {self.publication!r}", exc) from exc
         return [TableInfo(s, t, ri, tuple(keys)) for s, t, ri, keys in rows]
 
     @property
@@ -309,7 +295,7 @@ class ReplicationSource:
                 ([oid for oid, _ in types], [mod for _, mod in types]),
             ).fetchall()
         except psycopg.Error as exc:
-            raise _source_error("reading type names", exc) from exc
+            raise source_error("reading type names", exc) from exc
         return [str(r[0]) for r in rows]
 
     def key_columns(self, schema: str, table: str) -> tuple[str, ...]:
@@ -329,7 +315,7 @@ class ReplicationSource:
                 (schema, table),
             ).fetchone()
         except psycopg.Error as exc:
-            raise _source_error(f"reading the primary key of {schema}.{table}", exc) from exc
+            raise source_error(f"reading the primary key of {schema}.{table}", exc) from exc
         return tuple(row[0]) if row else ()
 
     def ensure_slot(
@@ -356,7 +342,7 @@ class ReplicationSource:
             ).fetchone()
             database = conn.execute("SELECT current_database()").fetchone()
         except psycopg.Error as exc:
-            raise _source_error(f"looking up replication slot {self.slot!r}", exc) from exc
+            raise source_error(f"looking up replication slot {self.slot!r}", exc) from exc
         assert database is not None
         if row is not None:
             plugin, slot_type, slot_db, confirmed, active_pid = row
@@ -393,7 +379,7 @@ class ReplicationSource:
         try:
             result = repl.execute(command).fetchone()
         except psycopg.Error as exc:
-            raise _source_error(f"creating replication slot {self.slot!r}", exc) from exc
+            raise source_error(f"creating replication slot {self.slot!r}", exc) from exc
         assert result is not None
         return SlotInfo(
             self.slot,
@@ -417,7 +403,7 @@ class ReplicationSource:
         try:
             repl.execute(command)
         except psycopg.Error as exc:
-            raise _source_error(f"starting replication from slot {self.slot!r}", exc) from exc
+            raise source_error(f"starting replication from slot {self.slot!r}", exc) from exc
         self._pgconn = repl.pgconn
         self._socket = repl.pgconn.socket
 
@@ -426,7 +412,7 @@ class ReplicationSource:
         try:
             nbytes, data = self._pgconn.get_copy_data(1)
         except psycopg.Error as exc:
-            raise _source_error("reading the replication stream", exc) from exc
+            raise source_error("reading the replication stream", exc) from exc
         if nbytes > 0:
             return data  # type: ignore[no-any-return]
         if nbytes == 0:
@@ -440,7 +426,7 @@ class ReplicationSource:
             try:
                 self._pgconn.consume_input()
             except psycopg.Error as exc:
-                raise _source_error("reading the replication stream", exc) from exc
+                raise source_error("reading the replication stream", exc) from exc
 
     def send(self, payload: bytes) -> None:
         """Send one CopyData message (a standby status update) and flush it."""
@@ -451,18 +437,25 @@ class ReplicationSource:
             while pgconn.flush() == 1:
                 select.select([], [self._socket], [], 1.0)
         except psycopg.Error as exc:
-            raise _source_error("sending a status update to PostgreSQL", exc) from exc
+            raise source_error("sending a status update to PostgreSQL", exc) from exc
 
     def _stream_ended(self) -> SourceError:
         error = ""
+        sqlstate = ""
         try:
             result = self._pgconn.get_result()
             if result is not None and result.error_message:
                 error = result.error_message.decode(errors="replace").strip()
+                sqlstate = (result.error_field(DiagnosticField.SQLSTATE) or b"").decode()
         except psycopg.Error as exc:
-            error = str(exc).strip()
+            return source_error(f"reading the replication stream of slot {self.slot!r}", exc)
+        # A server shutting down or a connection lost heal by themselves; a slot that
+        # was invalidated or whose WAL was removed (58P01, 55000) does not.
+        retryable = not sqlstate or sqlstate.startswith(("08", "57", "53", "XX"))
         return SourceError(
-            f"PostgreSQL ended the replication stream of slot {self.slot!r}: {error or 'no reason'}"
+            f"PostgreSQL ended the replication stream of slot {self.slot!r}:"
+            f" {error or 'no reason'}",
+            retryable=retryable,
         )
 
     # --- lifecycle ------------------------------------------------------------------

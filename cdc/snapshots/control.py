@@ -1,46 +1,42 @@
 """Decides and runs one connector's snapshots around the streaming loop.
 
-The one job: keep the connector's snapshot state record in its Kafka state topic
-(``<connector>.__cdc_state``), refuse to recreate a lost slot silently (the lost-slot
-guard), run the initial snapshot from the slot's exported snapshot before streaming
-starts, and own the incremental driver's lifecycle and the storage of its progress
-(written only once the chunk that reached it is acknowledged by Kafka).
+The one job: keep the connector's snapshot state (the ``snapshot`` record of its state
+topic), refuse to recreate a lost slot silently (the lost-slot guard), run the initial
+snapshot from the slot's exported snapshot before streaming starts, and set up the
+incremental snapshots that run while streaming (the window the router feeds, the driver
+that reads chunks).
 
 It must not read the replication stream, answer keepalives, decide which LSN is
-confirmable (``positions`` does; it is told the confirmed LSN) or produce streamed
-change events: the pipeline owns the stream and the slot ack, and publishes the chunk
-rows of an incremental snapshot inside the HIGH watermark's transaction so their acks
-count toward it. It does no per-event work: the streaming loop calls it only for signal
-rows, HIGH watermarks that finished a chunk, and commits that carry chunk progress.
+confirmable or produce streamed change events: the pipeline owns the stream and the slot
+ack, and the router publishes the chunk rows of an incremental snapshot at the HIGH
+watermark, with the progress they reach, in the same Kafka transaction (or once they
+are acknowledged).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Collection
 from typing import Any
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, TopicsConfig
-from cdc.envelope import Record, TableEncoder, TxContext
+from cdc.envelope import TableEncoder, TxContext
 from cdc.errors import SinkError, SlotError
-from cdc.kafka.sink import KafkaSink, TopicSpec
+from cdc.kafka.sink import KafkaSink
+from cdc.kafka.topics import KafkaAdmin
 from cdc.lsn import format_lsn
 from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
 from cdc.postgres.source import SlotInfo, TableInfo
-from cdc.protocol.messages import Insert
 from cdc.snapshots.incremental import IncrementalDriver
 from cdc.snapshots.initial import PROGRESS_INTERVAL_S, InitialSnapshot, TableProgress
 from cdc.snapshots.progress import ProgressView
-from cdc.snapshots.window import ConnectorState, SnapshotProgress
+from cdc.snapshots.state import STATE_KEY, ConnectorState, SnapshotProgress
+from cdc.snapshots.window import ChunkWindow
 from cdc.status import BOARD
 
-__all__ = ["STATE_KEY", "SnapshotControl"]
-
-# The state topic's one key: the connector's snapshot state (cdc.snapshots.window.ConnectorState).
-STATE_KEY = b"snapshot"
+__all__ = ["SnapshotControl"]
 
 # pgoutput passes logical decoding messages (our watermarks) from PostgreSQL 14 on.
 LOGICAL_MESSAGES_FROM = 140000
@@ -49,15 +45,15 @@ LOGICAL_MESSAGES_FROM = 140000
 class SnapshotControl:
     """One connector's snapshot decisions and state; lives as long as its pipeline run.
 
-    The pipeline calls, in this order: ``open_state`` (once topics exist),
-    ``before_slot_create`` (as the slot's ``before_create`` hook), ``snapshot_before_streaming``,
-    ``start_driver`` (once streaming started); then, from the streaming loop,
-    ``signal_row``, ``chunk_published``, ``transaction_committed`` and
-    ``save_confirmed_progress``; and ``close`` at the end, whatever happened.
+    The pipeline calls, in this order: ``open_state`` (with the state topic's records),
+    ``before_slot_create`` (as the slot's ``before_create`` hook),
+    ``snapshot_before_streaming``, ``start_driver`` (once streaming started); then
+    ``report_incremental`` from its housekeeping; and ``close`` at the end, whatever
+    happened.
     """
 
-    # Slotted: the streaming loop reads ``progress_in_tx`` at every commit.
     __slots__ = (
+        "_admin",
         "_cfg",
         "_database",
         "_driver",
@@ -71,12 +67,8 @@ class SnapshotControl:
         "_sink",
         "_snapshot_reader",
         "_state",
-        "_state_topic",
         "_stop",
         "_topics",
-        "pending_progress",
-        "progress_in_tx",
-        "state_records",
     )
 
     def __init__(
@@ -86,18 +78,20 @@ class SnapshotControl:
         topics: TopicsConfig,
         database: str,
         sink: KafkaSink,
+        admin: KafkaAdmin,
         published: list[str],
         stop: threading.Event,
         log: Any,
         table_encoder: Callable[[TableShape], TableEncoder],
     ) -> None:
-        """No I/O here: the pipeline decides when the state topic is touched.
+        """No I/O here: the pipeline decides when Kafka and PostgreSQL are touched.
 
         Args:
             connector: the connector's settings (``snapshot``, ``slot``, ``recreate_slot``).
-            topics: the effective topic settings, for topic names and the state topic.
+            topics: the effective topic settings, for topic names.
             database: the source database's name, as it appears in topic names and events.
             sink: the connector's Kafka sink (state records, initial snapshot rows).
+            admin: the connector's admin client (the lost-slot guard reads offsets).
             published: qualified names of the published tables (an incremental snapshot
                 without tables snapshots them all).
             stop: set to interrupt the initial snapshot.
@@ -110,10 +104,10 @@ class SnapshotControl:
         self._topics = topics
         self._database = database
         self._sink = sink
+        self._admin = admin
         self._published = published
         self._stop = stop
         self._log = log
-        self._state_topic = f"{connector.name}.__cdc_state"
         self._state = ConnectorState()
         self._pending_incremental: tuple[tuple[str, ...], SnapshotProgress | None] = ((), None)
         self._progress_view = ProgressView(log)
@@ -121,45 +115,31 @@ class SnapshotControl:
         self._last_report = time.monotonic()
         self._driver: IncrementalDriver | None = None
         self._snapshot_reader: SnapshotReader | None = None
-        # The progress reached by a chunk published in the transaction being streamed;
-        # it moves to ``pending_progress`` at that transaction's commit.
-        self.progress_in_tx: SnapshotProgress | None = None
-        # (commit end LSN, progress) in commit order: stored once that LSN is confirmed,
-        # so a crash never records a chunk whose records Kafka may not hold.
-        self.pending_progress: list[tuple[int, SnapshotProgress]] = []
-        # Every record of the state topic as read at start (other keys belong to other
-        # parts of the pipeline, e.g. the schema history).
-        self.state_records: dict[bytes, bytes] = {}
 
     # --- the state record -------------------------------------------------------------
 
-    def open_state(self) -> None:
-        """Create the state topic if missing and read the stored state to its end."""
-        self._sink.ensure_topics(
-            [TopicSpec(self._state_topic, 1, self._topics.replication_factor, "compact")]
-        )
-        self._state = self._load_state()
+    def open_state(self, records: dict[bytes, bytes], topic: str) -> None:
+        """The snapshot state, from the state topic's records as read at start.
 
-    def _load_state(self) -> ConnectorState:
-        self.state_records = self._sink.read_latest(self._state_topic)
-        raw = self.state_records.get(STATE_KEY)
+        Raises:
+            SinkError: the stored state is not readable.
+        """
+        raw = records.get(STATE_KEY)
         if raw is None:
-            return ConnectorState()
+            return
         try:
-            return ConnectorState.from_json(raw)
+            self._state = ConnectorState.from_json(raw)
         except ValueError as exc:
             raise SinkError(
-                f"the state in topic {self._state_topic!r} is not readable: {exc}",
-                topic=self._state_topic,
+                f"the snapshot state in topic {topic!r} is not readable: {exc}",
+                topic=topic,
+                retryable=False,
             ) from exc
 
-    def write_record(self, key: bytes, value: bytes) -> None:
-        """Store another part's record in the state topic (not waiting for Kafka)."""
-        self._sink.write_state(self._state_topic, key, value, wait=False)
-
-    def _save_state(self, state: ConnectorState, *, wait: bool) -> None:
+    def _save_state(self, state: ConnectorState) -> None:
+        """Store a decision before acting on it (returns once Kafka holds it)."""
         self._state = state
-        self._sink.write_state(self._state_topic, STATE_KEY, state.to_json(), wait=wait)
+        self._sink.store_state(STATE_KEY, state.to_json())
 
     # --- before streaming ---------------------------------------------------------------
 
@@ -195,8 +175,7 @@ class SnapshotControl:
                     initial_snapshot="pending",
                     initial_tables=tuple(t.qualified for t in tables),
                     incremental=self._state.incremental,
-                ),
-                wait=True,
+                )
             )
 
     def _refuse_silent_gap(
@@ -208,7 +187,7 @@ class SnapshotControl:
         # Topics created by this start are empty by definition (and may not have a
         # partition leader yet): only the ones that existed before can tell.
         existing = [t for t in topics if t not in new_topics]
-        written = {t: n for t, n in self._sink.records_written(existing).items() if n}
+        written = {t: n for t, n in self._admin.records_written(existing).items() if n}
         if not written:
             return
         topic, count = next(iter(written.items()))
@@ -258,7 +237,7 @@ class SnapshotControl:
                 reader.close()
             exported = [s for s in shapes if threshold is None or s.estimated_rows <= threshold]
             deferred = tuple(_qualified(s) for s in shapes if s not in exported)
-            rows = self._run_initial_snapshot(slot, exported)
+            rows = self._run_initial_snapshot(slot, exported, deferred)
             if rows is None:
                 return False  # stopped: the state still says pending; the next start resumes
             metrics.SNAPSHOT_ROWS.labels(connector=self._cfg.name, kind="initial").inc(
@@ -269,7 +248,7 @@ class SnapshotControl:
                 initial_tables=deferred,
                 incremental=state.incremental,
             )
-            self._save_state(state, wait=True)
+            self._save_state(state)
             if cfg.mode == "initial_only":
                 if deferred:
                     self._log.warning(
@@ -283,9 +262,10 @@ class SnapshotControl:
             pending_initial = deferred
         elif state.initial_snapshot in ("pending", "running"):
             pending_initial = state.initial_tables
+            left = state.incremental.tables if state.incremental is not None else ()
             self._log.info(
                 "initial_snapshot_resumed_incrementally",
-                tables=list(pending_initial),
+                tables=list(dict.fromkeys((*left, *pending_initial))),
                 detail="the exported snapshot did not survive the restart; the remaining"
                 " tables are read in chunks while streaming",
             )
@@ -295,7 +275,7 @@ class SnapshotControl:
         return True
 
     def _run_initial_snapshot(
-        self, slot: SlotInfo, shapes: list[TableShape]
+        self, slot: SlotInfo, shapes: list[TableShape], deferred: tuple[str, ...]
     ) -> dict[str, int] | None:
         """Rows per table, or None when stopped before the end."""
         assert slot.snapshot_name is not None
@@ -324,6 +304,7 @@ class SnapshotControl:
                 last_commit_lsn=None,
             ),
             shapes=shapes,
+            deferred=deferred,
             encoder_for=lambda shape: encoders[_qualified(shape)],
             sink=self._sink,
             max_workers=self._cfg.snapshot.max_workers,
@@ -358,8 +339,9 @@ class SnapshotControl:
 
     # --- while streaming ----------------------------------------------------------------
 
-    def start_driver(self, server_version: int) -> IncrementalDriver:
-        """The incremental snapshot driver, resuming or starting what is due.
+    def start_driver(self, server_version: int) -> tuple[IncrementalDriver, ChunkWindow]:
+        """The incremental snapshot driver and the window the router feeds, resuming or
+        starting what is due.
 
         Opens the chunk reader's connection; ``close`` closes it.
         """
@@ -385,56 +367,28 @@ class SnapshotControl:
                 detail="PostgreSQL before 14 cannot carry watermarks as logical messages:"
                 " set snapshot.signal_table to enable incremental snapshots",
             )
+        window = ChunkWindow(self._state)
         driver = IncrementalDriver(
             reader=self._snapshot_reader,
+            window=window,
             encoder_for=encoder_for,
             chunk_rows=snapshot.chunk_rows,
             max_rows_per_second=snapshot.max_rows_per_second,
+            published_tables=list(self._published),
             log=self._log,
             signal_table=snapshot.signal_table if use_table else None,
         )
-        driver.published_tables = list(self._published)
         pending_initial, stored = self._pending_incremental
         if stored is not None:
             driver.resume(stored)
         elif pending_initial:
             driver.start(list(pending_initial), kind="initial")
         self._driver = driver
-        return driver
+        return driver, window
 
-    def signal_row(self, change: object, tx: TxContext, lsn: int) -> Iterator[Record] | None:
-        """A row of the signal table: Debezium's (id, type, data) columns. Returns the
-        records to publish when the row was a watermark closing a chunk."""
-        if not isinstance(change, Insert):
-            return None
-        driver = self._driver
-        assert driver is not None
-        names = [c.name for c in change.relation.columns]
-        values = dict(zip(names, change.new, strict=True))
-        signal_type, data = values.get("type"), values.get("data")
-        return driver.signal_row(
-            signal_type if isinstance(signal_type, str) else None,
-            data if isinstance(data, str) else None,
-            tx,
-            lsn,
-        )
-
-    def chunk_published(self) -> None:
-        """The rows of the chunk a HIGH watermark closed were produced in the current
-        transaction: the progress they reach becomes storable at its commit."""
-        driver = self._driver
-        assert driver is not None
-        metrics.SNAPSHOT_ROWS.labels(connector=self._cfg.name, kind="incremental").inc(
-            driver.last_chunk_rows
-        )
-        self.progress_in_tx = driver.last_progress
-
-    def transaction_committed(self, end_lsn: int) -> None:
-        """The transaction that published a chunk committed at ``end_lsn``; call only
-        when ``progress_in_tx`` is set (the streaming loop checks it inline)."""
-        assert self.progress_in_tx is not None
-        self.pending_progress.append((end_lsn, self.progress_in_tx))
-        self.progress_in_tx = None
+    def chunk_published(self, rows: int) -> None:
+        """The router published a chunk of ``rows`` rows (metrics)."""
+        metrics.SNAPSHOT_ROWS.labels(connector=self._cfg.name, kind="incremental").inc(rows)
 
     def report_incremental(self, driver: IncrementalDriver) -> None:
         """Every few seconds while an incremental snapshot runs: the terminal bar or a
@@ -446,21 +400,6 @@ class SnapshotControl:
         table = driver.table_progress()
         if table is not None:
             self._progress_view.show([table])
-
-    def save_confirmed_progress(self, confirmed: int) -> None:
-        """Store snapshot progress whose chunk records Kafka now holds (and all before)."""
-        pending = self.pending_progress
-        while pending and pending[0][0] <= confirmed:
-            _, progress = pending.pop(0)
-            state = self._state
-            if progress.finished:
-                if progress.kind == "initial":
-                    state = ConnectorState(initial_snapshot="done")
-                else:
-                    state = replace(state, incremental=None)
-            else:
-                state = replace(state, incremental=progress)
-            self._save_state(state, wait=False)
 
     def close(self) -> None:
         """Close the chunk reader's connection, if ``start_driver`` opened one."""

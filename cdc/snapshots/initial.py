@@ -2,12 +2,17 @@
 
 The one job: given the snapshot PostgreSQL exported when the slot was created, read each
 table's rows as they were at the slot's consistent point, on ``max_workers`` connections
-that share that snapshot, and produce them to both topics. Streaming then starts at the
+that share that snapshot, and publish them to both topics. Streaming then starts at the
 consistent point: no change is missed and none is seen twice.
 
-Rows are streamed (COPY) and produced as they come, so memory is bounded by the producer's
-queue whatever a table's size. The threads here only read and encode; the caller's thread
-polls Kafka for acknowledgements and reports progress.
+Workers read (``COPY``, streamed, in key order) and encode; this thread publishes their
+batches through the sink, the connector's one produce path, so memory is bounded by a few
+batches and the producer's queue whatever a table's size. With each batch it stores the
+progress of every task (table, or key range of a large table): the key of its last
+published row. In ``exactly_once`` mode that progress is in the same Kafka transaction as
+the rows; in ``at_least_once`` mode it is stored once they are acknowledged. An
+interrupted snapshot (SIGKILL, a lost connection) therefore leaves a state that resumes
+as an incremental snapshot of exactly what was not published: the rest of each range.
 """
 
 from __future__ import annotations
@@ -17,24 +22,26 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from cdc.envelope import Record, TableEncoder, TxContext
-from cdc.errors import SinkError
-from cdc.kafka.sink import KafkaSink, ProduceRejected
+from cdc.errors import Stopped
+from cdc.kafka.sink import KafkaSink
 from cdc.postgres.snapshot_reader import KeyRange, SnapshotReader, TableShape
+from cdc.snapshots.state import STATE_KEY, ConnectorState, Key, SnapshotProgress
 
 __all__ = ["InitialSnapshot", "SnapshotTask", "TableProgress", "plan_tasks"]
 
 # A table with a single integer key and more estimated rows than this is split into key
 # ranges read in parallel; smaller ones are not worth the extra min/max query.
 SPLIT_ABOVE_ROWS = 200_000
-# How long a worker waits for the producer's queue to drain when it is full.
-QUEUE_FULL_WAIT_S = 0.01
 # Progress reports (log line or terminal bar) at most this often.
 PROGRESS_INTERVAL_S = 5.0
 # COPY rows handed over per batch: bounded memory, few Python-level iterations.
 BATCH_ROWS = 5_000
+# Batches waiting for the publishing thread, per worker: enough to keep both busy.
+QUEUED_BATCHES_PER_WORKER = 2
+# How long the publishing thread waits for a batch before checking on the workers.
+BATCH_WAIT_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +67,19 @@ class TableProgress:
         return self.tasks_left == 0
 
 
+@dataclass(slots=True)
+class _TaskState:
+    """How far one task got: the key of its last published row, and whether it is done."""
+
+    task: SnapshotTask
+    last_key: Key | None = None
+    done: bool = False
+
+
+# One batch from a worker: its records, then (task index, last published key, done).
+_Batch = tuple[list[Record], list[tuple[int, Key | None, bool]]]
+
+
 def plan_tasks(
     reader: SnapshotReader, shapes: list[TableShape], max_workers: int
 ) -> list[SnapshotTask]:
@@ -75,7 +95,7 @@ def plan_tasks(
 
 
 class InitialSnapshot:
-    """Runs the initial snapshot; ``run()`` returns when every row is acknowledged."""
+    """Runs the initial snapshot; ``run()`` returns when every row is durable in Kafka."""
 
     def __init__(
         self,
@@ -85,32 +105,46 @@ class InitialSnapshot:
         snapshot_name: str,
         tx: TxContext,
         shapes: list[TableShape],
+        deferred: tuple[str, ...],
         encoder_for: Callable[[TableShape], TableEncoder],
         sink: KafkaSink,
         max_workers: int,
         stop: threading.Event,
         report: Callable[[list[TableProgress], bool], None],
     ) -> None:
+        """Args:
+        deferred: tables left to an incremental snapshot while streaming (above
+            ``incremental_above_rows``): part of the stored progress from the start.
+        (The others as their names say; ``tx`` describes the snapshot: its start time
+        and the consistent point the stream continues from.)
+        """
         self._dsn = dsn
         self._application_name = application_name
         self._snapshot_name = snapshot_name
         self._tx = tx
         self._shapes = shapes
+        self._deferred = deferred
         self._encoder_for = encoder_for
         self._sink = sink
         self._max_workers = max_workers
         self._stop = stop
         self._report = report
-        self._failures: list[Any] = []
         self._errors: list[BaseException] = []
         self._first_lock = threading.Lock()
         self._first_sent = False
-        self._held: list[tuple[TableEncoder, tuple[str | None, ...]]] = []
+        self._held: list[tuple[TableEncoder, tuple[str | None, ...], int, Key | None]] = []
+        self._tasks: list[_TaskState] = []
+        self._tasks_of: dict[str, list[_TaskState]] = {}
+        # Set when this thread leaves early: workers stop at their next batch.
+        self._halt = threading.Event()
+        self._batches: queue.Queue[_Batch] = queue.Queue(
+            maxsize=QUEUED_BATCHES_PER_WORKER * max_workers
+        )
         self.progress: dict[str, TableProgress] = {}
 
     def run(self) -> dict[str, int] | None:
-        """Read, produce, wait for Kafka. Returns rows per table, or None when a stop was
-        requested meanwhile (the caller then leaves the rest for an incremental resume).
+        """Read, publish, make durable. Returns rows per table, or None when a stop was
+        requested meanwhile (the stored progress then resumes what is left).
 
         Raises:
             CdcError: a read failed or Kafka refused a record.
@@ -125,14 +159,18 @@ class InitialSnapshot:
             for reader in readers:
                 reader.begin_snapshot(self._snapshot_name)
             tasks = plan_tasks(readers[0], self._shapes, self._max_workers)
+            self._tasks = [_TaskState(task) for task in tasks]
+            for state in self._tasks:
+                self._tasks_of.setdefault(_name(state.task.shape), []).append(state)
             for shape in self._shapes:
-                name = f"{shape.relation.namespace}.{shape.relation.name}"
-                self.progress[name] = TableProgress(name, max(0, shape.estimated_rows))
+                self.progress[_name(shape)] = TableProgress(
+                    _name(shape), max(0, shape.estimated_rows)
+                )
             for task in tasks:
                 self.progress[_name(task.shape)].tasks_left += 1
-            work: queue.SimpleQueue[SnapshotTask] = queue.SimpleQueue()
-            for task in tasks:
-                work.put(task)
+            work: queue.SimpleQueue[int] = queue.SimpleQueue()
+            for index in range(len(tasks)):
+                work.put(index)
             threads = [
                 threading.Thread(
                     target=self._work, args=(reader, work), name=f"snapshot-{i}", daemon=True
@@ -141,53 +179,154 @@ class InitialSnapshot:
             ]
             for thread in threads:
                 thread.start()
-            last_report = time.monotonic()
-            while any(t.is_alive() for t in threads):
-                self._sink.poll(0.05)
-                self._raise_failures()
-                now = time.monotonic()
-                if now - last_report >= PROGRESS_INTERVAL_S:
-                    self._report(list(self.progress.values()), False)
-                    last_report = now
-            for thread in threads:
-                thread.join()
+            try:
+                self._publish_batches(threads)
+            finally:
+                self._halt_workers(threads)
             if self._errors:
                 raise self._errors[0]
             if self._stop.is_set():
                 return None
-            self._emit_held()
-            if not self._flush():
-                return None
+            self._publish_held()
+            self._sink.finish(timeout=60.0)
             self._report(list(self.progress.values()), True)
             return {name: p.rows for name, p in self.progress.items()}
+        except Stopped:
+            return None
         finally:
             for reader in readers:
                 reader.close()
 
+    # --- the publishing thread ----------------------------------------------------------
+
+    def _publish_batches(self, threads: list[threading.Thread]) -> None:
+        sink = self._sink
+        last_report = time.monotonic()
+        while True:
+            try:
+                records, updates = self._batches.get(timeout=BATCH_WAIT_S)
+            except queue.Empty:
+                sink.service()
+                if self._errors or self._stop.is_set():
+                    return
+                if not any(t.is_alive() for t in threads) and self._batches.empty():
+                    return
+                continue
+            sink.publish(records, None)
+            for index, last_key, done in updates:
+                state = self._tasks[index]
+                state.last_key = last_key
+                if done:
+                    state.done = True
+            sink.end_group(end_lsn=0)
+            sink.save_state(STATE_KEY, self.remaining_state().to_json())
+            sink.service()
+            now = time.monotonic()
+            if now - last_report >= PROGRESS_INTERVAL_S:
+                self._report(list(self.progress.values()), False)
+                last_report = now
+
+    def remaining_state(self) -> ConnectorState:
+        """The state to resume from if the snapshot stops here: what is not published
+        yet, as an incremental snapshot of the rest of each task (and the deferred)."""
+        tables: list[str] = []
+        bounds: list[tuple[Key | None, Key | None]] = []
+        done: list[str] = []
+        for shape in self._shapes:
+            states = self._tasks_of.get(_name(shape), [])
+            if states and all(s.done for s in states):
+                done.append(_name(shape))
+                continue
+            for state in states:
+                if state.done:
+                    continue
+                lower, upper = state.task.key_range or (None, None)
+                after = state.last_key
+                if after is None and lower is not None:
+                    after = (str(lower),)
+                tables.append(_name(shape))
+                bounds.append((after, None if upper is None else (str(upper),)))
+        for table in self._deferred:
+            tables.append(table)
+            bounds.append((None, None))
+        progress = SnapshotProgress(
+            snapshot_id=f"initial-{self._snapshot_name}",
+            kind="initial",
+            tables=tuple(tables),
+            tables_done=tuple(done),
+            bounds=tuple(bounds),
+        )
+        return ConnectorState(initial_snapshot="running", incremental=progress)
+
+    def _publish_held(self) -> None:
+        """The row each worker held back: the very last one is marked ``last``."""
+        held = self._held
+        for position, (encoder, row, index, key) in enumerate(held):
+            flag = "last" if position == len(held) - 1 else self._flag()
+            records = encoder.read(row, self._tx, self._tx.commit_lsn, time.time_ns() // 1000, flag)
+            self._sink.publish(records, None)
+            self._tasks[index].last_key = key
+            self._tasks[index].done = True
+            self._sink.end_group(end_lsn=0)
+        for state in self._tasks:
+            state.done = True
+
+    def _halt_workers(self, threads: list[threading.Thread]) -> None:
+        """Stop workers still reading (this thread leaves early), draining the batches
+        they may be blocked on; nothing drained was published, so nothing is lost."""
+        if not any(t.is_alive() for t in threads):
+            return
+        self._halt.set()
+        while any(t.is_alive() for t in threads):
+            try:
+                self._batches.get(timeout=BATCH_WAIT_S)
+            except queue.Empty:
+                continue
+
     # --- workers --------------------------------------------------------------------
 
-    def _work(self, reader: SnapshotReader, work: queue.SimpleQueue[SnapshotTask]) -> None:
-        pending: tuple[TableEncoder, tuple[str | None, ...]] | None = None
+    def _work(self, reader: SnapshotReader, work: queue.SimpleQueue[int]) -> None:
+        # The row held back by one, so the very last one overall can be marked "last"
+        # once every worker is done: (encoder, values, task index, its key, task ends).
+        pending: tuple[TableEncoder, tuple[str | None, ...], int, Key | None, bool] | None = None
         try:
-            while not self._stop.is_set() and not self._errors:
+            while not self._stopping():
                 try:
-                    task = work.get_nowait()
+                    index = work.get_nowait()
                 except queue.Empty:
                     break
-                encoder = self._encoder_for(task.shape)
-                progress = self.progress[_name(task.shape)]
+                task = self._tasks[index].task
+                shape = task.shape
+                encoder = self._encoder_for(shape)
+                progress = self.progress[_name(shape)]
+                ordered = bool(shape.key_columns)
+                rows_seen = False
                 for batch in reader.copy_rows(
-                    task.shape, key_range=task.key_range, batch_rows=BATCH_ROWS
+                    shape, key_range=task.key_range, batch_rows=BATCH_ROWS, ordered=ordered
                 ):
-                    if self._stop.is_set() or self._errors:
+                    if self._stopping():
                         return
+                    records: list[Record] = []
+                    updates: list[tuple[int, Key | None, bool]] = []
+                    now_us = time.time_ns() // 1000
                     for row in batch:
-                        # Hold each row back by one, so the very last one overall can
-                        # be marked "last" once every worker is done.
                         if pending is not None:
-                            self._emit(*pending, self._flag())
-                        pending = (encoder, row)
+                            p_encoder, p_row, p_index, p_key, p_ends = pending
+                            records.extend(
+                                p_encoder.read(
+                                    p_row, self._tx, self._tx.commit_lsn, now_us, self._flag()
+                                )
+                            )
+                            updates.append((p_index, p_key, p_ends))
+                        key = SnapshotReader.key_of(shape, row) if ordered else None
+                        pending = (encoder, row, index, key, False)
+                    rows_seen = True
                     progress.rows += len(batch)
+                    self._batches.put((records, updates))
+                if pending is not None and pending[2] == index:
+                    pending = (*pending[:4], True)
+                elif not rows_seen:
+                    self._batches.put(([], [(index, None, True)]))
                 progress.tasks_left -= 1
             reader.end_snapshot()
         except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the caller's thread
@@ -195,62 +334,16 @@ class InitialSnapshot:
         finally:
             if pending is not None:
                 with self._first_lock:
-                    self._held.append(pending)
+                    self._held.append(pending[:4])
+
+    def _stopping(self) -> bool:
+        return self._stop.is_set() or self._halt.is_set() or bool(self._errors)
 
     def _flag(self) -> str:
         """``"first"`` for the first record of the whole snapshot, ``"true"`` after."""
         with self._first_lock:
             first, self._first_sent = not self._first_sent, True
         return "first" if first else "true"
-
-    def _emit(self, encoder: TableEncoder, row: tuple[str | None, ...], flag: str) -> None:
-        now_us = time.time_ns() // 1000
-        for record in encoder.read(row, self._tx, self._tx.commit_lsn, now_us, flag):
-            self._produce(record)
-
-    def _produce(self, record: Record) -> None:
-        while True:
-            try:
-                self._sink.produce(
-                    record.topic, record.value, record.key, on_delivery=self._delivered
-                )
-            except BufferError:
-                time.sleep(QUEUE_FULL_WAIT_S)  # the caller's thread polls acks meanwhile
-                continue
-            except ProduceRejected as exc:
-                raise SinkError(
-                    f"Kafka refused a snapshot record for topic {record.topic!r}: {exc}",
-                    topic=record.topic,
-                ) from exc
-            return
-
-    def _delivered(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._failures.append((err, msg.topic() if msg is not None else None))
-
-    # --- the end --------------------------------------------------------------------
-
-    def _emit_held(self) -> None:
-        for index, (encoder, row) in enumerate(self._held):
-            last = index == len(self._held) - 1
-            self._emit(encoder, row, "last" if last else self._flag())
-
-    def _flush(self) -> bool:
-        while len(self._sink):
-            self._sink.poll(0.1)
-            self._raise_failures()
-            if self._stop.is_set():
-                return False
-        self._raise_failures()
-        return True
-
-    def _raise_failures(self) -> None:
-        if self._failures:
-            error, topic = self._failures[0]
-            raise SinkError(
-                f"Kafka did not accept a snapshot record for topic {topic!r}: {error}",
-                topic=topic,
-            )
 
 
 def _name(shape: TableShape) -> str:

@@ -70,208 +70,48 @@ What the caller must keep (this module cannot see time, only the stream's order)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import orjson
 
+from cdc.envelope import Record, Row, TableEncoder, TxContext
+from cdc.snapshots.state import ConnectorState, Key, SnapshotProgress
+
 __all__ = [
-    "STATE_VERSION",
+    "SIGNAL_PREFIX",
+    "WATERMARK_PREFIX",
+    "ChunkClosed",
     "ChunkRequest",
-    "ConnectorState",
+    "ChunkRow",
+    "ChunkWindow",
     "IncrementalSnapshot",
-    "SnapshotProgress",
+    "parse_signal",
 ]
 
+# What a chunk holds per row: its record key, the converted row, and (toast.mode: fill)
+# its large values, remembered when the row is published.
+ChunkRow = tuple[bytes, Row, dict[str, str] | None]
+
+# Prefixes of the logical decoding messages (pg_logical_emit_message) cdc writes and reads.
+WATERMARK_PREFIX = "cdc.watermark"
+SIGNAL_PREFIX = "cdc.signal"
+
 T = TypeVar("T")
-
-#: Version of the JSON written to the state topic; bumped on any incompatible change so
-#: an older cdc refuses a newer record instead of misreading it.
-STATE_VERSION = 1
-
-_KINDS = ("initial", "incremental")
-_INITIAL_STATES = ("pending", "running", "done")
-_REFUSE_HINT = (
-    "run a cdc release that writes it, or delete the 'snapshot' record of the connector's"
-    " state topic (<connector>.__cdc_state) to start its snapshots over"
-)
-
-Key = tuple[str | None, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotProgress:
-    """The durable progress of one snapshot, as of its last finished chunk.
-
-    Attributes:
-        snapshot_id: names the snapshot in its watermarks.
-        kind: "initial" (a crashed initial snapshot finished incrementally) or "incremental".
-        tables: qualified "schema.table" names still to do, the current one first.
-        last_key: text values of the key of the last row of the last finished chunk of the
-            current table; None when the current table has not been started.
-        chunks_done: chunks finished (also the id of the first chunk a resumed run asks for).
-        rows_done: rows emitted.
-        tables_done: tables finished, in order.
-    """
-
-    snapshot_id: str
-    kind: Literal["initial", "incremental"]
-    tables: tuple[str, ...]
-    last_key: Key | None = None
-    chunks_done: int = 0
-    rows_done: int = 0
-    tables_done: tuple[str, ...] = ()
-
-    @property
-    def finished(self) -> bool:
-        """No table is left."""
-        return not self.tables
-
-    def to_json(self) -> bytes:
-        """The state-topic value: versioned JSON, the same bytes for equal progress."""
-        return orjson.dumps({"version": STATE_VERSION, **_progress_dict(self)})
-
-    @classmethod
-    def from_json(cls, data: bytes) -> SnapshotProgress:
-        """Parse ``to_json`` output.
-
-        Raises:
-            ValueError: not valid JSON of this shape, or a version this cdc does not know.
-        """
-        obj = _load(data, "snapshot progress")
-        return _progress_from(obj, "snapshot progress")
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectorState:
-    """The connector's snapshot state, the one value of the state topic.
-
-    Attributes:
-        initial_snapshot: None before any decision, else where the initial snapshot stands.
-        initial_tables: tables the initial snapshot still has to do.
-        incremental: the running incremental snapshot, if any.
-    """
-
-    initial_snapshot: Literal["pending", "running", "done"] | None = None
-    initial_tables: tuple[str, ...] = ()
-    incremental: SnapshotProgress | None = None
-
-    def to_json(self) -> bytes:
-        """Versioned JSON, the same bytes for equal states."""
-        inc = None if self.incremental is None else _progress_dict(self.incremental)
-        return orjson.dumps(
-            {
-                "version": STATE_VERSION,
-                "initial_snapshot": self.initial_snapshot,
-                "initial_tables": list(self.initial_tables),
-                "incremental": inc,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, data: bytes) -> ConnectorState:
-        """Parse ``to_json`` output.
-
-        Raises:
-            ValueError: not valid JSON of this shape, or a version this cdc does not know.
-        """
-        what = "connector state"
-        obj = _load(data, what)
-        initial = obj.get("initial_snapshot")
-        if initial is not None and initial not in _INITIAL_STATES:
-            raise ValueError(
-                f"{what}: initial_snapshot {initial!r} is not one of {_INITIAL_STATES}"
-            )
-        inc = obj.get("incremental")
-        if inc is not None and not isinstance(inc, dict):
-            raise ValueError(f"{what}: incremental must be an object or null")
-        return cls(
-            initial_snapshot=initial,
-            initial_tables=_str_tuple(obj, "initial_tables", what),
-            incremental=None if inc is None else _progress_from(inc, f"{what}.incremental"),
-        )
-
-
-def _progress_dict(p: SnapshotProgress) -> dict[str, Any]:
-    return {
-        "snapshot_id": p.snapshot_id,
-        "kind": p.kind,
-        "tables": list(p.tables),
-        "last_key": None if p.last_key is None else list(p.last_key),
-        "chunks_done": p.chunks_done,
-        "rows_done": p.rows_done,
-        "tables_done": list(p.tables_done),
-    }
-
-
-def _load(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{what}: not JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        # A corrupt stored record, not a caller's type error: ValueError like bad JSON.
-        raise ValueError(f"{what}: expected a JSON object")  # noqa: TRY004
-    version = obj.get("version")
-    if version != STATE_VERSION:
-        raise ValueError(
-            f"{what}: version {version!r} is unknown to this cdc (it reads {STATE_VERSION}):"
-            f" {_REFUSE_HINT}"
-        )
-    return obj
-
-
-def _progress_from(obj: dict[str, Any], what: str) -> SnapshotProgress:
-    snapshot_id = obj.get("snapshot_id")
-    if not isinstance(snapshot_id, str):
-        raise ValueError(f"{what}: snapshot_id must be a string")  # noqa: TRY004 (as above)
-    kind = obj.get("kind")
-    if kind not in _KINDS:
-        raise ValueError(f"{what}: kind {kind!r} is not one of {_KINDS}")
-    raw_key = obj.get("last_key")
-    last_key: Key | None = None
-    if raw_key is not None:
-        if not isinstance(raw_key, list) or not all(
-            v is None or isinstance(v, str) for v in raw_key
-        ):
-            raise ValueError(f"{what}: last_key must be a list of strings/nulls, or null")
-        last_key = tuple(raw_key)
-    return SnapshotProgress(
-        snapshot_id=snapshot_id,
-        kind=kind,
-        tables=_str_tuple(obj, "tables", what),
-        last_key=last_key,
-        chunks_done=_count(obj, "chunks_done", what),
-        rows_done=_count(obj, "rows_done", what),
-        tables_done=_str_tuple(obj, "tables_done", what),
-    )
-
-
-def _str_tuple(obj: dict[str, Any], name: str, what: str) -> tuple[str, ...]:
-    value = obj.get(name)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{what}: {name} must be a list of strings")
-    return tuple(value)
-
-
-def _count(obj: dict[str, Any], name: str, what: str) -> int:
-    value = obj.get(name)
-    # bool is an int subclass; true/false here is a corrupt record, not 1/0.
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{what}: {name} must be a non-negative integer")
-    return value
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkRequest:
     """What to read next: up to ``limit`` rows of ``table`` with key > ``after_key``
-    (from the start of the table when None), in key order, between its watermarks."""
+    (from the start of the table when None) and key <= ``until_key`` (to its end when
+    None), in key order, between its watermarks."""
 
     chunk_id: int
     table: str
     after_key: Key | None
     limit: int
+    until_key: Key | None = None
 
 
 @dataclass(slots=True)
@@ -335,8 +175,13 @@ class IncrementalSnapshot(Generic[T]):
         p = self._progress
         if self._chunk is not None or not p.tables:
             return None
+        after, until = p.current_bounds()
         request = ChunkRequest(
-            chunk_id=self._next_id, table=p.tables[0], after_key=p.last_key, limit=self._chunk_rows
+            chunk_id=self._next_id,
+            table=p.tables[0],
+            after_key=after,
+            limit=self._chunk_rows,
+            until_key=until,
         )
         self._next_id += 1
         self._chunk = _Chunk(request)
@@ -345,11 +190,14 @@ class IncrementalSnapshot(Generic[T]):
     def add_tables(self, tables: Sequence[str]) -> None:
         """Queue more tables behind the remaining ones (a request that arrived while this
         snapshot runs); they become part of the stored progress with the next chunk. A
-        table still to do is not added twice; one already done is read again."""
+        table still to do whole is not added twice; one already done, or left only in
+        part (a key range), is read again whole."""
         p = self._progress
-        extra = tuple(dict.fromkeys(t for t in tables if t not in p.tables))
+        whole = {t for i, t in enumerate(p.tables) if not p.bounds or p.bounds[i] == (None, None)}
+        extra = tuple(dict.fromkeys(t for t in tables if t not in whole))
         if extra:
-            self._progress = replace(p, tables=p.tables + extra)
+            bounds = p.bounds + ((None, None),) * len(extra) if p.bounds else ()
+            self._progress = replace(p, tables=p.tables + extra, bounds=bounds)
 
     def abandon_chunk(self) -> None:
         """Forget the chunk in flight (its query or a watermark failed): the next call of
@@ -436,21 +284,135 @@ def _advance(p: SnapshotProgress, chunk: _Chunk[Any], emitted: int) -> SnapshotP
     chunks_done = p.chunks_done + 1
     rows_done = p.rows_done + emitted
     if chunk.exhausted:
+        table, rest = p.tables[0], p.tables[1:]
+        # A table read in several key ranges is done with its last one.
+        done = p.tables_done if table in rest else (*p.tables_done, table)
         return SnapshotProgress(
             snapshot_id=p.snapshot_id,
             kind=p.kind,
-            tables=p.tables[1:],
+            tables=rest,
             last_key=None,
             chunks_done=chunks_done,
             rows_done=rows_done,
-            tables_done=(*p.tables_done, p.tables[0]),
+            tables_done=done,
+            bounds=p.bounds[1:],
         )
-    return SnapshotProgress(
-        snapshot_id=p.snapshot_id,
-        kind=p.kind,
-        tables=p.tables,
-        last_key=chunk.last_key,
-        chunks_done=chunks_done,
-        rows_done=rows_done,
-        tables_done=p.tables_done,
-    )
+    return replace(p, last_key=chunk.last_key, chunks_done=chunks_done, rows_done=rows_done)
+
+
+def parse_signal(content: bytes | str) -> list[str] | None:
+    """The tables of an ``execute-snapshot`` signal (Debezium's signal format), else None.
+
+    ``{"type": "execute-snapshot", "data": {"data-collections": ["public.t"]}}``; the
+    ``data`` may also be a JSON string, as in a Debezium signal table's ``data`` column.
+    """
+    try:
+        signal = orjson.loads(content)
+        if not isinstance(signal, dict) or signal.get("type") != "execute-snapshot":
+            return None
+        data = signal.get("data") or {}
+        if isinstance(data, str):
+            data = orjson.loads(data)
+        tables = data.get("data-collections") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(tables, list) or not all(isinstance(t, str) for t in tables):
+        return None
+    return [t if "." in t else f"public.{t}" for t in tables]
+
+
+class ChunkClosed(NamedTuple):
+    """A HIGH watermark closed a chunk: what to publish right there, and the state to
+    store with it."""
+
+    records: Iterator[Record]  # built lazily, one row at a time as they are produced
+    rows: int
+    table: str | None
+    progress: SnapshotProgress
+    state: ConnectorState
+    finished: bool
+
+
+class ChunkWindow:
+    """The stream's side of the running incremental snapshot. No I/O.
+
+    The chunk driver (an edge: it writes watermarks and runs the chunk queries) starts
+    snapshots here (``begin``), reads chunks through ``snapshot`` and hands each chunk's
+    table encoder in (``encoders``); the router feeds the stream to it: every change of
+    ``window_table`` (``change``, ``truncate``) and every watermark (``watermark``).
+    ``state`` is the connector's snapshot state as of the stream's position.
+    """
+
+    __slots__ = ("encoders", "snapshot", "state", "window_table")
+
+    def __init__(self, state: ConnectorState) -> None:
+        self.state = state
+        self.snapshot: IncrementalSnapshot[ChunkRow] | None = None
+        # The table whose chunk window may be open: only its changes need reporting. A
+        # plain attribute, read for every streamed change.
+        self.window_table: str | None = None
+        self.encoders: dict[str, TableEncoder] = {}
+
+    def begin(self, progress: SnapshotProgress, *, chunk_rows: int) -> None:
+        """Run ``progress`` (a new snapshot, or one resumed from the state topic)."""
+        self.snapshot = IncrementalSnapshot(progress, chunk_rows=chunk_rows)
+        self.state = replace(self.state, incremental=progress)
+
+    def progress_changed(self) -> None:
+        """Tables joined the running snapshot: its stored progress must say so."""
+        if self.snapshot is not None:
+            self.state = replace(self.state, incremental=self.snapshot.progress)
+
+    def change(self, table: str, records: list[Record]) -> None:
+        """The keys of a streamed change of ``table`` (the caller checked ``window_table``)."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        for record in records:
+            if record.key is not None:
+                snapshot.change(table, record.key)
+
+    def truncate(self, table: str) -> None:
+        if self.snapshot is not None:
+            self.snapshot.truncate(table)
+
+    def watermark(self, content: bytes, tx: TxContext, lsn: int, now_us: int) -> ChunkClosed | None:
+        """A watermark in the stream: at the HIGH of the chunk in flight, the rows to
+        publish here and the state to store with them; otherwise None."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return None
+        try:
+            mark = orjson.loads(content)
+            snapshot_id, chunk_id, kind = mark["snapshot"], int(mark["chunk"]), mark["kind"]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return None
+        if kind not in ("low", "high"):
+            return None
+        table = snapshot.progress.tables[0] if snapshot.progress.tables else None
+        rows = snapshot.watermark(snapshot_id, chunk_id, kind)
+        if rows is None:
+            return None
+        self.window_table = None
+        records: Iterator[Record] = iter(())
+        if table is not None and rows:
+            records = _read_records(self.encoders[table], rows, tx, lsn, now_us)
+        progress = snapshot.progress
+        if progress.finished:
+            self.snapshot = None
+            if progress.kind == "initial":
+                self.state = ConnectorState(initial_snapshot="done")
+            else:
+                self.state = replace(self.state, incremental=None)
+        else:
+            self.state = replace(self.state, incremental=progress)
+        return ChunkClosed(records, len(rows), table, progress, self.state, progress.finished)
+
+
+def _read_records(
+    encoder: TableEncoder, rows: list[ChunkRow], tx: TxContext, lsn: int, now_us: int
+) -> Iterator[Record]:
+    for key, row, large in rows:
+        # The row is published here: from now on it is what the fill store must know.
+        encoder.remember(key, large)
+        yield from encoder.read_row(row, tx, lsn, now_us, "incremental")

@@ -87,6 +87,8 @@ class OutboxRouter:
     def __init__(self, config: OutboxConfig, *, connector: str) -> None:
         self._config = config
         self._connector = connector
+        #: ``schema.table`` of the outbox table; None: no outbox.
+        self.table = config.table
 
     def records(self, change: Insert, json_columns: Sequence[str]) -> list[Record]:
         """The routed record of an outbox row (updates and deletes of it are ignored:

@@ -1,15 +1,15 @@
-"""Publishes schema-change events: the one job between SchemaHistory and Kafka.
+"""Schema-change events: the one job between SchemaHistory and the records. No I/O.
 
 For each Relation message whose shape differs from the table's last known one, build
 the op ``s`` event (column names, SQL types, key, what changed) and the records that
 carry it: to the connector's schema topic, or in band into every partition of the
-table's retention topic. The known shapes are kept in the state topic, so versions
-continue across restarts. No per-event work: Relation messages are rare.
+table's retention topic. The known shapes are kept in the state topic (stored with the
+event that announces them), so versions continue across restarts. The SQL type names and
+the partition count come from the edge with the Relation. No per-event work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ import orjson
 
 from cdc import __version__
 from cdc.envelope import CONNECTOR_TYPE, Record, TxContext
+from cdc.positions import Position
 from cdc.protocol.messages import Relation
 from cdc.protocol.values import JsonValue
 from cdc.stream.schema_history import SchemaChange, SchemaHistory, schema_of
@@ -40,41 +41,40 @@ def schema_topic_name(connector: str) -> str:
 class SchemaChanges:
     """Turns new table shapes into records; remembers the shapes it has published."""
 
-    def __init__(
-        self,
-        *,
-        connector: str,
-        database: str,
-        mode: str,
-        history: SchemaHistory,
-        type_names: Callable[[list[tuple[int, int]]], list[str]],
-        retention_topic: Callable[[str, str], str],
-        partitions: Callable[[str], int],
-        log: Any,
-    ) -> None:
+    def __init__(self, *, connector: str, database: str, mode: str, history: SchemaHistory) -> None:
         self._connector = connector
         self._database = database
         self._mode = mode
         self.history = history
-        self._type_names = type_names
-        self._retention_topic = retention_topic
-        self._partitions = partitions
-        self._log = log
-        self.changed = False  # the history moved since it was last stored
 
     def observe(
-        self, relation: Relation, key_columns: tuple[str, ...]
+        self,
+        relation: Relation,
+        key_columns: tuple[str, ...],
+        *,
+        type_names: list[str],
+        retention_topic: str,
+        partitions: int,
+        at: Position,
     ) -> PendingSchemaEvent | None:
         """A Relation message: the change it makes, to publish before the table's next
-        data event (whose LSN the event carries; pgoutput gives Relation messages none)."""
+        data event (whose LSN the event carries; pgoutput gives Relation messages none).
+
+        Args:
+            type_names: the SQL name of each column's type (``numeric(12,2)``).
+            retention_topic: the table's retention topic (in band events go there).
+            partitions: how many partitions it has (in band: one event per partition).
+            at: the identity of the data event the shape is seen at (a shape seen before
+                the table's latest announcement is a replayed older one, not a change).
+        """
         if self._mode == "off":
             return None
-        change = self.history.observe(schema_of(relation, key_columns))
+        change = self.history.observe(schema_of(relation, key_columns), at)
         if change is None:
             return None
-        self.changed = True
-        names = self._type_names([(c.type_oid, c.type_modifier) for c in relation.columns])
-        return PendingSchemaEvent(relation, key_columns, change, names)
+        return PendingSchemaEvent(
+            relation, key_columns, change, type_names, retention_topic, partitions
+        )
 
     def records(
         self, pending: PendingSchemaEvent, tx: TxContext | None, lsn: int, now_us: int
@@ -105,15 +105,9 @@ class SchemaChanges:
             lsn=lsn,
             now_us=now_us,
         )
-        self._log.info(
-            "schema_changed",
-            table=change.schema.table,
-            schema_version=change.version,
-            **change.describe(),
-        )
         if self._mode == "inband":
-            topic = self._retention_topic(relation.namespace, relation.name)
-            return [Record(topic, None, value, partition=p) for p in range(self._partitions(topic))]
+            topic = pending.retention_topic
+            return [Record(topic, None, value, partition=p) for p in range(pending.partitions)]
         key = orjson.dumps({"schema": relation.namespace, "table": relation.name})
         return [Record(schema_topic_name(self._connector), key, value)]
 
@@ -126,6 +120,8 @@ class PendingSchemaEvent:
     key_columns: tuple[str, ...]
     change: SchemaChange
     type_names: list[str]
+    retention_topic: str
+    partitions: int
 
 
 def schema_change_event(

@@ -9,6 +9,11 @@ A schema-change event is published before the first data event of the new shape,
 consumer reading in order can switch its schema at the right event. pgoutput sends
 Relation messages lazily, so the event's ``source.lsn`` is the position of the first
 change that uses the new shape, not of the DDL itself.
+
+Each known shape remembers the stream position it was announced at. After a restart the
+stream replays from the slot's position, which may lie before announcements the stored
+history already holds: a shape seen before the position of the table's latest
+announcement is an older one being replayed, not a change.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from cdc.positions import Position
 from cdc.protocol.messages import Relation
 
 __all__ = ["SchemaChange", "SchemaHistory", "TableSchema", "schema_of"]
@@ -119,22 +125,30 @@ def diff(previous: TableSchema | None, schema: TableSchema, version: int) -> Sch
     )
 
 
+_ORIGIN = Position(0, 0)
+
+
 class SchemaHistory:
     """The last known shape and version of every table; says when a Relation is new."""
 
     __slots__ = ("_known",)
 
-    def __init__(self, known: Mapping[str, tuple[int, TableSchema]] | None = None) -> None:
-        self._known: dict[str, tuple[int, TableSchema]] = dict(known or {})
+    def __init__(
+        self, known: Mapping[str, tuple[int, TableSchema, Position]] | None = None
+    ) -> None:
+        # table -> (version, shape, position it was announced at)
+        self._known: dict[str, tuple[int, TableSchema, Position]] = dict(known or {})
 
-    def observe(self, schema: TableSchema) -> SchemaChange | None:
-        """The change this shape makes, or None when it is the shape already known."""
+    def observe(self, schema: TableSchema, at: Position = _ORIGIN) -> SchemaChange | None:
+        """The change this shape makes at stream position ``at``, or None when it is the
+        shape already known, or an older one replayed from before the latest
+        announcement."""
         current = self._known.get(schema.table)
-        if current is not None and current[1] == schema:
+        if current is not None and (current[1] == schema or at < current[2]):
             return None
         version = 1 if current is None else current[0] + 1
         change = diff(None if current is None else current[1], schema, version)
-        self._known[schema.table] = (version, schema)
+        self._known[schema.table] = (version, schema, at)
         return change
 
     def to_json(self) -> bytes:
@@ -142,8 +156,8 @@ class SchemaHistory:
             {
                 "version": STATE_VERSION,
                 "tables": {
-                    name: {"schema_version": v, "schema": s.to_dict()}
-                    for name, (v, s) in sorted(self._known.items())
+                    name: {"schema_version": v, "schema": s.to_dict(), "at": list(at)}
+                    for name, (v, s, at) in sorted(self._known.items())
                 },
             }
         )
@@ -160,7 +174,11 @@ class SchemaHistory:
                 )
             return cls(
                 {
-                    name: (int(entry["schema_version"]), TableSchema.from_dict(entry["schema"]))
+                    name: (
+                        int(entry["schema_version"]),
+                        TableSchema.from_dict(entry["schema"]),
+                        Position(*(int(v) for v in entry.get("at", (0, 0)))),
+                    )
                     for name, entry in document["tables"].items()
                 }
             )

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 import yaml
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 
 def unique_name(prefix: str) -> str:
@@ -85,13 +85,17 @@ def write_config(
 
 @dataclass
 class Daemon:
-    """`cdc run` as a child process, its log in a file."""
+    """`cdc run` as a child process, its log in a file (shared by the daemons a test
+    starts one after the other: each reads only its own part)."""
 
     process: subprocess.Popen[bytes]
     log_path: Path
+    # Where this daemon's lines begin in the log file.
+    log_offset: int = 0
 
     @classmethod
     def start(cls, config: Path, connectors: Path, log_path: Path) -> Daemon:
+        offset = log_path.stat().st_size if log_path.exists() else 0
         log = log_path.open("ab")
         process = subprocess.Popen(
             [
@@ -109,28 +113,32 @@ class Daemon:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
-        return cls(process, log_path)
+        return cls(process, log_path, offset)
 
-    def log_lines(self) -> list[dict[str, Any]]:
+    def log_lines(self, *, all_runs: bool = False) -> list[dict[str, Any]]:
+        """This daemon's log lines (``all_runs``: those of every daemon of the file)."""
+        data = self.log_path.read_bytes()
         lines = []
-        for raw in self.log_path.read_bytes().splitlines():
+        for raw in (data if all_runs else data[self.log_offset :]).splitlines():
             try:
                 lines.append(orjson.loads(raw))
             except orjson.JSONDecodeError:
                 lines.append({"event": "raw", "text": raw.decode(errors="replace")})
         return lines
 
-    def wait_for_log(self, event: str, timeout: float = 60.0) -> dict[str, Any]:
+    def wait_for_log(self, event: str, timeout: float = 60.0, *, count: int = 1) -> dict[str, Any]:
+        """The ``count``-th line of ``event`` this daemon logged, once it is there."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for line in self.log_lines():
-                if line.get("event") == event:
-                    return line
+            found = [line for line in self.log_lines() if line.get("event") == event]
+            if len(found) >= count:
+                return found[count - 1]
             if self.process.poll() is not None:
                 break
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise AssertionError(
-            f"no {event!r} log line within {timeout}s; log:\n{self.log_path.read_text()}"
+            f"no {count} {event!r} log line(s) within {timeout}s; log:\n"
+            + self.log_path.read_bytes()[self.log_offset :].decode(errors="replace")
         )
 
     def terminate(self, timeout: float = 60.0) -> int:
@@ -240,3 +248,65 @@ def current_wal_lsn(dsn: str) -> int:
         row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def wait_until(condition: Callable[[], bool], *, timeout: float = 60.0, what: str = "") -> None:
+    """Poll ``condition`` (the daemon's progress: its slot, its topics) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+def read_all(bootstrap_servers: str, topic: str, *, timeout: float = 60.0) -> list[Message]:
+    """Every record of ``topic`` a ``read_committed`` consumer sees now: read from the
+    beginning of each partition to its end, so duplicates anywhere are counted."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": unique_name("test"),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        assert metadata is not None, f"no topic {topic}"
+        assert metadata.error is None, f"topic {topic}: {metadata.error}"
+        partitions = list(metadata.partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        at_end: set[int] = set()
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"topic {topic}: not read to its end in {timeout}s")
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                error = msg.error()
+                partition = msg.partition()
+                assert partition is not None
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(partition)
+                        continue
+                    raise AssertionError(f"consumer error: {error}")
+                at_end.discard(partition)
+                raw_key, raw_value = msg.key(), msg.value()
+                offset = msg.offset()
+                assert offset is not None
+                messages.append(
+                    Message(
+                        topic=topic,
+                        partition=partition,
+                        offset=offset,
+                        key=orjson.loads(raw_key) if raw_key is not None else None,
+                        value=orjson.loads(raw_value) if raw_value is not None else None,
+                        raw_value=raw_value,
+                    )
+                )
+        return messages
+    finally:
+        consumer.close()

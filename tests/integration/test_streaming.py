@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,11 @@ from tests.integration.helpers import (
     create_database,
     current_wal_lsn,
     drop_database,
+    read_all,
     scratch_database,
     slot_confirmed_lsn,
     unique_name,
+    wait_until,
     write_config,
 )
 
@@ -282,60 +285,65 @@ def test_sigterm_flushes_confirms_and_restarts_without_duplicates(env: Env) -> N
     assert daemon.terminate() == 0
     assert slot_confirmed_lsn(env.admin_dsn, env.slot) >= end_of_workload - 1024
     env.sql("INSERT INTO orders VALUES (7, 1, 7.00, 'new', NULL)")
+    after_insert = current_wal_lsn(env.dsn)
     env.start()
-    orders = consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS + 1))
-    time.sleep(2)  # anything duplicated would arrive within this window
-    orders = consume(env.bootstrap, env.topic("orders"), until=at_least(ORDER_EVENTS + 1))
+    wait_until(
+        lambda: slot_confirmed_lsn(env.admin_dsn, env.slot) >= after_insert,
+        what="the restarted daemon to confirm the new insert",
+    )
+    orders = read_all(env.bootstrap, env.topic("orders"))
     assert len(orders) == ORDER_EVENTS + 1
-    assert orders
     assert max(m.key["id"] for m in orders) == 7
 
 
-def test_sigkill_at_any_moment_loses_no_committed_change(env: Env) -> None:
-    """Kill -9 twice while a workload commits; after a restart every row is in Kafka."""
+def _orders_workload(env: Env, stop: threading.Event, committed: list[int]) -> None:
+    """Transactions of 20 inserts, as fast as they commit, until ``stop``."""
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        next_id = 1000
+        while not stop.is_set():
+            with conn.transaction():
+                for _ in range(20):
+                    conn.execute("INSERT INTO orders VALUES (%s, 1, 1.00, 'new', NULL)", (next_id,))
+                    next_id += 1
+            committed.extend(range(next_id - 20, next_id))
+
+
+def _kill_after_progress(env: Env, daemon: Daemon) -> Daemon:
+    """SIGKILL ``daemon`` once it has confirmed something new, and start the next one."""
+    confirmed = slot_confirmed_lsn(env.admin_dsn, env.slot)
+    wait_until(
+        lambda: slot_confirmed_lsn(env.admin_dsn, env.slot) > confirmed,
+        what="the daemon to confirm progress before it is killed",
+    )
+    daemon.kill()
+    return env.start()
+
+
+def test_sigkill_at_any_moment_loses_and_repeats_no_committed_change(env: Env) -> None:
+    """Kill -9 twice while a workload commits: every row reaches the retention topic
+    exactly once (exactly_once, the default), and the compacted topic equals the table."""
     stop = threading.Event()
     committed: list[int] = []
-
-    def workload() -> None:
-        with psycopg.connect(env.dsn, autocommit=True) as conn:
-            next_id = 1000
-            while not stop.is_set():
-                with conn.transaction():
-                    for _ in range(20):
-                        conn.execute(
-                            "INSERT INTO orders VALUES (%s, 1, 1.00, 'new', NULL)", (next_id,)
-                        )
-                        next_id += 1
-                committed.extend(range(next_id - 20, next_id))
-                time.sleep(0.005)
-
-    writer = threading.Thread(target=workload)
+    writer = threading.Thread(target=_orders_workload, args=(env, stop, committed))
     daemon = env.start()
     writer.start()
     try:
         for _ in range(2):
-            time.sleep(1.5)
-            daemon.kill()
-            time.sleep(0.5)
-            daemon = env.start()
-        time.sleep(1.0)
+            daemon = _kill_after_progress(env, daemon)
     finally:
         stop.set()
         writer.join()
     assert len(committed) > 100
-    seen = consume(
-        env.bootstrap,
-        env.topic("orders"),
-        until=lambda msgs: {m.key["id"] for m in msgs} >= set(committed),
+    end = current_wal_lsn(env.dsn)
+    wait_until(
+        lambda: slot_confirmed_lsn(env.admin_dsn, env.slot) >= end,
         timeout=120,
+        what="the daemon to catch up",
     )
-    assert {m.key["id"] for m in seen} >= set(committed)
-    latest = consume(
-        env.bootstrap,
-        env.topic("orders", compacted=True),
-        until=lambda msgs: {m.key["id"] for m in msgs} >= set(committed),
-        timeout=60,
-    )
+    seen = Counter(m.key["id"] for m in read_all(env.bootstrap, env.topic("orders")))
+    assert set(seen) == set(committed)
+    assert [k for k, n in seen.items() if n > 1] == []
+    latest = read_all(env.bootstrap, env.topic("orders", compacted=True))
     assert set(_latest(latest)) == {r[0] for r in env.rows("SELECT id FROM orders")}
 
 

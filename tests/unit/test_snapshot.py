@@ -9,13 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdc.snapshots.window import (
-    STATE_VERSION,
-    ChunkRequest,
-    ConnectorState,
-    IncrementalSnapshot,
-    SnapshotProgress,
-)
+from cdc.snapshots.state import STATE_VERSION, ConnectorState, SnapshotProgress
+from cdc.snapshots.window import ChunkRequest, IncrementalSnapshot
 
 # --- a simulated database, stream and compacted topic -----------------------------------
 

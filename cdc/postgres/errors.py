@@ -1,0 +1,90 @@
+"""The one place where psycopg's errors become ours, with their fix.
+
+Every PostgreSQL call of ``cdc`` maps its ``psycopg.Error`` here, so the daemon's
+decision is the same everywhere: a lost connection, a server restart or a slot still held
+by a dying walsender heal by themselves (the connector restarts with backoff); a wrong
+password, a missing privilege, a database that does not exist or a DSN that is not a
+connection string do not: the connector stops with the fix in one line.
+
+Connection failures carry no SQLSTATE in psycopg (libpq reports them as text), so they
+are classified by the server's message; errors of an open session by their SQLSTATE.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from cdc.errors import SourceError
+
+__all__ = ["source_error"]
+
+# SQLSTATE classes and codes a restart can heal: connection exceptions, transaction
+# rollbacks (serialization, deadlock), insufficient resources (too many connections),
+# operator intervention (shutdown, cannot connect now), "object in use" (a replication
+# slot still held by a walsender that is going away), internal errors.
+_RETRYABLE_CLASSES = ("08", "40", "53", "57", "XX")
+_RETRYABLE_CODES = frozenset({"55006", "58030"})
+
+# Connection failures a person must fix: (any of these in the message, the fix).
+_CONNECTION_FIXES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (
+        ("must be superuser or replication role", "permission denied to start wal sender"),
+        "the role needs the REPLICATION attribute: ALTER ROLE <user> REPLICATION (and"
+        " SELECT on the published tables)",
+    ),
+    (
+        ("password authentication failed", "no password supplied"),
+        "check the password postgres.dsn gives (e.g. the environment variable it reads)",
+    ),
+    (
+        ("no pg_hba.conf entry",),
+        "pg_hba.conf must allow this host a connection (for replication, a line with the"
+        " database name, not only 'replication')",
+    ),
+    (
+        ("certificate", "ssl was required", "does not support ssl"),
+        "check the sslmode and certificates in postgres.dsn",
+    ),
+)
+
+
+def _connection_fix(message: str) -> str | None:
+    """The fix of a connection failure a person must fix, from its (lower-case) text."""
+    for markers, fix in _CONNECTION_FIXES:
+        if any(marker in message for marker in markers):
+            return fix
+    if "does not exist" in message:
+        if 'database "' in message:
+            return "the database in postgres.dsn does not exist: check its name (dbname)"
+        if 'role "' in message:
+            return "the user in postgres.dsn does not exist: create it or fix the DSN"
+    return None
+
+
+def source_error(action: str, exc: psycopg.Error, *, hint: str | None = None) -> SourceError:
+    """Our error for a failed PostgreSQL call while doing ``action`` ("connecting to
+    PostgreSQL", "creating replication slot 'x'"): retryable, or with its fix."""
+    # psycopg messages carry host, port and user at most, never the password.
+    text = str(exc).strip()
+    message = f"{action} failed: {text}"
+    if isinstance(exc, psycopg.ProgrammingError) and "connection info string" in text:
+        return SourceError(
+            f"{message}. postgres.dsn is not a connection string: write it as"
+            " postgresql://user:${PASSWORD}@host:5432/dbname or as key=value pairs",
+            retryable=False,
+        )
+    sqlstate = exc.sqlstate
+    if sqlstate is None:
+        fix = _connection_fix(text.lower())
+        if fix is not None:
+            return SourceError(f"{message}. Fix: {fix}", retryable=False)
+        return SourceError(message if hint is None else f"{message}. {hint}", retryable=True)
+    retryable = sqlstate.startswith(_RETRYABLE_CLASSES) or sqlstate in _RETRYABLE_CODES
+    if hint is not None:
+        message = f"{message}. {hint}"
+    elif sqlstate == "42501":
+        message = (
+            f"{message}. Fix: grant the role what it lacks (e.g. GRANT SELECT ON <table>"
+            " TO <user> for every published table)"
+        )
+    return SourceError(message, retryable=retryable)
