@@ -175,14 +175,14 @@ def abortable(reason: str = "a record failed") -> KafkaError:
 class FakeSource:
     """Replays CopyData frames; records what the loop sends back."""
 
-    frames: list[bytes]
+    frames: list[bytes | None]  # None: nothing buffered at that moment (the loop idles)
     sent: list[bytes] = field(default_factory=list)
     waits: int = 0
     on_empty: Any = None  # called when the frames run out (e.g. to request a stop)
 
     def read(self) -> bytes | None:
         if self.frames:
-            return self.frames.pop(0)
+            return self.frames.pop(0)  # None here: a moment with nothing to read
         if self.on_empty is not None:
             self.on_empty()
         return None
@@ -198,9 +198,9 @@ class FakeSource:
         return [struct.unpack_from(">Q", payload, 9)[0] for payload in self.sent]
 
 
-def frames(messages: Iterable[tuple[int, PgoutputMessage | bytes]]) -> list[bytes]:
+def frames(messages: Iterable[tuple[int, PgoutputMessage | bytes]]) -> list[bytes | None]:
     """XLogData frames of ``(lsn, message or pgoutput bytes)`` pairs."""
-    out = []
+    out: list[bytes | None] = []
     for lsn, message in messages:
         data = message if isinstance(message, bytes) else encode(message)
         out.append(encode_copy_data(XLogData(lsn, lsn, 0, data)))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.positions import PositionTracker
+from cdc.positions import COMPLETE, CommitPolicy, Position, PositionTracker, TransactionLedger
 
 
 def _produce(tx: object, n: int) -> None:
@@ -118,3 +119,90 @@ def test_confirmed_is_end_of_longest_fully_acked_prefix(sizes: list[int], rnd: o
 def test_fresh_tracker_confirms_its_start() -> None:
     assert PositionTracker(5).confirmable() == 5
     assert PositionTracker(5).idle
+
+
+# --- exactly_once: the Kafka transaction ledger -------------------------------------------------
+
+
+def test_a_position_orders_as_the_stream_does() -> None:
+    assert Position(10, 3) < Position(10, COMPLETE) < Position(11, 0)
+
+
+def test_the_ledger_confirms_only_whole_source_transactions_after_the_commit() -> None:
+    ledger = TransactionLedger(100, None)
+    ledger.added(2, Position(200, 1), now=0.0)
+    ledger.source_ended(Position(200, COMPLETE), 250, commit_ts_us=7)
+    ledger.added(1, Position(300, 1), now=0.0)  # the next one, not whole
+    assert ledger.confirmed == 100
+    assert ledger.committed() == [7]
+    assert (ledger.confirmed, ledger.durable) == (250, Position(300, 1))
+    assert not ledger.pending
+
+
+def test_a_batch_of_snapshot_rows_moves_no_stream_position() -> None:
+    ledger = TransactionLedger(100, Position(90, COMPLETE))
+    ledger.added(5, None, now=0.0)
+    ledger.source_ended(None, 0, None)
+    ledger.committed()
+    assert (ledger.confirmed, ledger.durable) == (100, Position(90, COMPLETE))
+
+
+def test_an_aborted_transaction_leaves_nothing_durable() -> None:
+    ledger = TransactionLedger(100, None)
+    ledger.added(2, Position(200, 1), now=0.0)
+    ledger.state_added(b"k", b"v", now=0.0)
+    ledger.aborted()
+    assert not ledger.pending
+    assert ledger.committed() == []
+    assert (ledger.confirmed, ledger.durable) == (100, None)
+
+
+def test_state_alone_keeps_a_transaction_open_and_is_written_at_commit() -> None:
+    ledger = TransactionLedger(100, None)
+    ledger.state_added(b"snapshot", b"1", now=5.0)
+    ledger.state_added(b"snapshot", b"2", now=6.0)
+    ledger.source_ended(Position(200, COMPLETE), 250, None)  # a chunk of no rows
+    assert ledger.pending
+    assert ledger.state == {b"snapshot": b"2"}
+    assert ledger.opened_at == 5.0
+    ledger.committed()
+    assert ledger.confirmed == 250
+
+
+def test_the_ledger_follows_keepalives_only_when_nothing_waits() -> None:
+    ledger = TransactionLedger(100, None)
+    ledger.keepalive(50)
+    assert ledger.confirmed == 100
+    ledger.added(1, Position(200, 1), now=0.0)
+    ledger.keepalive(300)
+    assert ledger.confirmed == 100
+    ledger.committed()
+    ledger.keepalive(300)
+    assert ledger.confirmed == 300
+
+
+@pytest.mark.parametrize(
+    ("records", "age", "idle", "due"),
+    [(0, 9.0, True, False), (1, 0.0, True, True), (5, 0.0, False, True), (1, 1.0, False, True),
+     (1, 0.0, False, False)],
+)  # fmt: skip
+def test_commit_policy(records: int, age: float, idle: bool, due: bool) -> None:
+    ledger = TransactionLedger(0, None)
+    if records:
+        ledger.added(records, Position(1, 1), now=10.0)
+    policy = CommitPolicy(interval_s=1.0, max_records=5)
+    assert policy.due(ledger, 10.0 + age, idle_boundary=idle) is due
+
+
+def test_the_tracker_releases_state_once_what_it_describes_is_acknowledged() -> None:
+    tracker = PositionTracker(0)
+    assert not tracker.attach_state(b"k", b"now")  # nothing awaited: written at once
+    tx = tracker.begin()
+    _produce(tx, 1)
+    assert tracker.attach_state(b"k", b"later")
+    other = tracker.begin()
+    tracker.commit(tx, 10)  # not the open one any more: the open one stays open
+    assert tracker.open is other
+    tx.on_delivery(None, None)
+    tracker.confirmable()
+    assert tracker.released_state == [(b"k", b"later")]

@@ -7,6 +7,7 @@ from pathlib import Path
 import orjson
 
 from cdc.envelope import REMEMBER_FROM_BYTES, EnvelopeEncoder, TxContext
+from cdc.positions import Position
 from cdc.protocol.messages import (
     UNCHANGED_TOAST,
     Column,
@@ -128,3 +129,65 @@ def test_sqlite_store_survives_a_reopen(tmp_path: Path) -> None:
     records = _encoder(reopened).encode(_update("t2"), TX, 2, 2)
     assert _after(records)["body"] == BIG
     reopened.close()
+
+
+# --- what the store keeps across a crash -------------------------------------------------------
+
+
+def test_changes_not_yet_durable_are_seen_by_the_stream_but_not_kept_by_a_crash(
+    tmp_path: Path,
+) -> None:
+    """Regression: the store was committed ahead of the confirmed position, so an event
+    replayed after a restart was filled with a value of a later transaction."""
+    path = tmp_path / "t.sqlite3"
+    store = ToastStore(path)
+    store.at(None)
+    store.put("public.t", b"1", {"body": "v1"})  # as of the durable position
+    store.commit()
+    store.at(Position(200, 1))
+    store.put("public.t", b"1", {"body": "v2"})  # a later transaction, not durable
+    assert store.get("public.t", b"1") == {"body": "v2"}
+    store.close()  # the crash: only what was durable stays
+    assert ToastStore(path).get("public.t", b"1") == {"body": "v1"}
+
+
+def test_changes_become_durable_in_order_up_to_the_durable_position(tmp_path: Path) -> None:
+    path = tmp_path / "t.sqlite3"
+    store = ToastStore(path)
+    store.at(Position(100, 1))
+    store.put("public.t", b"1", {"body": "a"})
+    store.at(Position(100, 2))
+    store.forget_table("public.t")
+    assert store.get("public.t", b"1") == {}
+    store.at(Position(200, 1))
+    store.put("public.t", b"2", {"body": "b"})
+    store.put("public.t", b"3", {"body": "c"})
+    store.put("public.t", b"3", {})
+    store.durable(Position(100, 3))  # the truncate is durable, the rest not yet
+    store.durable(Position(100, 3))  # nothing more to do
+    assert store.get("public.t", b"2") == {"body": "b"}
+    store.close()
+    reopened = ToastStore(path)
+    assert (reopened.get("public.t", b"1"), reopened.get("public.t", b"2")) == ({}, {})
+    reopened.at(Position(200, 1))
+    reopened.put("public.t", b"2", {"body": "b"})
+    reopened.durable(Position(300, 0))
+    reopened.close()
+    assert ToastStore(path).get("public.t", b"2") == {"body": "b"}
+
+
+def test_a_later_change_of_a_row_stays_visible_when_an_earlier_one_becomes_durable(
+    tmp_path: Path,
+) -> None:
+    store = ToastStore(tmp_path / "t.sqlite3")
+    store.at(Position(100, 1))
+    store.put("public.t", b"1", {"body": "a"})
+    store.at(Position(200, 1))
+    store.put("public.t", b"1", {"body": "b"})
+    store.forget_table("public.u")
+    store.at(Position(300, 1))
+    store.forget_table("public.u")
+    store.durable(Position(250, 0))
+    assert store.get("public.t", b"1") == {"body": "b"}
+    assert store.get("public.u", b"1") == {}
+    store.close()
