@@ -487,7 +487,7 @@ class KafkaSink:
             self.commit()
             return
         self._produce_state(key, value)
-        self._wait(lambda: not len(self._producer), timeout=KAFKA_CALL_TIMEOUT_S)
+        self._wait(lambda: not len(self._producer), timeout=KAFKA_CALL_TIMEOUT_S, report=False)
         self._raise_state_failures()
 
     def service(self, *, idle_boundary: bool = False) -> None:
@@ -642,13 +642,17 @@ class KafkaSink:
 
     # --- waiting ------------------------------------------------------------------------
 
-    def _wait(self, ready: Callable[[], bool], *, timeout: float | None = None) -> None:
+    def _wait(
+        self, ready: Callable[[], bool], *, timeout: float | None = None, report: bool = True
+    ) -> None:
         """Backpressure: poll Kafka (which frees its queue and serves acks) until
-        ``ready``; call ``on_wait`` meanwhile, so the slot keeps hearing from us."""
+        ``ready``; call ``on_wait`` meanwhile, so the slot keeps hearing from us.
+        ``report``: log and count it as backpressure (not for a synchronous write)."""
         if ready():
             return
         started = self._clock()
-        self._log.info("kafka_backpressure_started", in_flight=len(self._producer))
+        if report:
+            self._log.info("kafka_backpressure_started", in_flight=len(self._producer))
         while not ready():
             self._producer.poll(WAIT_STEP_S)
             if not self._exactly_once:
@@ -660,7 +664,8 @@ class KafkaSink:
                     f" {timeout:.0f}s; nothing after LSN {format_lsn(self.confirmed)} was"
                     " confirmed"
                 )
-        self._waited(started)
+        if report:
+            self._waited(started)
 
     def _waited(self, started: float) -> None:
         waited = self._clock() - started
@@ -691,10 +696,10 @@ class KafkaSink:
                 return
             self.commit()
             return
-        self._wait(lambda: not len(self._producer), timeout=timeout)
+        self._wait(lambda: not len(self._producer), timeout=timeout, report=False)
         self._raise_failures()
         self._release_state()
-        self._wait(lambda: not len(self._producer), timeout=timeout)
+        self._wait(lambda: not len(self._producer), timeout=timeout, report=False)
         self._raise_state_failures()
 
     def close(self) -> None:

@@ -64,6 +64,9 @@ def write_config(
     connectors: Iterable[dict[str, Any]],
     *,
     partitions: int = 3,
+    replication_factor: int = 1,
+    kafka_properties: dict[str, Any] | None = None,
+    metrics_port: int | None = None,
 ) -> tuple[Path, Path]:
     """Write config/cdc.yaml and connectors/*.yaml; returns both paths."""
     config_dir = directory / "config"
@@ -71,10 +74,10 @@ def write_config(
     config_dir.mkdir(parents=True, exist_ok=True)
     connectors_dir.mkdir(parents=True, exist_ok=True)
     daemon = {
-        "kafka": {"bootstrap_servers": bootstrap_servers},
-        "topics": {"partitions": partitions, "replication_factor": 1},
+        "kafka": {"bootstrap_servers": bootstrap_servers, "properties": kafka_properties or {}},
+        "topics": {"partitions": partitions, "replication_factor": replication_factor},
         "log": {"level": "info", "format": "json"},
-        "metrics": {"port": None},
+        "metrics": {"port": metrics_port},
     }
     config_path = config_dir / "cdc.yaml"
     config_path.write_text(yaml.safe_dump(daemon))
@@ -308,5 +311,21 @@ def read_all(bootstrap_servers: str, topic: str, *, timeout: float = 60.0) -> li
                     )
                 )
         return messages
+    finally:
+        consumer.close()
+
+
+def records_in(bootstrap_servers: str, topic: str) -> int:
+    """How many records ``topic`` has received (its high watermarks): a cheap progress
+    probe, for waits that must not read the whole topic each time."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": unique_name("p")})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            return 0
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+            for p in metadata.partitions
+        )
     finally:
         consumer.close()
