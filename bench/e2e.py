@@ -4,17 +4,25 @@ Prints one JSON line per run. Not a test: numbers, never assertions. Workload (i
 100,000 rows inserted in transactions of 1,000 rows into a six-column table (bigint key,
 int, ~100-char text, numeric, timestamptz, small jsonb).
 
-    .venv/bin/python -m bench.e2e [--rows 100000] [--tx-rows 1000] [--keep DIR]
+    .venv/bin/python -m bench.e2e [--rows 100000] [--tx-rows 1000] [--modes both] [--keep DIR]
 
-Measures, on throwaway PostgreSQL and Kafka started beside the daemon:
+Measures, on throwaway PostgreSQL and Kafka started beside the daemon, for each delivery
+mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
 - backlog: rows written first, then the daemon starts; events/s from its first read to
   the last record consumed back from both topics;
 - live: the daemon streams while the rows are written; events/s from the first commit to
   the last record consumed back from both topics;
-- raw: pg_recvlogical (pgoutput, same publication) reading the same changes to /dev/null;
 - latency: commit -> consumed from Kafka, p50/p99, at a steady offered 10,000 rows/s;
-- the daemon's CPU seconds per 100,000 events and its peak RSS.
-Consumption time bounds acknowledgement time from above, so the rates are conservative.
+- the daemon's CPU seconds per 100,000 events and its peak RSS;
+and once, raw: pg_recvlogical (pgoutput, same publication) reading the same changes to
+/dev/null. Rates are also given as ratios to the raw rate of the same run (absolute
+figures on a shared machine vary by +-30 % from run to run).
+
+The consumers read ``read_committed`` (what a consumer of an exactly_once topic must do),
+so the latency is commit -> visible. Consumption time bounds acknowledgement time from
+above, so the rates are conservative. Each phase checks itself before it reports a rate:
+every row must be on both topics, once per key on the retention topic in exactly_once
+mode; otherwise the phase reports an error instead of numbers.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ class TopicCounter(threading.Thread):
         self.produce_latencies_us: list[int] = []  # commit -> the daemon's produce() call
         self.collect_latency = False
         self.stop = threading.Event()
+        self.keys: dict[bytes, int] = {}  # retention topic: records per key
 
     def run(self) -> None:
         consumer = Consumer(
@@ -91,6 +100,7 @@ class TopicCounter(threading.Thread):
                 "auto.offset.reset": "earliest",
                 "fetch.wait.max.ms": 5,
                 "fetch.min.bytes": 1,
+                "isolation.level": "read_committed",
             }
         )
         assignments = []
@@ -109,6 +119,9 @@ class TopicCounter(threading.Thread):
                 if topic is None:
                     continue
                 self.counts[topic] += 1
+                if topic == retention:
+                    key = msg.key() or b""
+                    self.keys[key] = self.keys.get(key, 0) + 1
                 if self.collect_latency and topic == retention and payload is not None:
                     value = orjson.loads(payload)
                     self.latencies_us.append(int(now * 1e6) - value["source"]["ts_us"])
@@ -141,6 +154,7 @@ class DaemonProcess:
         profile: Path | None = None,
         metrics_port: int | None = None,
         snapshot: dict[str, Any] | None = None,
+        delivery: str = "exactly_once",
     ) -> None:
         (workdir / "connectors").mkdir(parents=True, exist_ok=True)
         (workdir / "cdc.yaml").write_text(
@@ -162,6 +176,7 @@ class DaemonProcess:
                     "publication": name,
                     "tables": ["public.bench"],
                     "snapshot": snapshot or {"mode": "never"},
+                    "delivery": delivery,
                 }
             )
         )
@@ -235,143 +250,196 @@ def _wal_lsn(conn: psycopg.Connection[Any]) -> str:
     return str(row[0])
 
 
-def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dict[str, Any]:
+def _check(counter: TopicCounter, rows: int, mode: str) -> str | None:
+    """Why the phase's numbers cannot be trusted, or None: every row on both topics,
+    and in exactly_once mode once per key on the retention topic."""
+    if len(counter.done_at) < len(counter.topics):
+        return f"not every row arrived: {counter.counts} of {rows}"
+    if len(counter.keys) != rows:
+        return f"{len(counter.keys)} distinct keys on the retention topic, not {rows}"
+    repeated = sum(1 for n in counter.keys.values() if n > 1)
+    if mode == "exactly_once" and repeated:
+        return f"{repeated} keys appear more than once on the retention topic"
+    return None
+
+
+def _write(dsn: str, rows: int, tx_rows: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for first in range(1, rows + 1, tx_rows):
+            _insert(conn, first, min(tx_rows, rows - first + 1))
+
+
+def _backlog(
+    pg: Any, kafka: Any, base: Path, mode: str, rows: int, tx_rows: int, profile: Path | None
+) -> dict[str, Any]:
+    name = f"backlog_{mode}"
+    dsn = pg.dsn(dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+        conn.execute(f"CREATE PUBLICATION {name} FOR TABLE bench")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (name,))
+    _write(dsn, rows, tx_rows)
+    topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
+    counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
+    daemon = DaemonProcess(
+        base / name, kafka.bootstrap_servers, dsn, name, profile=profile, delivery=mode
+    )
+    _ensure_topics(kafka.bootstrap_servers, topics)
+    started_wall = time.time()
+    counter.start()
+    counter.join(600)
+    error = _check(counter, rows, mode)
+    cpu = daemon.cpu_seconds()
+    rss = daemon.peak_rss_mb()
+    daemon.stop()
+    if error:
+        return {"backlog_error": error}
+    backlog_s = max(counter.done_at.values()) - started_wall
+    return {
+        "backlog_events_per_s": round(rows / backlog_s),
+        "backlog_cpu_s_per_100k_events": round(cpu * 100_000 / rows, 2),
+        "backlog_peak_rss_mb": round(rss, 1),
+    }
+
+
+def _live(pg: Any, kafka: Any, base: Path, mode: str, rows: int, tx_rows: int) -> dict[str, Any]:
+    name = f"live_{mode}"
+    dsn = pg.dsn(dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+    daemon = DaemonProcess(base / name, kafka.bootstrap_servers, dsn, name, delivery=mode)
+    topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
+    _ensure_topics(kafka.bootstrap_servers, topics)
+    counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
+    counter.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        first_commit = None
+        for first in range(1, rows + 1, tx_rows):
+            _insert(conn, first, min(tx_rows, rows - first + 1))
+            if first_commit is None:
+                first_commit = time.time()
+        writes_done = time.time()
+    counter.join(600)
+    assert first_commit is not None
+    error = _check(counter, rows, mode)
+    cpu = daemon.cpu_seconds()
+    rss = daemon.peak_rss_mb()
+    daemon.stop()
+    if error:
+        return {"live_error": error}
+    live_s = max(counter.done_at.values()) - first_commit
+    return {
+        "live_events_per_s": round(rows / live_s),
+        "live_write_rows_per_s": round(rows / (writes_done - first_commit)),
+        "live_cpu_s_per_100k_events": round(cpu * 100_000 / rows, 2),
+        "live_peak_rss_mb": round(rss, 1),
+    }
+
+
+def _latency(pg: Any, kafka: Any, base: Path, mode: str) -> dict[str, Any]:
+    """Commit -> visible to a read_committed consumer, at a steady 10,000 rows/s."""
+    name = f"latency_{mode}"
+    dsn = pg.dsn(dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+    metrics_port = free_port()
+    daemon = DaemonProcess(
+        base / name, kafka.bootstrap_servers, dsn, name, metrics_port=metrics_port, delivery=mode
+    )
+    topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
+    _ensure_topics(kafka.bootstrap_servers, topics)
+    rate, seconds, batch = 10_000, 10, 100
+    total = rate * seconds
+    counter = TopicCounter(kafka.bootstrap_servers, topics, total)
+    counter.collect_latency = True
+    counter.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        start = time.perf_counter()
+        for i, first in enumerate(range(1, total + 1, batch)):
+            due = start + i * batch / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            _insert(conn, first, batch)
+        offered_s = time.perf_counter() - start
+    counter.join(120)
+    error = _check(counter, total, mode)
+    if error:
+        daemon.stop()
+        return {"latency_error": error}
+    latencies = sorted(counter.latencies_us)
+    p50, p99 = _histogram_quantiles(metrics_port, "cdc_commit_to_ack_seconds", (0.5, 0.99))
+    produced = sorted(counter.produce_latencies_us)
+    daemon.stop()
+    return {
+        "latency_offered_rows_per_s": round(total / offered_s),
+        "latency_p50_ms": round(latencies[len(latencies) // 2] / 1000, 1),
+        "latency_p99_ms": round(latencies[int(len(latencies) * 0.99)] / 1000, 1),
+        "latency_max_ms": round(latencies[-1] / 1000, 1),
+        "latency_commit_to_durable_p50_ms": round(p50, 1),
+        "latency_commit_to_durable_p99_ms": round(p99, 1),
+        "latency_commit_to_produce_p50_ms": round(produced[len(produced) // 2] / 1000, 1),
+        "latency_commit_to_produce_p99_ms": round(produced[int(len(produced) * 0.99)] / 1000, 1),
+    }
+
+
+def _raw_rate(pg: Any, rows: int, tx_rows: int) -> float:
+    """pg_recvlogical reading the same kind of changes to /dev/null: events/s."""
+    dsn = pg.dsn(dbname="raw")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+        conn.execute("CREATE PUBLICATION raw FOR TABLE bench")
+        conn.execute("SELECT pg_create_logical_replication_slot('raw', 'pgoutput')")
+    _write(dsn, rows, tx_rows)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        end_lsn = _wal_lsn(conn)
+    recvlogical = shutil.which("pg_recvlogical") or str(find_postgres_bin_dir() / "pg_recvlogical")
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            recvlogical, "-d", dsn, "--slot", "raw", "--start", "--endpos", end_lsn,
+            "-o", "proto_version=1", "-o", "publication_names=raw", "-f", "/dev/null",
+            "--no-loop",
+        ],
+        check=True,
+    )  # fmt: skip
+    return rows / (time.perf_counter() - started)
+
+
+def run(
+    rows: int,
+    tx_rows: int,
+    base: Path,
+    profile: Path | None = None,
+    modes: tuple[str, ...] = ("at_least_once", "exactly_once"),
+) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
     try:
-        admin_dsn = pg.dsn()
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            for db in ("backlog", "live", "latency"):
+        with psycopg.connect(pg.dsn(), autocommit=True) as conn:
+            for db in ("raw", *(f"{p}_{m}" for m in modes for p in ("backlog", "live", "latency"))):
                 conn.execute(f"CREATE DATABASE {db}")
+        raw = _raw_rate(pg, rows, tx_rows)
         result: dict[str, Any] = {
             "bench": "e2e",
             "rows": rows,
             "tx_rows": tx_rows,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "raw_pg_recvlogical_events_per_s": round(raw),
         }
-
-        # --- backlog, and the raw walsender rate on the same WAL --------------------
-        dsn = pg.dsn(dbname="backlog")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(TABLE)
-            conn.execute("CREATE PUBLICATION backlog FOR TABLE bench")
-            conn.execute("SELECT pg_create_logical_replication_slot('backlog', 'pgoutput')")
-            conn.execute("SELECT pg_create_logical_replication_slot('raw', 'pgoutput')")
-            for first in range(1, rows + 1, tx_rows):
-                _insert(conn, first, min(tx_rows, rows - first + 1))
-            end_lsn = _wal_lsn(conn)
-        recvlogical = shutil.which("pg_recvlogical") or str(
-            find_postgres_bin_dir() / "pg_recvlogical"
-        )
-        started = time.perf_counter()
-        subprocess.run(
-            [
-                recvlogical,
-                "-d",
-                dsn,
-                "--slot",
-                "raw",
-                "--start",
-                "--endpos",
-                end_lsn,
-                "-o",
-                "proto_version=1",
-                "-o",
-                "publication_names=backlog",
-                "-f",
-                "/dev/null",
-                "--no-loop",
-            ],
-            check=True,
-        )
-        raw_s = time.perf_counter() - started
-        result["raw_pg_recvlogical_events_per_s"] = round(rows / raw_s)
-        topics = ["backlog.public.bench", "backlog.public.bench.latest"]
-        counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
-        daemon = DaemonProcess(
-            base / "backlog", kafka.bootstrap_servers, dsn, "backlog", profile=profile
-        )
-        _ensure_topics(kafka.bootstrap_servers, topics)
-        started_wall = time.time()
-        counter.start()
-        counter.join(600)
-        backlog_s = max(counter.done_at.values()) - started_wall
-        result["backlog_events_per_s"] = round(rows / backlog_s)
-        result["backlog_ratio_to_raw"] = round(result["backlog_events_per_s"] / (rows / raw_s), 3)
-        cpu = daemon.cpu_seconds()
-        result["backlog_cpu_s_per_100k_events"] = round(cpu * 100_000 / rows, 2)
-        result["backlog_peak_rss_mb"] = round(daemon.peak_rss_mb(), 1)
-        daemon.stop()
-
-        # --- live: the daemon streams while the rows are written --------------------
-        dsn = pg.dsn(dbname="live")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(TABLE)
-        daemon = DaemonProcess(base / "live", kafka.bootstrap_servers, dsn, "live")
-        topics = ["live.public.bench", "live.public.bench.latest"]
-        _ensure_topics(kafka.bootstrap_servers, topics)
-        time.sleep(1.0)
-        counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
-        counter.start()
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            first_commit = None
-            for first in range(1, rows + 1, tx_rows):
-                _insert(conn, first, min(tx_rows, rows - first + 1))
-                if first_commit is None:
-                    first_commit = time.time()
-            writes_done = time.time()
-        counter.join(600)
-        assert first_commit is not None
-        live_s = max(counter.done_at.values()) - first_commit
-        result["live_events_per_s"] = round(rows / live_s)
-        result["live_write_rows_per_s"] = round(rows / (writes_done - first_commit))
-        result["live_ratio_to_raw"] = round(result["live_events_per_s"] / (rows / raw_s), 3)
-        result["live_cpu_s_per_100k_events"] = round(daemon.cpu_seconds() * 100_000 / rows, 2)
-        result["live_peak_rss_mb"] = round(daemon.peak_rss_mb(), 1)
-        daemon.stop()
-
-        # --- latency at a steady offered load of 10,000 rows/s ----------------------
-        dsn = pg.dsn(dbname="latency")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(TABLE)
-        metrics_port = free_port()
-        daemon = DaemonProcess(
-            base / "latency", kafka.bootstrap_servers, dsn, "latency", metrics_port=metrics_port
-        )
-        topics = ["latency.public.bench", "latency.public.bench.latest"]
-        _ensure_topics(kafka.bootstrap_servers, topics)
-        time.sleep(1.0)
-        rate, seconds, batch = 10_000, 10, 100
-        total = rate * seconds
-        counter = TopicCounter(kafka.bootstrap_servers, topics, total)
-        counter.collect_latency = True
-        counter.start()
-        time.sleep(1.0)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            start = time.perf_counter()
-            for i, first in enumerate(range(1, total + 1, batch)):
-                due = start + i * batch / rate
-                delay = due - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                _insert(conn, first, batch)
-            offered_s = time.perf_counter() - start
-        counter.join(120)
-        latencies = sorted(counter.latencies_us)
-        result["latency_offered_rows_per_s"] = round(total / offered_s)
-        result["latency_p50_ms"] = round(latencies[len(latencies) // 2] / 1000, 1)
-        result["latency_p99_ms"] = round(latencies[int(len(latencies) * 0.99)] / 1000, 1)
-        result["latency_max_ms"] = round(latencies[-1] / 1000, 1)
-        p50, p99 = _histogram_quantiles(metrics_port, "cdc_commit_to_ack_seconds", (0.5, 0.99))
-        result["latency_commit_to_ack_p50_ms"] = round(p50, 1)
-        result["latency_commit_to_ack_p99_ms"] = round(p99, 1)
-        produced = sorted(counter.produce_latencies_us)
-        result["latency_commit_to_produce_p50_ms"] = round(produced[len(produced) // 2] / 1000, 1)
-        result["latency_commit_to_produce_p99_ms"] = round(
-            produced[int(len(produced) * 0.99)] / 1000, 1
-        )
-        daemon.stop()
+        for mode in modes:
+            figures = {
+                **_backlog(pg, kafka, base, mode, rows, tx_rows, profile),
+                **_live(pg, kafka, base, mode, rows, tx_rows),
+                **_latency(pg, kafka, base, mode),
+            }
+            for phase in ("backlog", "live"):
+                if f"{phase}_events_per_s" in figures:
+                    figures[f"{phase}_ratio_to_raw"] = round(
+                        figures[f"{phase}_events_per_s"] / raw, 3
+                    )
+            result[mode] = figures
         return result
     finally:
         kafka.stop()
@@ -386,14 +454,21 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, help="write a py-spy profile of the backlog run to this file"
     )
+    parser.add_argument(
+        "--modes",
+        choices=["both", "exactly_once", "at_least_once"],
+        default="both",
+        help="delivery modes to measure (default: both, in the same run)",
+    )
     args = parser.parse_args()
+    modes = ("at_least_once", "exactly_once") if args.modes == "both" else (args.modes,)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.tx_rows, args.keep, args.profile)
+        result = run(args.rows, args.tx_rows, args.keep, args.profile, modes)
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.tx_rows, Path(tmp), args.profile)
+            result = run(args.rows, args.tx_rows, Path(tmp), args.profile, modes)
     print(orjson.dumps(result).decode(), flush=True)
 
 
