@@ -52,20 +52,24 @@ def read_state(
         group_id, **{"isolation.level": "read_committed", "enable.partition.eof": True}
     )
     latest: dict[bytes, bytes] = {}
+    deadline = time.monotonic() + READ_TIMEOUT_S
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
-        except KafkaException as exc:
-            raise kafka_error(exc, f"reading state topic {topic!r}", topic=topic) from exc
-        if metadata is None or metadata.error is not None or not metadata.partitions:
+        while True:
+            try:
+                metadata = consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+            except KafkaException as exc:
+                raise kafka_error(exc, f"reading state topic {topic!r}", topic=topic) from exc
+            if metadata is not None and metadata.error is None and metadata.partitions:
+                break
             if marker is None:
-                return latest
-            raise SinkError(f"state topic {topic!r} is not visible to cdc", topic=topic)
+                return latest  # no state topic yet: nothing stored
+            if time.monotonic() > deadline:
+                raise SinkError(f"state topic {topic!r} is not visible to cdc", topic=topic)
+            time.sleep(0.1)  # just created: its metadata reaches this client shortly
         at_end: set[int | None] = set()
         partitions = list(metadata.partitions)
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         seen_marker = marker is None
-        deadline = time.monotonic() + READ_TIMEOUT_S
         while not (seen_marker and len(at_end) == len(partitions)):
             if time.monotonic() > deadline:
                 raise SinkError(

@@ -305,7 +305,8 @@ class ChangeRouter:
             raise TypeError("Relation messages go to ChangeRouter.relation, with their info")
         raise SourceError(
             f"unexpected pgoutput message {kind.__name__} at LSN {format_lsn(lsn)}:"
-            " cdc does not request streaming or two-phase transactions"
+            " cdc does not request streaming or two-phase transactions",
+            retryable=False,
         )
 
     def _unit(self, lsn: int) -> tuple[TxContext, Position, bool]:
@@ -325,7 +326,7 @@ class ChangeRouter:
         if resume is not None and not published:
             self._resume = None  # past it: nothing later was published
         if self._toast is not None:
-            self._toast.at(reached)
+            self._toast.at(Position(self._order_lsn, index))  # this message's identity
         return tx, reached, published
 
     def _change(self, msg: Insert | Update | Delete, lsn: int, now_us: int) -> list[Effect]:

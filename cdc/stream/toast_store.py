@@ -58,7 +58,7 @@ class ToastStore:
         self._cleared: dict[str, int] = {}
 
     def at(self, position: Position | None) -> None:
-        """The stream position of the changes that follow (None: write them through)."""
+        """The identity of the message whose changes follow (None: write them through)."""
         self._at = position
 
     def get(self, table: str, key: bytes) -> dict[str, str]:
@@ -100,7 +100,7 @@ class ToastStore:
         self._cleared[table] = self._seq
 
     def durable(self, upto: Position) -> None:
-        """Kafka durably holds every position before ``upto``: write what those changes
+        """Kafka durably holds every message before ``upto``: write what their changes
         did to SQLite and commit it."""
         pending = self._pending
         if not pending or pending[0][0] >= upto:

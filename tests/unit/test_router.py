@@ -628,7 +628,7 @@ def test_the_toast_memory_is_told_the_position_of_each_unit() -> None:
     router = make_router()
     router.__dict__["_toast"] = toast
     run(router, [(1, ITEMS), *_tx(_insert(1), _insert(2))])
-    assert toast.positions == [Position(1100, 1), Position(1100, 2)]
+    assert toast.positions == [Position(1100, 0), Position(1100, 1)]
 
 
 def test_changes_of_another_table_do_not_touch_the_window() -> None:
