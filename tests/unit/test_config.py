@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pydantic
@@ -323,6 +324,42 @@ def test_minimal_connector_gets_documented_defaults() -> None:
     assert (config.create_slot, config.create_publication, config.enabled) == (True, True, True)
     assert config.status_interval_seconds == 10
     assert config.max_in_flight_events == 20_000
+    assert config.delivery == "exactly_once"
+    assert (config.exactly_once.commit_interval_ms, config.exactly_once.max_records) == (
+        100,
+        50_000,
+    )
+    # Debezium's default hstore.handling.mode: its consumers read hstore unchanged.
+    assert config.values.hstore_handling == "json"
+
+
+def test_delivery_is_exactly_once_or_at_least_once() -> None:
+    assert connector(MINIMAL_CONNECTOR + "delivery: at_least_once\n").delivery == "at_least_once"
+    error = connector_error(MINIMAL_CONNECTOR + "delivery: maybe\n")
+    assert error.key == "delivery"
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "public.bad_t; DROP TABLE x",
+        'public."Orders"',
+        "public.o'rders",
+        "public.orders -- all",
+        "public.a/*b*/",
+        " public.orders",
+        "public.orders\t",
+        "public." + "x" * 64,
+    ],
+)
+def test_what_cannot_be_a_stored_table_name_is_refused_at_validation(table: str) -> None:
+    error = connector_error(MINIMAL_CONNECTOR + f"tables: [{json.dumps(table)}]\n")
+    assert error.key == "tables[0]"
+
+
+def test_table_names_with_spaces_and_capitals_are_names() -> None:
+    config = connector(MINIMAL_CONNECTOR + "tables: ['My Schema.Order Items']\n")
+    assert config.tables == ("My Schema.Order Items",)
 
 
 def test_default_slot_replaces_characters_postgres_refuses() -> None:
