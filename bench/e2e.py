@@ -263,6 +263,20 @@ def _check(counter: TopicCounter, rows: int, mode: str) -> str | None:
     return None
 
 
+def _wait_streaming(dsn: str, slot: str, timeout: float = 120) -> None:
+    """Until the daemon reads its slot: rows written before the slot exists are not in it."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            ).fetchone()
+            if row is not None and row[0]:
+                return
+            time.sleep(0.05)
+    raise RuntimeError(f"the daemon did not start streaming from slot {slot} in {timeout}s")
+
+
 def _write(dsn: str, rows: int, tx_rows: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for first in range(1, rows + 1, tx_rows):
@@ -287,7 +301,8 @@ def _backlog(
     _ensure_topics(kafka.bootstrap_servers, topics)
     started_wall = time.time()
     counter.start()
-    counter.join(600)
+    counter.join(300)
+    counter.stop.set()
     error = _check(counter, rows, mode)
     cpu = daemon.cpu_seconds()
     rss = daemon.peak_rss_mb()
@@ -310,6 +325,7 @@ def _live(pg: Any, kafka: Any, base: Path, mode: str, rows: int, tx_rows: int) -
     daemon = DaemonProcess(base / name, kafka.bootstrap_servers, dsn, name, delivery=mode)
     topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
     _ensure_topics(kafka.bootstrap_servers, topics)
+    _wait_streaming(dsn, name)
     counter = TopicCounter(kafka.bootstrap_servers, topics, rows)
     counter.start()
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -319,7 +335,8 @@ def _live(pg: Any, kafka: Any, base: Path, mode: str, rows: int, tx_rows: int) -
             if first_commit is None:
                 first_commit = time.time()
         writes_done = time.time()
-    counter.join(600)
+    counter.join(300)
+    counter.stop.set()
     assert first_commit is not None
     error = _check(counter, rows, mode)
     cpu = daemon.cpu_seconds()
@@ -348,6 +365,7 @@ def _latency(pg: Any, kafka: Any, base: Path, mode: str) -> dict[str, Any]:
     )
     topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
     _ensure_topics(kafka.bootstrap_servers, topics)
+    _wait_streaming(dsn, name)
     rate, seconds, batch = 10_000, 10, 100
     total = rate * seconds
     counter = TopicCounter(kafka.bootstrap_servers, topics, total)
