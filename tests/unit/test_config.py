@@ -326,7 +326,7 @@ def test_minimal_connector_gets_documented_defaults() -> None:
     assert config.max_in_flight_events == 20_000
     assert config.delivery == "exactly_once"
     assert (config.exactly_once.commit_interval_ms, config.exactly_once.max_records) == (
-        100,
+        500,
         50_000,
     )
     # Debezium's default hstore.handling.mode: its consumers read hstore unchanged.
