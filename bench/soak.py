@@ -60,10 +60,10 @@ from typing import Any, Literal, NamedTuple, TypeVar, cast
 import orjson
 import psycopg
 import yaml
-from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cdc.positions import COMPLETE
-from cdc.testing.kafka import KafkaServer, start_kafka
+from cdc.testing import ServiceError
+from cdc.testing.kafka import KafkaServer, read_committed, start_kafka
 from cdc.testing.postgres import PostgresServer, start_postgres
 
 Mode = Literal["exactly_once", "at_least_once"]
@@ -523,53 +523,19 @@ def read_topic(
     """Every record of ``topic`` a ``read_committed`` consumer sees, each partition from
     offset 0 to its end; ``decode(partition, offset, key, value)`` (JSON decoded, None
     for a missing key or a tombstone) keeps what is needed of each."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": f"soak-{uuid.uuid4().hex[:10]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
+
+    def decoded(partition: int, offset: int, key: bytes | None, value: bytes | None) -> T:
+        return decode(
+            partition,
+            offset,
+            None if key is None else orjson.loads(key),
+            None if value is None else orjson.loads(value),
+        )
+
     try:
-        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise SoakError(f"topic {topic}: {None if metadata is None else metadata.error}")
-        partitions = list(metadata.partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        at_end: set[int] = set()
-        records: list[T] = []
-        deadline = time.monotonic() + READ_IDLE_TIMEOUT_S
-        while len(at_end) < len(partitions):
-            if time.monotonic() > deadline:
-                raise SoakError(f"topic {topic}: no progress for {READ_IDLE_TIMEOUT_S:.0f}s")
-            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
-                deadline = time.monotonic() + READ_IDLE_TIMEOUT_S
-                error = msg.error()
-                partition = msg.partition()
-                assert partition is not None
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(partition)
-                        continue
-                    raise SoakError(f"topic {topic}: consumer error: {error}")
-                at_end.discard(partition)
-                offset = msg.offset()
-                assert offset is not None
-                raw_key, raw_value = msg.key(), msg.value()
-                records.append(
-                    decode(
-                        partition,
-                        offset,
-                        None if raw_key is None else orjson.loads(raw_key),
-                        None if raw_value is None else orjson.loads(raw_value),
-                    )
-                )
-        return records
-    finally:
-        consumer.close()
+        return read_committed(bootstrap_servers, topic, decoded, idle_timeout=READ_IDLE_TIMEOUT_S)
+    except ServiceError as exc:
+        raise SoakError(str(exc)) from exc
 
 
 def _int_or_none(value: Any) -> int | None:

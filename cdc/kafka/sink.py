@@ -32,12 +32,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Protocol
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cdc import metrics
 from cdc.envelope import Record
 from cdc.errors import SinkError
-from cdc.kafka.errors import is_abortable, is_retriable, kafka_error
+from cdc.kafka.errors import error_of, is_abortable, is_retriable, kafka_error
 from cdc.lsn import format_lsn
 from cdc.positions import (
     CommitPolicy,
@@ -160,6 +160,9 @@ class ClientLog:
     def __init__(self, log: Any) -> None:
         self._log = log
         self._last: dict[str, float] = {}
+        # The first fatal error librdkafka reported: later calls fail with a bare
+        # "Local: Fatal error", and this says why (e.g. fenced by another instance).
+        self.fatal: Any = None
 
     def _due(self, key: str) -> bool:
         now = time.monotonic()
@@ -181,7 +184,10 @@ class ClientLog:
             self._log.info("kafka_client_log", message=message)
 
     def error(self, error: Any) -> None:
-        """The clients' ``error_cb``: transient trouble that librdkafka retries itself."""
+        """The clients' ``error_cb``: transient trouble that librdkafka retries itself,
+        or the fatal error that makes the producer unusable (kept in ``fatal``)."""
+        if self.fatal is None and getattr(error, "fatal", lambda: False)():
+            self.fatal = error
         if self._due(f"error:{error.code() if hasattr(error, 'code') else error}"):
             self._log.warning("kafka_client_error", error=str(error))
 
@@ -212,6 +218,7 @@ class KafkaSink:
         connector: str = "",
         log: Any,
         clock: Callable[[], float] = time.monotonic,
+        client_log: ClientLog | None = None,
     ) -> None:
         """Args:
         producer: the producer (transactional for ``exactly_once``).
@@ -223,6 +230,7 @@ class KafkaSink:
         connector: the connector's name (metric labels).
         log: the connector's bound logger.
         clock: monotonic seconds (tests pass their own).
+        client_log: the producer's log and error callbacks (the cause of a fatal error).
         """
         self._producer = producer
         self._mode = mode
@@ -233,6 +241,8 @@ class KafkaSink:
         self._transactional_id = transactional_id
         self._log = log
         self._clock = clock
+        self._client_log = client_log
+        self._fatal = False  # the producer is unusable: nothing more may be asked of it
         self._labels = {"connector": connector}
         self._tracker = PositionTracker(0)
         self._ledger = TransactionLedger(0, None)
@@ -300,6 +310,7 @@ class KafkaSink:
             transactional_id=transactional_id,
             connector=connector,
             log=log,
+            client_log=client_log,
         )
 
     # --- state of the sink --------------------------------------------------------------
@@ -331,6 +342,19 @@ class KafkaSink:
         """Records produced and not yet acknowledged by Kafka."""
         return len(self._producer)
 
+    def _error(self, exc: BaseException, action: str, *, topic: str | None = None) -> SinkError:
+        """Our error for a failed call; a bare "Local: Fatal error" is replaced by the
+        fatal error that caused it (librdkafka reports that through error_cb)."""
+        error = error_of(exc)
+        cause: Any = exc
+        if error is not None and error.fatal():
+            self._fatal = True
+            if error.code() == KafkaError._FATAL and self._client_log is not None:
+                self._producer.poll(0)  # serves error_cb, which holds the cause
+                if self._client_log.fatal is not None:
+                    cause = self._client_log.fatal
+        return kafka_error(cause, action, topic=topic, transactional_id=self._transactional_id)
+
     # --- life cycle ---------------------------------------------------------------------
 
     def start(
@@ -358,11 +382,10 @@ class KafkaSink:
                 self._producer.init_transactions(WAIT_STEP_S * 10)
             except KafkaException as exc:
                 if not is_retriable(exc) or self._clock() > deadline:
-                    raise kafka_error(
+                    raise self._error(
                         exc,
                         f"initialising Kafka transactions (transactional.id"
                         f" {self._transactional_id!r})",
-                        transactional_id=self._transactional_id,
                     ) from exc
             else:
                 return
@@ -520,9 +543,7 @@ class KafkaSink:
         try:
             self._producer.begin_transaction()
         except KafkaException as exc:
-            raise kafka_error(
-                exc, "beginning a Kafka transaction", transactional_id=self._transactional_id
-            ) from exc
+            raise self._error(exc, "beginning a Kafka transaction") from exc
         self._in_transaction = True
 
     def commit(self) -> None:
@@ -553,7 +574,7 @@ class KafkaSink:
             return
         except KafkaException as exc:
             self._abort_quietly()
-            raise kafka_error(exc, f"writing state to {self._state_topic!r}") from exc
+            raise self._error(exc, f"writing state to {self._state_topic!r}") from exc
         deadline = self._clock() + COMMIT_TIMEOUT_S
         while True:
             try:
@@ -570,9 +591,7 @@ class KafkaSink:
                         f" LSN {format_lsn(ledger.confirmed)} was confirmed and the"
                         " connector restarts from the last committed position"
                     ) from exc
-                raise kafka_error(
-                    exc, "committing a Kafka transaction", transactional_id=self._transactional_id
-                ) from exc
+                raise self._error(exc, "committing a Kafka transaction") from exc
         self._in_transaction = False
         self.completed.extend(ledger.committed())
 
@@ -581,8 +600,8 @@ class KafkaSink:
         raises): its records become invisible to read_committed consumers."""
         ledger = self._ledger
         ledger.aborted()
-        if not self._in_transaction:
-            return
+        if not self._in_transaction or self._fatal:
+            return  # an unusable producer aborts nothing; the next instance's init does
         self._in_transaction = False
         try:
             self._producer.abort_transaction(KAFKA_CALL_TIMEOUT_S)
@@ -600,7 +619,7 @@ class KafkaSink:
             self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
             self._produce_state(key, value)
         except KafkaException as exc:
-            raise kafka_error(exc, f"writing state to {self._state_topic!r}") from exc
+            raise self._error(exc, f"writing state to {self._state_topic!r}") from exc
 
     def _state_delivered(self, err: Any, _msg: Any) -> None:
         if err is not None:
@@ -677,7 +696,7 @@ class KafkaSink:
         where = f"the record for topic {record.topic!r} ({size} bytes"
         if reached is not None:
             where += f", transaction at LSN {format_lsn(reached.lsn)}"
-        return kafka_error(exc, f"Kafka refuses {where})", topic=record.topic)
+        return self._error(exc, f"Kafka refuses {where})", topic=record.topic)
 
     # --- the end ------------------------------------------------------------------------
 
@@ -714,6 +733,7 @@ class KafkaSink:
             if producer.flush(CLOSE_FLUSH_S):
                 producer.purge(in_queue=True, in_flight=True)
                 producer.flush(0)
-            producer.close()
+            if not self._fatal:  # close() would try to abort, which a fatal error forbids
+                producer.close()
         except KafkaException as exc:
             self._log.warning("kafka_producer_close_failed", error=str(exc))

@@ -18,16 +18,19 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from cdc.testing import ManagedProcess, ServiceError, free_port, log_tail
 
-__all__ = ["KAFKA_VERSION", "KafkaServer", "ensure_kafka_jars", "start_kafka"]
+__all__ = ["KAFKA_VERSION", "KafkaServer", "ensure_kafka_jars", "read_committed", "start_kafka"]
+
+T = TypeVar("T")
 
 KAFKA_VERSION = "3.9.1"  # must match scripts/kafka/pom.xml
 # The repository: the parent of the ``cdc`` package (an editable install).
@@ -348,3 +351,59 @@ def _port_open(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def read_committed(
+    bootstrap_servers: str,
+    topic: str,
+    decode: Callable[[int, int, bytes | None, bytes | None], T],
+    *,
+    idle_timeout: float = 60.0,
+) -> list[T]:
+    """Every record of ``topic`` a ``read_committed`` consumer sees now, each partition
+    read from offset 0 to its end, so that duplicates anywhere count; ``decode(partition,
+    offset, key, value)`` keeps what is needed of each record (``value`` None: a tombstone).
+
+    Raises:
+        ServiceError: the topic does not exist, the consumer failed, or no record came
+            for ``idle_timeout`` seconds before the end.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"read-{uuid.uuid4().hex[:10]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        if metadata is None or metadata.error is not None:
+            raise ServiceError(f"topic {topic}: {None if metadata is None else metadata.error}")
+        partitions = list(metadata.partitions)
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        at_end: set[int] = set()
+        records: list[T] = []
+        deadline = time.monotonic() + idle_timeout
+        while len(at_end) < len(partitions):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"topic {topic}: no progress for {idle_timeout:.0f}s")
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                deadline = time.monotonic() + idle_timeout
+                error = msg.error()
+                partition = msg.partition()
+                assert partition is not None
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(partition)
+                        continue
+                    raise ServiceError(f"topic {topic}: consumer error: {error}")
+                at_end.discard(partition)
+                offset = msg.offset()
+                assert offset is not None
+                records.append(decode(partition, offset, msg.key(), msg.value()))
+        return records
+    finally:
+        consumer.close()

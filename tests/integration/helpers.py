@@ -18,7 +18,9 @@ from typing import Any
 import orjson
 import psycopg
 import yaml
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
+
+from cdc.testing.kafka import read_committed
 
 
 def unique_name(prefix: str) -> str:
@@ -265,54 +267,18 @@ def wait_until(condition: Callable[[], bool], *, timeout: float = 60.0, what: st
 def read_all(bootstrap_servers: str, topic: str, *, timeout: float = 60.0) -> list[Message]:
     """Every record of ``topic`` a ``read_committed`` consumer sees now: read from the
     beginning of each partition to its end, so duplicates anywhere are counted."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": unique_name("test"),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "enable.partition.eof": True,
-            "isolation.level": "read_committed",
-        }
-    )
-    try:
-        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
-        assert metadata is not None, f"no topic {topic}"
-        assert metadata.error is None, f"topic {topic}: {metadata.error}"
-        partitions = list(metadata.partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        at_end: set[int] = set()
-        messages: list[Message] = []
-        deadline = time.monotonic() + timeout
-        while len(at_end) < len(partitions):
-            if time.monotonic() > deadline:
-                raise AssertionError(f"topic {topic}: not read to its end in {timeout}s")
-            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
-                error = msg.error()
-                partition = msg.partition()
-                assert partition is not None
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        at_end.add(partition)
-                        continue
-                    raise AssertionError(f"consumer error: {error}")
-                at_end.discard(partition)
-                raw_key, raw_value = msg.key(), msg.value()
-                offset = msg.offset()
-                assert offset is not None
-                messages.append(
-                    Message(
-                        topic=topic,
-                        partition=partition,
-                        offset=offset,
-                        key=orjson.loads(raw_key) if raw_key is not None else None,
-                        value=orjson.loads(raw_value) if raw_value is not None else None,
-                        raw_value=raw_value,
-                    )
-                )
-        return messages
-    finally:
-        consumer.close()
+
+    def message(partition: int, offset: int, key: bytes | None, value: bytes | None) -> Message:
+        return Message(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=orjson.loads(key) if key is not None else None,
+            value=orjson.loads(value) if value is not None else None,
+            raw_value=value,
+        )
+
+    return read_committed(bootstrap_servers, topic, message, idle_timeout=timeout)
 
 
 def records_in(bootstrap_servers: str, topic: str) -> int:

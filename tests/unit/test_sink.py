@@ -5,11 +5,11 @@ from __future__ import annotations
 import orjson
 import pytest
 import structlog
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from cdc.envelope import Record
 from cdc.errors import FencedError, RecordTooLargeError, SinkError, Stopped
-from cdc.kafka.sink import POSITION_KEY, DeliveryMode, KafkaSink
+from cdc.kafka.sink import POSITION_KEY, ClientLog, DeliveryMode, KafkaSink
 from cdc.positions import COMPLETE, CommitPolicy, Position, StoredPosition
 
 from .fakes import FakeProducer, abortable
@@ -271,8 +271,6 @@ def test_a_record_too_large_is_a_clear_error_not_retried() -> None:
     producer = FakeProducer()
 
     def refuse(*_args: object, **_kwargs: object) -> None:
-        from confluent_kafka import KafkaException
-
         raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
 
     producer.produce = refuse  # type: ignore[method-assign]
@@ -385,3 +383,27 @@ def test_stored_position_round_trips_and_refuses_garbage() -> None:
     )
     with pytest.raises(ValueError, match="integers"):
         StoredPosition.from_json(wrong_type)
+
+
+def test_a_bare_fatal_error_is_reported_with_its_cause_fencing() -> None:
+    """librdkafka fails later calls with "Local: Fatal error"; the cause came through
+    error_cb: another instance fenced us. That must stop the connector, not restart it
+    (a restart would fence the other back)."""
+    producer = FakeProducer()
+    client_log = ClientLog(structlog.get_logger("test"))
+    sink = KafkaSink(
+        producer, mode="exactly_once", state_topic=STATE, max_in_flight=100, policy=POLICY,
+        transactional_id="cdc-c", log=structlog.get_logger("test"), client_log=client_log,
+    )  # fmt: skip
+    sink.start(confirmed=100, durable=None, system_id="sys", slot="s")
+
+    def fenced_meanwhile(*_args: object, **_kwargs: object) -> None:
+        client_log.error(KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True))
+        raise KafkaException(KafkaError(KafkaError._FATAL, "Local: Fatal error", fatal=True))
+
+    producer.produce = fenced_meanwhile  # type: ignore[method-assign]
+    with pytest.raises(FencedError) as info:
+        sink.publish(records(1), Position(200, 1))
+    assert not info.value.retryable
+    sink.close()
+    assert not producer.closed  # an unusable producer is not asked to abort on close
