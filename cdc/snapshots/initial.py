@@ -312,8 +312,10 @@ class InitialSnapshot:
                     for row in batch:
                         if pending is not None:
                             p_encoder, p_row, p_index, p_key, p_ends = pending
+                            # Held in the queue for a while: copied out of orjson's buffers.
                             records.extend(
-                                p_encoder.read(
+                                r.compact()
+                                for r in p_encoder.read(
                                     p_row, self._tx, self._tx.commit_lsn, now_us, self._flag()
                                 )
                             )
