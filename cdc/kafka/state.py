@@ -49,7 +49,14 @@ def read_state(
         SinkError: the topic cannot be read, or the marker did not appear in time.
     """
     consumer = admin.consumer(
-        group_id, **{"isolation.level": "read_committed", "enable.partition.eof": True}
+        group_id,
+        **{
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            # A few small records, read once at start: do not let the broker hold the
+            # fetch back for more (its default wait is 500 ms, paid at every start).
+            "fetch.wait.max.ms": 10,
+        },
     )
     latest: dict[bytes, bytes] = {}
     deadline = time.monotonic() + READ_TIMEOUT_S
@@ -68,6 +75,13 @@ def read_state(
             time.sleep(0.1)  # just created: its metadata reaches this client shortly
         at_end: set[int | None] = set()
         partitions = list(metadata.partitions)
+        if marker is None and not any(
+            consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=ADMIN_TIMEOUT_S, cached=False
+            )[1]
+            for p in partitions
+        ):
+            return latest  # never written to: nothing to read
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         seen_marker = marker is None
         while not (seen_marker and len(at_end) == len(partitions)):
@@ -77,7 +91,8 @@ def read_state(
                     + ("" if seen_marker else " (the start marker did not appear)"),
                     topic=topic,
                 )
-            for message in consumer.consume(num_messages=1000, timeout=0.5):
+            # consume() waits its whole timeout unless num_messages arrive: keep it short.
+            for message in consumer.consume(num_messages=1000, timeout=0.02):
                 error = message.error()
                 if error is not None:
                     if error.code() == KafkaError._PARTITION_EOF:
