@@ -180,8 +180,8 @@ class ConnectorPipeline:
             log=self._log,
         )
         marker: bytes | None = None
+        sink.on_wait = self._stop_check  # until the loop takes over: a stop ends the waits
         if sink.exactly_once:
-            sink.on_wait = self._stop_check
             sink.init_transactions()
             marker = uuid.uuid4().hex.encode()
             sink.store_state(MARKER_KEY, marker)
