@@ -45,7 +45,9 @@ def _wait_for(log: Path, event: str, count: int, timeout: float) -> dict[str, An
     raise RuntimeError(f"no {event} #{count} in {timeout}s; see {log}")
 
 
-def run(rows: int, workers: int, chunk_rows: int, base: Path) -> dict[str, Any]:
+def run(
+    rows: int, workers: int, chunk_rows: int, base: Path, delivery: str = "exactly_once"
+) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
     try:
@@ -63,12 +65,14 @@ def run(rows: int, workers: int, chunk_rows: int, base: Path) -> dict[str, Any]:
             dsn,
             name,
             snapshot={"mode": "initial", "max_workers": workers, "chunk_rows": chunk_rows},
+            delivery=delivery,
         )
         log = base / name / f"{name}.log"
         finished = _wait_for(log, "snapshot_finished", 1, 1800)
         wall = time.monotonic() - started
         result: dict[str, Any] = {
             "bench": "snapshot",
+            "delivery": delivery,
             "rows": rows,
             "workers": workers,
             "chunk_rows": chunk_rows,
@@ -105,14 +109,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-rows", type=int, default=10_000)
     parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
+    parser.add_argument(
+        "--delivery", choices=["exactly_once", "at_least_once"], default="exactly_once"
+    )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.workers, args.chunk_rows, args.keep)
+        result = run(args.rows, args.workers, args.chunk_rows, args.keep, args.delivery)
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.workers, args.chunk_rows, Path(tmp))
+            result = run(args.rows, args.workers, args.chunk_rows, Path(tmp), args.delivery)
     print(orjson.dumps(result).decode(), flush=True)
 
 

@@ -137,15 +137,6 @@ class Record(NamedTuple):
     headers: tuple[tuple[str, bytes], ...] | None = None
     partition: int = -1  # -1: chosen by the key (librdkafka's RD_KAFKA_PARTITION_UA)
 
-    def compact(self) -> Record:
-        """A copy to hold for a while (queued between threads): orjson leaves each result
-        in a buffer of 4 KB or more, so 10,000 held records would otherwise take 80 MB."""
-        key, value = self.key, self.value
-        return self._replace(
-            key=None if key is None else bytes(memoryview(key)),
-            value=None if value is None else bytes(memoryview(value)),
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class TxContext:

@@ -36,10 +36,12 @@ __all__ = ["InitialSnapshot", "SnapshotTask", "TableProgress", "plan_tasks"]
 SPLIT_ABOVE_ROWS = 200_000
 # Progress reports (log line or terminal bar) at most this often.
 PROGRESS_INTERVAL_S = 5.0
-# COPY rows handed over per batch: bounded memory, few Python-level iterations.
-BATCH_ROWS = 5_000
+# COPY rows handed over per batch. Small: a batch waits in the queue as encoded records,
+# and orjson leaves each result in a buffer of 4 KB or more (a 5,000-row batch holds 40 MB);
+# per-batch work (the progress record) is small enough not to show (bench/snapshot.py).
+BATCH_ROWS = 500
 # Batches waiting for the publishing thread, per worker: enough to keep both busy.
-QUEUED_BATCHES_PER_WORKER = 2
+QUEUED_BATCHES_PER_WORKER = 1
 # How long the publishing thread waits for a batch before checking on the workers.
 BATCH_WAIT_S = 0.05
 
@@ -312,10 +314,8 @@ class InitialSnapshot:
                     for row in batch:
                         if pending is not None:
                             p_encoder, p_row, p_index, p_key, p_ends = pending
-                            # Held in the queue for a while: copied out of orjson's buffers.
                             records.extend(
-                                r.compact()
-                                for r in p_encoder.read(
+                                p_encoder.read(
                                     p_row, self._tx, self._tx.commit_lsn, now_us, self._flag()
                                 )
                             )
