@@ -410,31 +410,25 @@ class ConnectorPipeline:
 
     def _handle(self, effect: Effect) -> None:
         """The router's rare effects."""
-        kind = type(effect)
-        if kind is EnsureTopics:
-            assert isinstance(effect, EnsureTopics)
-            assert self._table_topics is not None
-            self._table_topics.ensure_log_topics(effect.topics)
-        elif kind is StartSnapshot:
-            assert isinstance(effect, StartSnapshot)
-            self._start_snapshot(effect)
-        elif kind is InvalidateType:
-            assert isinstance(effect, InvalidateType)
-            assert self._catalog is not None
-            # A custom type was (re)defined: its next use reads the catalog again.
-            self._catalog.invalidate(effect.oid)
-        elif kind is ChunkPublished:
-            assert isinstance(effect, ChunkPublished)
-            self._chunk_published(effect)
-        elif kind is SchemaAnnounced:
-            assert isinstance(effect, SchemaAnnounced)
-            change = effect.change
-            self._log.info(
-                "schema_changed",
-                table=change.schema.table,
-                schema_version=change.version,
-                **change.describe(),
-            )
+        match effect:
+            case EnsureTopics(topics=topics):
+                assert self._table_topics is not None
+                self._table_topics.ensure_log_topics(topics)
+            case StartSnapshot():
+                self._start_snapshot(effect)
+            case InvalidateType(oid=oid):
+                assert self._catalog is not None
+                # A custom type was (re)defined: its next use reads the catalog again.
+                self._catalog.invalidate(oid)
+            case ChunkPublished():
+                self._chunk_published(effect)
+            case SchemaAnnounced(change=change):
+                self._log.info(
+                    "schema_changed",
+                    table=change.schema.table,
+                    schema_version=change.version,
+                    **change.describe(),
+                )
 
     def _start_snapshot(self, effect: StartSnapshot) -> None:
         driver, window, sink = self._driver, self._window, self._sink
