@@ -101,6 +101,26 @@ class PostgresServer(ManagedProcess):
                 extra_groups=None if self.os_user is None else [],
             )
 
+    def restart(self) -> None:
+        """Start again on the same data folder; after a kill, wait for the old backends.
+
+        A SIGKILLed postmaster's backends take a moment to exit; until they have, the new
+        postmaster refuses to start ("pre-existing shared memory block is still in use").
+        """
+        self.stop()
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            self._process = self._spawn()
+            try:
+                self._wait_ready()
+            except ServiceError as exc:
+                if "pre-existing shared memory" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                self._process = None
+                time.sleep(0.2)
+                continue
+            return
+
     def _wait_ready(self) -> None:
         """Return once the server accepts a connection; raise with its log tail otherwise."""
         deadline = time.monotonic() + START_TIMEOUT
