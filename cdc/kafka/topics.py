@@ -24,8 +24,8 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from cdc.config import TopicsConfig
 from cdc.errors import SinkError, TopicConfigError
+from cdc.kafka.client import MAX_RECORD_BYTES, ClientLog
 from cdc.kafka.errors import kafka_error
-from cdc.kafka.sink import MAX_RECORD_BYTES, ClientLog
 
 __all__ = [
     "ADMIN_TIMEOUT_S",

@@ -17,7 +17,7 @@ from cdc.config import (
     load_files,
 )
 from cdc.errors import ConfigError
-from cdc.kafka.sink import PRODUCER_REQUIRED
+from cdc.kafka.client import PRODUCER_REQUIRED
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL_DAEMON = "kafka:\n  bootstrap_servers: k:9092\n"

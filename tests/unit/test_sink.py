@@ -9,7 +9,8 @@ from confluent_kafka import KafkaError, KafkaException
 
 from cdc.envelope import Record
 from cdc.errors import FencedError, RecordTooLargeError, SinkError, Stopped
-from cdc.kafka.sink import POSITION_KEY, ClientLog, DeliveryMode, KafkaSink
+from cdc.kafka.client import ClientLog
+from cdc.kafka.sink import POSITION_KEY, DeliveryMode, KafkaSink
 from cdc.positions import COMPLETE, CommitPolicy, Position, StoredPosition
 
 from .fakes import FakeProducer, abortable
