@@ -7,6 +7,7 @@ import random
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,12 @@ from tests.integration.helpers import (
     Daemon,
     Message,
     consume,
+    current_wal_lsn,
+    read_all,
+    records_in,
     scratch_database,
+    slot_confirmed_lsn,
+    wait_until,
     write_config,
 )
 
@@ -224,9 +230,9 @@ def test_snapshot_mode_never_streams_only(snap: SnapEnv) -> None:
     daemon = snap.start()
     with psycopg.connect(snap.dsn, autocommit=True) as conn:
         conn.execute("UPDATE items SET qty = 0 WHERE id = 1")
-    messages = consume(snap.bootstrap, snap.topic("items"), until=lambda m: len(m) >= 1)
-    time.sleep(1)
-    messages = consume(snap.bootstrap, snap.topic("items"), until=lambda m: len(m) >= 1)
+    end = current_wal_lsn(snap.dsn)
+    wait_until(lambda: slot_confirmed_lsn(snap.admin_dsn, snap.name) >= end, what="the update")
+    messages = read_all(snap.bootstrap, snap.topic("items"))
     assert [m.value["op"] for m in messages] == ["u"]
     assert not [e for e in daemon.log_lines() if e.get("event") == "snapshot_started"]
 
@@ -343,7 +349,12 @@ def test_initial_snapshot_killed_midway_resumes_incrementally(snap: SnapEnv) -> 
         conn.execute("ANALYZE items")
     snap.configure(max_workers=1, chunk_rows=20_000)
     daemon = snap.start(wait="snapshot_started")
-    time.sleep(1.0)
+    # Killed once part of the table is published: the interrupted snapshot's progress is
+    # then somewhere inside the table.
+    wait_until(
+        lambda: records_in(snap.bootstrap, snap.topic("items")) > 20_000,
+        what="the initial snapshot to publish part of the table",
+    )
     daemon.kill()
     with psycopg.connect(snap.dsn, autocommit=True) as conn:
         conn.execute("UPDATE items SET note = 'after kill' WHERE id % 1000 = 0")
@@ -357,6 +368,12 @@ def test_initial_snapshot_killed_midway_resumes_incrementally(snap: SnapEnv) -> 
         until=_matches_table(snap),
         timeout=180,
     )
+    # It resumed after the last published key, not from the start: no row was read twice
+    # (exactly_once: the rows of the interrupted Kafka transaction were never visible).
+    reads = Counter(
+        m.key["id"] for m in read_all(snap.bootstrap, snap.topic("items")) if m.value["op"] == "r"
+    )
+    assert [k for k, n in reads.items() if n > 1] == []
 
 
 def test_tables_above_the_threshold_are_snapshotted_incrementally(snap: SnapEnv) -> None:
@@ -435,7 +452,12 @@ def test_status_endpoint_and_cli_show_streaming_and_snapshot_progress(snap: Snap
     args = ["--config", str(snap.config), "--connectors", str(snap.connectors)]
     assert runner.invoke(cli, ["snapshot", snap.name, *args]).exit_code == 0
     daemon.wait_for_log("snapshot_chunk_read")
-    time.sleep(1.5)  # the board is refreshed about once a second
+
+    def status_shows_the_snapshot() -> bool:  # the board is refreshed about once a second
+        shown = runner.invoke(cli, ["status", "--config", str(snap.config)])
+        return "snapshot (incremental, incremental)" in shown.output
+
+    wait_until(status_shows_the_snapshot, what="the status board to show the snapshot")
     result = runner.invoke(cli, ["status", "--config", str(snap.config)])
     assert result.exit_code == 0, result.output
     assert f"{snap.name}: streaming" in result.output
