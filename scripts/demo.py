@@ -879,7 +879,7 @@ def check(out: Out, topics: dict[str, list[Message]], wanted: dict[str, int], ds
 
 def stop_daemon(out: Out, daemon: Daemon, dsn: str) -> bool:
     """SIGTERM, then show what the daemon confirmed; True if it stopped cleanly."""
-    out.line("  SIGTERM to the daemon: it stops reading, waits for Kafka's acks, confirms")
+    out.line("  SIGTERM to the daemon: it stops reading, commits its Kafka transaction, confirms")
     status = daemon.terminate()
     log = daemon.events()
     print_daemon_log(out, log, ("streaming_stopped",))
