@@ -294,17 +294,10 @@ class KafkaSink:
         for record in records:
             count += 1
             try:
-                if record.headers is None and record.partition < 0:
+                if record.headers is None and record.partition < 0:  # the hot path
                     produce(record.topic, record.value, record.key, on_delivery=on_delivery)
                 else:
-                    produce(
-                        record.topic,
-                        record.value,
-                        record.key,
-                        partition=record.partition,
-                        headers=list(record.headers or ()),
-                        on_delivery=on_delivery,
-                    )
+                    self._produce(record, on_delivery)
             except BufferError:
                 # librdkafka's byte (or count) limit: wait for room, then the same record.
                 self._produce_when_room(record, on_delivery, reached)
@@ -319,6 +312,17 @@ class KafkaSink:
         if len(self._producer) >= self._max_in_flight:
             self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
 
+    def _produce(self, record: Record, on_delivery: Any) -> None:
+        """One record with its partition and headers, as given."""
+        self._producer.produce(
+            record.topic,
+            record.value,
+            record.key,
+            partition=record.partition,
+            headers=None if record.headers is None else list(record.headers),
+            on_delivery=on_delivery,
+        )
+
     def _produce_when_room(
         self, record: Record, on_delivery: Any, reached: Position | None
     ) -> None:
@@ -332,14 +336,7 @@ class KafkaSink:
                 self._raise_failures()
             self.on_wait()
             try:
-                self._producer.produce(
-                    record.topic,
-                    record.value,
-                    record.key,
-                    partition=record.partition,
-                    headers=None if record.headers is None else list(record.headers),
-                    on_delivery=on_delivery,
-                )
+                self._produce(record, on_delivery)
                 break
             except BufferError:
                 continue

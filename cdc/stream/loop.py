@@ -253,9 +253,7 @@ class StreamLoop:
     def _housekeeping(self, *, idle_boundary: bool) -> None:
         sink = self._sink
         sink.service(idle_boundary=idle_boundary)
-        if sink.completed:
-            self._observe_latency(sink.completed)
-            sink.completed.clear()
+        self._drain_latency()
         self._periodic()
         self._send_status(force=False)
 
@@ -300,15 +298,20 @@ class StreamLoop:
         sink = self._sink
         sink.on_wait = self._heartbeat  # stopping already: only keep the slot informed
         sink.finish(self._timings.shutdown_timeout_s)
-        if sink.completed:
-            self._observe_latency(sink.completed)
-            sink.completed.clear()
+        self._drain_latency()
         self._send_status(force=True)
         self._log.info(
             "streaming_stopped",
             lsn=format_lsn(sink.confirmed),
             events=dict(self._router.events),
         )
+
+    def _drain_latency(self) -> None:
+        """Source transactions that became durable since the last call: their latency."""
+        completed = self._sink.completed
+        if completed:
+            self._observe_latency(completed)
+            completed.clear()
 
     def _heartbeat(self) -> None:
         self._send_status(force=False, heartbeat=True)

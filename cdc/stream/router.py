@@ -320,14 +320,22 @@ class ChangeRouter:
             )
         index = self._index
         self._index = index + 1
-        reached = Position(self._order_lsn, index + 1)
-        resume = self._resume
-        published = resume is not None and Position(self._order_lsn, index) < resume
-        if resume is not None and not published:
-            self._resume = None  # past it: nothing later was published
+        identity = Position(self._order_lsn, index)
+        published = self._published(identity)
         if self._toast is not None:
-            self._toast.at(Position(self._order_lsn, index))  # this message's identity
-        return tx, reached, published
+            self._toast.at(identity)
+        return tx, Position(self._order_lsn, index + 1), published
+
+    def _published(self, identity: Position) -> bool:
+        """Whether the message ``identity`` is in a committed Kafka transaction already;
+        the first one that is not ends the skipping (nothing later was published)."""
+        resume = self._resume
+        if resume is None:
+            return False
+        if identity < resume:
+            return True
+        self._resume = None
+        return False
 
     def _change(self, msg: Insert | Update | Delete, lsn: int, now_us: int) -> list[Effect]:
         tx, reached, published = self._unit(lsn)
@@ -510,10 +518,7 @@ class ChangeRouter:
         arrives (so the commit-to-durable histogram measures its delivery)."""
         lsn = msg.lsn
         reached = Position(lsn, COMPLETE)
-        resume = self._resume
-        published = resume is not None and Position(lsn, 0) < resume
-        if resume is not None and not published:
-            self._resume = None
+        published = self._published(Position(lsn, 0))
         record = self._messages.record(msg, None, lsn, now_us)
         if published:
             return []
