@@ -56,7 +56,6 @@ class SnapshotControl:
         "_admin",
         "_cfg",
         "_database",
-        "_driver",
         "_export_planned",
         "_last_report",
         "_log",
@@ -113,7 +112,6 @@ class SnapshotControl:
         self._progress_view = ProgressView(log)
         self._export_planned = False
         self._last_report = time.monotonic()
-        self._driver: IncrementalDriver | None = None
         self._snapshot_reader: SnapshotReader | None = None
 
     # --- the state record -------------------------------------------------------------
@@ -383,7 +381,6 @@ class SnapshotControl:
             driver.resume(stored)
         elif pending_initial:
             driver.start(list(pending_initial), kind="initial")
-        self._driver = driver
         return driver, window
 
     def chunk_published(self, rows: int) -> None:

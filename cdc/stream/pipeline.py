@@ -31,7 +31,7 @@ from cdc.kafka.sink import POSITION_KEY, KafkaSink
 from cdc.kafka.state import MARKER_KEY, read_state
 from cdc.kafka.topics import KafkaAdmin, TableTopics
 from cdc.lsn import format_lsn
-from cdc.positions import CommitPolicy, StoredPosition
+from cdc.positions import CommitPolicy, Position, StoredPosition
 from cdc.postgres.catalog import TypeCatalog
 from cdc.postgres.snapshot_reader import TableShape
 from cdc.postgres.source import ReplicationSource, ServerInfo, protocol_version_for
@@ -246,7 +246,7 @@ class ConnectorPipeline:
             error=None,
         )
         router = self._router = self._build_router(
-            window, history, table_topics, stored, sink.exactly_once
+            window, history, None if stored is None else stored.reached
         )
         self._report = ConnectorReport(
             cfg.name, events=router.events, stats=self._stats, log=self._log, now=time.monotonic()
@@ -314,10 +314,10 @@ class ConnectorPipeline:
         self,
         window: ChunkWindow,
         history: SchemaHistory,
-        table_topics: TableTopics,
-        stored: StoredPosition | None,
-        exactly_once: bool,
+        resume: Position | None,
     ) -> ChangeRouter:
+        """The pure core of the stream; ``resume``: what committed Kafka transactions hold
+        (``exactly_once`` only: ``_stored_position`` gives none otherwise)."""
         cfg = self._cfg
         keys: dict[int, tuple[str, ...] | None] = {}
         types: dict[int, TypeInfo | None] = {}
@@ -356,7 +356,7 @@ class ConnectorPipeline:
             known_topics=set(),
             keys=keys,
             types=types,
-            resume=stored.reached if stored is not None and exactly_once else None,
+            resume=resume,
             toast=self._toast,
         )
 
