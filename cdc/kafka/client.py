@@ -109,9 +109,6 @@ class ClientLog:
     def __init__(self, log: Any) -> None:
         self._log = log
         self._last: dict[str, float] = {}
-        # The first fatal error librdkafka reported: later calls fail with a bare
-        # "Local: Fatal error", and this says why (e.g. fenced by another instance).
-        self.fatal: Any = None
 
     def _due(self, key: str) -> bool:
         now = time.monotonic()
@@ -133,9 +130,7 @@ class ClientLog:
             self._log.info("kafka_client_log", message=message)
 
     def error(self, error: Any) -> None:
-        """The clients' ``error_cb``: transient trouble that librdkafka retries itself,
-        or the fatal error that makes the producer unusable (kept in ``fatal``)."""
-        if self.fatal is None and getattr(error, "fatal", lambda: False)():
-            self.fatal = error
+        """The clients' ``error_cb``: transient trouble that librdkafka retries itself.
+        (A fatal error never comes here: confluent-kafka raises it from ``poll()``.)"""
         if self._due(f"error:{error.code() if hasattr(error, 'code') else error}"):
             self._log.warning("kafka_client_error", error=str(error))

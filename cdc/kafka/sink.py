@@ -96,7 +96,6 @@ class KafkaSink:
         connector: str = "",
         log: Any,
         clock: Callable[[], float] = time.monotonic,
-        client_log: ClientLog | None = None,
     ) -> None:
         """Args:
         producer: the producer (transactional for ``exactly_once``).
@@ -108,7 +107,6 @@ class KafkaSink:
         connector: the connector's name (metric labels).
         log: the connector's bound logger.
         clock: monotonic seconds (tests pass their own).
-        client_log: the producer's log and error callbacks (the cause of a fatal error).
         """
         self._producer = producer
         self._mode = mode
@@ -119,8 +117,10 @@ class KafkaSink:
         self._transactional_id = transactional_id
         self._log = log
         self._clock = clock
-        self._client_log = client_log
         self._fatal = False  # the producer is unusable: nothing more may be asked of it
+        # Why it is: the fatal error itself, which later calls only report as a bare
+        # "Local: Fatal error" (e.g. fenced by another instance).
+        self._fatal_cause: Any = None
         self._labels = {"connector": connector}
         self._tracker = PositionTracker(0)
         self._ledger = TransactionLedger(0, None)
@@ -188,7 +188,6 @@ class KafkaSink:
             transactional_id=transactional_id,
             connector=connector,
             log=log,
-            client_log=client_log,
         )
 
     # --- state of the sink --------------------------------------------------------------
@@ -222,16 +221,34 @@ class KafkaSink:
 
     def _error(self, exc: BaseException, action: str, *, topic: str | None = None) -> SinkError:
         """Our error for a failed call; a bare "Local: Fatal error" is replaced by the
-        fatal error that caused it (librdkafka reports that through error_cb)."""
+        fatal error that caused it.
+
+        confluent-kafka does not pass a fatal error to ``error_cb``: the ``poll()`` that
+        serves it raises it, once. Calls after that (``produce()``, without even the
+        fatal flag) fail with the bare ``_FATAL`` code, so the code decides, not only the
+        flag, and the cause is the one a poll raised, or raises now.
+        """
         error = error_of(exc)
         cause: Any = exc
-        if error is not None and error.fatal():
+        if error is not None and (error.fatal() or error.code() == KafkaError._FATAL):
             self._fatal = True
-            if error.code() == KafkaError._FATAL and self._client_log is not None:
-                self._producer.poll(0)  # serves error_cb, which holds the cause
-                if self._client_log.fatal is not None:
-                    cause = self._client_log.fatal
+            if error.code() != KafkaError._FATAL:
+                self._fatal_cause = self._fatal_cause or error
+            elif self._fatal_cause is None:
+                try:
+                    self._producer.poll(0)
+                except KafkaException as raised:
+                    self._fatal_cause = error_of(raised)
+            cause = self._fatal_cause or exc
         return kafka_error(cause, action, topic=topic, transactional_id=self._transactional_id)
+
+    def _poll(self, timeout: float) -> None:
+        """Serve the producer's callbacks (acknowledgements, logs); a fatal error is
+        raised from here (see ``_error``)."""
+        try:
+            self._producer.poll(timeout)
+        except KafkaException as exc:
+            raise self._error(exc, "serving Kafka's callbacks") from exc
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -331,7 +348,7 @@ class KafkaSink:
         started = self._clock()
         self._log.info("kafka_backpressure_started", in_flight=len(self._producer), bytes=True)
         while True:
-            self._producer.poll(WAIT_STEP_S)
+            self._poll(WAIT_STEP_S)
             if not self._exactly_once:
                 self._raise_failures()
             self.on_wait()
@@ -396,7 +413,7 @@ class KafkaSink:
             SinkError: a record or a commit failed.
             Stopped: a stop was requested while a commit waited.
         """
-        self._producer.poll(0)
+        self._poll(0)
         if self._exactly_once:
             if self._policy.due(self._ledger, self._clock(), idle_boundary=idle_boundary):
                 self.commit()
@@ -548,7 +565,7 @@ class KafkaSink:
         if report:
             self._log.info("kafka_backpressure_started", in_flight=len(self._producer))
         while not ready():
-            self._producer.poll(WAIT_STEP_S)
+            self._poll(WAIT_STEP_S)
             if not self._exactly_once:
                 self._raise_failures()
             self.on_wait()

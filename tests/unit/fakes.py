@@ -54,6 +54,10 @@ class FakeProducer:
     commit_error: KafkaError | None = None  # the next commit raises this (then clears)
     commit_timeouts: int = 0  # the next commits time out (retriable) this many times
     fenced: bool = False  # every transactional call raises _FENCED
+    # A fatal error, as confluent-kafka reports one: the next poll() raises it (once),
+    # and produce() fails with the bare _FATAL code, without the fatal flag.
+    fatal_error: KafkaError | None = None
+    fatal_raised: bool = False
     produced: list[Produced] = field(default_factory=list)
     in_flight: list[Produced] = field(default_factory=list)
     visible: list[Produced] = field(default_factory=list)
@@ -76,6 +80,10 @@ class FakeProducer:
         timestamp: int = 0,
         headers: Any = None,
     ) -> None:
+        if self.fatal_error is not None:
+            raise KafkaException(
+                KafkaError(KafkaError._FATAL, "Unable to produce message: Local: Fatal error")
+            )
         if self.buffer_errors:
             self.buffer_errors -= 1
             raise BufferError("Local: Queue full")
@@ -102,6 +110,9 @@ class FakeProducer:
 
     def poll(self, timeout: float = -1) -> int:
         self.polls += 1
+        if self.fatal_error is not None and not self.fatal_raised:
+            self.fatal_raised = True
+            raise KafkaException(self.fatal_error)
         return self.ack() if self.auto_ack else 0
 
     def flush(self, timeout: float = -1) -> int:

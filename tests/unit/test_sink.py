@@ -9,7 +9,6 @@ from confluent_kafka import KafkaError, KafkaException
 
 from cdc.envelope import Record
 from cdc.errors import FencedError, RecordTooLargeError, SinkError, Stopped
-from cdc.kafka.client import ClientLog
 from cdc.kafka.sink import POSITION_KEY, DeliveryMode, KafkaSink
 from cdc.positions import COMPLETE, CommitPolicy, Position, StoredPosition
 
@@ -386,25 +385,29 @@ def test_stored_position_round_trips_and_refuses_garbage() -> None:
         StoredPosition.from_json(wrong_type)
 
 
-def test_a_bare_fatal_error_is_reported_with_its_cause_fencing() -> None:
-    """librdkafka fails later calls with "Local: Fatal error"; the cause came through
-    error_cb: another instance fenced us. That must stop the connector, not restart it
-    (a restart would fence the other back)."""
+@pytest.mark.parametrize("first", ["produce", "poll"])
+def test_a_bare_fatal_error_is_reported_with_its_cause_fencing(first: str) -> None:
+    """confluent-kafka raises a fatal error from the poll that serves it, once; produce
+    fails with a bare "Local: Fatal error" (without the fatal flag). Either way the cause
+    is reported: another instance fenced us. That must stop the connector, not restart
+    it (a restart would fence the other back)."""
     producer = FakeProducer()
-    client_log = ClientLog(structlog.get_logger("test"))
     sink = KafkaSink(
         producer, mode="exactly_once", state_topic=STATE, max_in_flight=100, policy=POLICY,
-        transactional_id="cdc-c", log=structlog.get_logger("test"), client_log=client_log,
+        transactional_id="cdc-c", log=structlog.get_logger("test"),
     )  # fmt: skip
     sink.start(confirmed=100, durable=None, system_id="sys", slot="s")
+    producer.fatal_error = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
 
-    def fenced_meanwhile(*_args: object, **_kwargs: object) -> None:
-        client_log.error(KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True))
-        raise KafkaException(KafkaError(KafkaError._FATAL, "Local: Fatal error", fatal=True))
+    def call() -> None:
+        if first == "poll":
+            sink.service()
+        else:
+            sink.publish(records(1), Position(200, 1))
 
-    producer.produce = fenced_meanwhile  # type: ignore[method-assign]
     with pytest.raises(FencedError) as info:
-        sink.publish(records(1), Position(200, 1))
+        call()
     assert not info.value.retryable
+    assert "fenced by a newer instance" in str(info.value)
     sink.close()
     assert not producer.closed  # an unusable producer is not asked to abort on close
