@@ -28,6 +28,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from cdc.state_records import load_versioned
+
 __all__ = [
     "COMPLETE",
     "POSITION_VERSION",
@@ -296,6 +298,7 @@ class TransactionLedger:
 
 #: Version of the stored stream position; bumped on any incompatible change.
 POSITION_VERSION = 1
+_REFUSE_HINT = "run a cdc release that writes it"
 
 
 class StoredPosition(NamedTuple):
@@ -326,13 +329,10 @@ class StoredPosition(NamedTuple):
     @classmethod
     def from_json(cls, data: bytes) -> StoredPosition:
         """Raises ValueError for a record this version cannot read."""
+        obj = load_versioned(
+            data, version=POSITION_VERSION, what="stream position", hint=_REFUSE_HINT
+        )
         try:
-            obj = orjson.loads(data)
-            if obj.get("version") != POSITION_VERSION:
-                raise ValueError(
-                    f"stream position version {obj.get('version')!r} is not"
-                    f" {POSITION_VERSION}: run a cdc release that writes it"
-                )
             values = (obj["lsn"], obj["seq"], obj["confirm_lsn"])
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise ValueError("lsn, seq and confirm_lsn must be integers")
@@ -342,5 +342,5 @@ class StoredPosition(NamedTuple):
                 str(obj["system_id"]),
                 str(obj["slot"]),
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ValueError(f"unreadable stream position: {exc}") from exc

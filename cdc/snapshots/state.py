@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import orjson
 
+from cdc.state_records import load_versioned
+
 __all__ = [
     "STATE_KEY",
     "STATE_VERSION",
@@ -172,20 +174,7 @@ def _key_from(raw: Any, what: str) -> Key | None:
 
 
 def _load(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        obj = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{what}: not JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        # A corrupt stored record, not a caller's type error: ValueError like bad JSON.
-        raise ValueError(f"{what}: expected a JSON object")  # noqa: TRY004
-    version = obj.get("version")
-    if version != STATE_VERSION:
-        raise ValueError(
-            f"{what}: version {version!r} is unknown to this cdc (it reads {STATE_VERSION}):"
-            f" {_REFUSE_HINT}"
-        )
-    return obj
+    return load_versioned(data, version=STATE_VERSION, what=what, hint=_REFUSE_HINT)
 
 
 def _progress_from(obj: dict[str, Any], what: str) -> SnapshotProgress:

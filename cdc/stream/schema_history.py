@@ -26,10 +26,12 @@ import orjson
 
 from cdc.positions import Position
 from cdc.protocol.messages import Relation
+from cdc.state_records import load_versioned
 
 __all__ = ["SchemaChange", "SchemaHistory", "TableSchema", "schema_of"]
 
 STATE_VERSION = 1
+_REFUSE_HINT = "run a cdc release that writes it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,13 +167,10 @@ class SchemaHistory:
     @classmethod
     def from_json(cls, data: bytes) -> SchemaHistory:
         """Raises ValueError for a record this version cannot read."""
+        document = load_versioned(
+            data, version=STATE_VERSION, what="schema history", hint=_REFUSE_HINT
+        )
         try:
-            document = orjson.loads(data)
-            if document.get("version") != STATE_VERSION:
-                raise ValueError(
-                    f"schema history version {document.get('version')!r} is not"
-                    f" {STATE_VERSION}: run a cdc release that writes it"
-                )
             return cls(
                 {
                     name: (
@@ -182,5 +181,5 @@ class SchemaHistory:
                     for name, entry in document["tables"].items()
                 }
             )
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"unreadable schema history: {exc}") from exc
