@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -216,16 +217,7 @@ def consume(
                 assert topic_name is not None
                 assert partition is not None
                 assert offset is not None
-                messages.append(
-                    Message(
-                        topic=topic_name,
-                        partition=partition,
-                        offset=offset,
-                        key=orjson.loads(raw_key) if raw_key is not None else None,
-                        value=orjson.loads(raw_value) if raw_value is not None else None,
-                        raw_value=raw_value,
-                    )
-                )
+                messages.append(_message(topic_name, partition, offset, raw_key, raw_value))
         if until(messages):
             return messages
         raise AssertionError(f"topic {topic}: condition not met in {timeout}s; got {len(messages)}")
@@ -267,18 +259,21 @@ def wait_until(condition: Callable[[], bool], *, timeout: float = 60.0, what: st
 def read_all(bootstrap_servers: str, topic: str, *, timeout: float = 60.0) -> list[Message]:
     """Every record of ``topic`` a ``read_committed`` consumer sees now: read from the
     beginning of each partition to its end, so duplicates anywhere are counted."""
+    return read_committed(bootstrap_servers, topic, partial(_message, topic), idle_timeout=timeout)
 
-    def message(partition: int, offset: int, key: bytes | None, value: bytes | None) -> Message:
-        return Message(
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=orjson.loads(key) if key is not None else None,
-            value=orjson.loads(value) if value is not None else None,
-            raw_value=value,
-        )
 
-    return read_committed(bootstrap_servers, topic, message, idle_timeout=timeout)
+def _message(
+    topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+) -> Message:
+    """A record as the tests read it: key and value parsed (None stays None: a tombstone)."""
+    return Message(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=orjson.loads(key) if key is not None else None,
+        value=orjson.loads(value) if value is not None else None,
+        raw_value=value,
+    )
 
 
 def records_in(bootstrap_servers: str, topic: str) -> int:
