@@ -6,10 +6,11 @@
     │   ├── ProtocolError  bytes that are not valid replication/pgoutput (``lsn``, ``offset``)
     │   └── SlotError      the slot or publication is missing, taken or unusable
     ├── ConversionError    a column value cannot be turned into JSON (table, column, type, LSN)
-    └── SinkError          Kafka refused an event or a topic (``topic``)
-        ├── TopicConfigError    an existing topic has the wrong cleanup policy
-        ├── RecordTooLargeError one event is larger than Kafka accepts
-        └── FencedError         another instance took the connector's transactional id
+    ├── SinkError          Kafka refused an event or a topic (``topic``)
+    │   ├── TopicConfigError    an existing topic has the wrong cleanup policy
+    │   ├── RecordTooLargeError one event is larger than Kafka accepts
+    │   └── FencedError         another instance took the connector's transactional id
+    └── TargetError        a replay's target database refused a statement or a value
 
     Stopped                not an error: a stop was requested while waiting (SIGTERM)
 
@@ -35,6 +36,7 @@ __all__ = [
     "SlotError",
     "SourceError",
     "Stopped",
+    "TargetError",
     "TopicConfigError",
 ]
 
@@ -152,3 +154,18 @@ class FencedError(SinkError):
     runs the connector now. Retrying would fence it back, so this one stops."""
 
     retryable = False
+
+
+class TargetError(CdcError):
+    """The replay's target database refused a connection, a statement or a value.
+
+    Retryable when the connection broke or the server is restarting; not when a value,
+    a statement or a privilege is refused (the message names the table and statement).
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, retryable: bool | None = None):
+        if retryable is not None:
+            self.retryable = retryable
+        super().__init__(message)

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import psycopg
 
-from cdc.errors import SourceError
+from cdc.errors import SourceError, TargetError
 
-__all__ = ["source_error"]
+__all__ = ["source_error", "target_error"]
 
 # SQLSTATE classes and codes a restart can heal: connection exceptions, transaction
 # rollbacks (serialization, deadlock), insufficient resources (too many connections),
@@ -88,3 +88,15 @@ def source_error(action: str, exc: psycopg.Error, *, hint: str | None = None) ->
             " TO <user> for every published table)"
         )
     return SourceError(message, retryable=retryable)
+
+
+def target_error(action: str, exc: psycopg.Error, *, retry: bool | None = None) -> TargetError:
+    """Our error for a failed call on a replay's target database: retryable when the
+    connection or the server failed (the same classes as for the source), otherwise with
+    the statement that was refused (``retry=False`` forces it for DDL and data)."""
+    mapped = source_error(action, exc)
+    retryable = mapped.retryable if retry is None else (retry and mapped.retryable)
+    if exc.sqlstate is not None and exc.sqlstate.startswith("08"):
+        retryable = True  # the connection broke mid-statement: the batch rolls back
+    text = str(mapped).replace("postgres.dsn", "--target-dsn")
+    return TargetError(text, retryable=retryable)
