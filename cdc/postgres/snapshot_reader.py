@@ -73,6 +73,9 @@ class TableShape:
     relation: Relation
     key_columns: tuple[str, ...]
     estimated_rows: int  # pg_class.reltuples; 0 when the table was never analyzed
+    # format_type() and attnotnull of each column, for the table's schema-change event.
+    type_names: tuple[str, ...] = ()
+    not_null: tuple[bool, ...] = ()
     # Positions of key_columns in relation.columns, for key_of on the hot path.
     key_indexes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -151,7 +154,7 @@ class SnapshotReader:
                 sql.SQL(
                     """
                     SELECT a.attname::text, a.atttypid::int8, a.atttypmod,
-                           format_type(a.atttypid, a.atttypmod)
+                           format_type(a.atttypid, a.atttypmod), a.attnotnull
                     FROM pg_attribute a
                     WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped {}
                     ORDER BY a.attnum
@@ -162,7 +165,7 @@ class SnapshotReader:
         except psycopg.Error as exc:
             raise source_error(f"reading the columns of table {schema}.{table}", exc) from exc
         key_columns = tuple(keys)
-        for _, type_oid, typmod, type_text in columns:
+        for _, type_oid, typmod, type_text, _ in columns:
             self._type_names[(type_oid, typmod)] = type_text
         relation = Relation(
             xid=None,
@@ -172,11 +175,17 @@ class SnapshotReader:
             replica_identity=ReplicaIdentity(replident),
             columns=tuple(
                 Column(1 if name in key_columns else 0, name, type_oid, typmod)
-                for name, type_oid, typmod, _ in columns
+                for name, type_oid, typmod, _, _ in columns
             ),
         )
         # reltuples is -1 (PostgreSQL 14+) or 0 for a table never vacuumed or analyzed.
-        return TableShape(relation, key_columns, max(0, int(reltuples)))
+        return TableShape(
+            relation,
+            key_columns,
+            max(0, int(reltuples)),
+            type_names=tuple(c[3] for c in columns),
+            not_null=tuple(bool(c[4]) for c in columns),
+        )
 
     # --- exported snapshot --------------------------------------------------------------
 

@@ -4,6 +4,10 @@ The one job: name what a converter is (text in, JSON value out) and what the cat
 tells the converter builder about a type it does not know by OID (``TypeInfo``), so that
 ``cdc.protocol.values`` stays pure and ``cdc.postgres.catalog`` (the edge that queries
 ``pg_type``) only fills these values in. No I/O, no logging, no psycopg.
+
+``TypeInfo`` also carries what a schema-change event needs to recreate the type in an
+empty database (enum labels, domain constraints, SQL names of the parts); the converters
+never read those fields.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class Attribute:
     name: str
     type_oid: int
     type_modifier: int
+    type_name: str = ""  # format_type(type_oid, type_modifier), for schema-change events
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +51,14 @@ class TypeInfo:
     ranges and multiranges, ``extension`` when the type belongs to an extension (``hstore``,
     ``postgis``, ``vector``): converters for extension types are chosen by extension and
     type name, never by OID, since those OIDs differ per database.
+
+    The fields after ``extension`` are for schema-change events only (what ``CREATE
+    TYPE``/``CREATE DOMAIN`` needs): enum ``labels`` in ``enumsortorder``; a domain's
+    ``base_type`` (``format_type`` of its base and modifier), ``not_null`` and ``checks``
+    (``pg_get_constraintdef`` of each CHECK, by constraint name); a range's or
+    multirange's ``subtype_type``, a range's ``subtype_opclass`` and ``collation``
+    (quoted qualified names, set only when not the subtype's defaults) and a
+    multirange's ``range_oid``.
     """
 
     oid: int
@@ -60,6 +73,14 @@ class TypeInfo:
     attributes: tuple[Attribute, ...] = ()
     range_subtype: int = 0
     extension: str | None = None
+    labels: tuple[str, ...] = ()
+    base_type: str = ""
+    not_null: bool = False
+    checks: tuple[str, ...] = ()
+    subtype_type: str = ""
+    subtype_opclass: str | None = None
+    collation: str | None = None
+    range_oid: int = 0
 
     @property
     def qualified_name(self) -> str:
