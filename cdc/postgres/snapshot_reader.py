@@ -99,18 +99,23 @@ class SnapshotReader:
     Not thread-safe: one reader per worker thread.
     """
 
-    def __init__(self, dsn: str, *, application_name: str) -> None:
+    def __init__(self, dsn: str, *, application_name: str, read_only: bool = False) -> None:
         """Connect with the daemon's session options, on which the text forms depend.
+
+        ``read_only`` makes every transaction of the session read-only
+        (``default_transaction_read_only``): readers that only compare, such as
+        ``cdc verify``, cannot write by mistake, watermarks included.
 
         Raises:
             SourceError: the connection failed.
         """
+        options = SESSION_OPTIONS + (" -c default_transaction_read_only=on" if read_only else "")
         try:
             self._conn: psycopg.Connection[Any] | None = psycopg.connect(
                 dsn,
                 autocommit=True,
                 application_name=application_name,
-                options=SESSION_OPTIONS,
+                options=options,
                 # Row values are decoded as UTF-8 (the only server encoding cdc reads);
                 # a PGCLIENTENCODING in the environment must not change that.
                 client_encoding="UTF8",
