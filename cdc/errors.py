@@ -10,7 +10,8 @@
     │   ├── TopicConfigError    an existing topic has the wrong cleanup policy
     │   ├── RecordTooLargeError one event is larger than Kafka accepts
     │   └── FencedError         another instance took the connector's transactional id
-    └── TargetError        a replay's target database refused a statement or a value
+    ├── TargetError        a replay's target database refused a statement or a value
+    └── ReplayValueError   an event's value cannot be written back exactly (column, type)
 
     Stopped                not an error: a stop was requested while waiting (SIGTERM)
 
@@ -32,6 +33,7 @@ __all__ = [
     "FencedError",
     "ProtocolError",
     "RecordTooLargeError",
+    "ReplayValueError",
     "SinkError",
     "SlotError",
     "SourceError",
@@ -168,4 +170,16 @@ class TargetError(CdcError):
     def __init__(self, message: str, *, retryable: bool | None = None):
         if retryable is not None:
             self.retryable = retryable
+        super().__init__(message)
+
+
+class ReplayValueError(CdcError):
+    """A column value of an event that the replay cannot turn back into exactly the value
+    the source database had, or a ``values:`` setting under which no exact inverse exists
+    (``column``, ``type_name``). Retrying cannot help: the message says which setting or
+    which event is at fault."""
+
+    def __init__(self, message: str, *, column: str | None = None, type_name: str | None = None):
+        self.column = column
+        self.type_name = type_name
         super().__init__(message)
