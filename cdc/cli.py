@@ -1,4 +1,4 @@
-"""Command line of ``cdc``: ``validate``, ``run``, ``snapshot`` and ``status``.
+"""Command line of ``cdc``: ``validate``, ``run``, ``snapshot``, ``replay`` and ``status``.
 
 Its one job is to parse arguments, load the configuration, and hand over: configuration
 errors are printed (file, key, what to do) with exit status 2; everything else belongs to
@@ -195,6 +195,88 @@ def snapshot(
         f"snapshot of {', '.join(wanted) or 'every published table'} requested for"
         f" {connector} ({how}); the daemon logs snapshot_started when it begins"
     )
+
+
+def _find_connector(connectors: list[ConnectorConfig], name: str) -> ConnectorConfig:
+    for connector in connectors:
+        if connector.name == name:
+            return connector
+    names = ", ".join(c.name for c in connectors)
+    click.echo(f"cdc: no connector named {name!r} (there are: {names})", err=True)
+    raise SystemExit(EXIT_CONFIG_ERROR)
+
+
+@cli.command()
+@click.argument("connector")
+@click.option("--target-dsn", required=True, envvar="CDC_TARGET_DSN", show_envvar=True,
+              help="The new service's PostgreSQL database (libpq DSN).")
+@click.option("--table", "tables", multiple=True,
+              help="schema.table to replay (repeatable); default: every table in the log.")
+@click.option("--map", "mappings", multiple=True, metavar="SCHEMA.TABLE=SCHEMA.TABLE",
+              help="Write a legacy table under another name in the target (repeatable).")
+@click.option("--until", default=None, metavar="LSN|TIMESTAMP",
+              help="Rebuild as of this commit: an LSN (16/B374D848) or an ISO-8601 time.")
+@click.option("--follow", is_flag=True, help="Keep applying new changes until SIGTERM.")
+@click.option("--transactional", is_flag=True,
+              help="Commit whole source transactions only (needs provide_transaction_metadata).")
+@click.option("--rebuild", is_flag=True,
+              help="Drop the tables this connector's replay created in the target, start over.")
+@click.option("--batch", "batch_changes", type=click.IntRange(min=1), default=50_000,
+              show_default=True, help="Changes per target transaction.")
+@click.option("--log-level", type=click.Choice(_LOG_LEVELS, case_sensitive=False), default=None)
+@_config_option
+@_connectors_option
+def replay(  # noqa: PLR0917 - one parameter per option
+    connector: str,
+    target_dsn: str,
+    tables: tuple[str, ...],
+    mappings: tuple[str, ...],
+    until: str | None,
+    follow: bool,
+    transactional: bool,
+    rebuild: bool,
+    batch_changes: int,
+    log_level: str | None,
+    config_path: Path,
+    connectors_dir: Path,
+) -> None:
+    """Apply CONNECTOR's topics to a target PostgreSQL database (docs/replay.md).
+
+    Creates the tables from the log's schema events, applies every change exactly once
+    (the offsets are stored in the target with the rows) and exits 0 at the topics' end
+    as of the start; --follow keeps going until SIGTERM; --until stops at a past commit.
+    Needs nothing but Kafka: the legacy database is not contacted.
+    """
+    daemon, connectors = _load(config_path, connectors_dir)
+    found = _find_connector(connectors, connector)
+    mapping: dict[str, str] = {}
+    for item in mappings:
+        source, eq, target = item.partition("=")
+        if not eq or "." not in source or "." not in target:
+            click.echo(f"cdc: --map {item!r}: write it as schema.table=schema.table", err=True)
+            raise SystemExit(EXIT_CONFIG_ERROR)
+        mapping[source] = target
+    configure_logging((log_level or daemon.log.level).lower(), daemon.log.format)
+    # Imported here so the other commands never load the I/O edges.
+    from cdc.replay.run import ReplayRequest, parse_until, run_replay_command  # noqa: PLC0415
+
+    try:
+        request = ReplayRequest(
+            connector=found,
+            daemon=daemon,
+            target_dsn=target_dsn,
+            tables=tuple(t if "." in t else f"public.{t}" for t in tables) or None,
+            mapping=mapping,
+            until=None if until is None else parse_until(until),
+            follow=follow,
+            transactional=transactional,
+            rebuild=rebuild,
+            batch_changes=batch_changes,
+        )
+    except ConfigError as exc:
+        click.echo(f"cdc: {exc}", err=True)
+        raise SystemExit(EXIT_CONFIG_ERROR) from None
+    raise SystemExit(run_replay_command(request))
 
 
 @cli.command()

@@ -1,0 +1,214 @@
+"""Edge: reading a connector's topics back for a replay, ``read_committed``.
+
+The one job: hand the replay the records of the partitions it asked for, from the offsets
+it stored (no consumer-group offsets: the replay keeps its offsets in the target database,
+in the same transaction as the rows, which is what makes it exactly-once), and say when a
+partition has been read to its end. Two readers: ``PartitionReader`` for the retention
+topics (large, read in batches, paused when the replay is full) and ``TopicTail`` for the
+small control topics (state, schema, transaction), read to their end each time.
+
+Reading is ``read_committed``: an aborted Kafka transaction's records never reach a
+target, and a record is seen only with the state record committed with it. It must not
+interpret records (``cdc.replay.records``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, NamedTuple, cast
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from cdc.errors import SinkError
+from cdc.kafka.errors import kafka_error
+from cdc.kafka.topics import ADMIN_TIMEOUT_S, KafkaAdmin
+
+__all__ = ["ConsumedRecord", "PartitionReader", "TopicTail"]
+
+Partition = tuple[str, int]
+
+# A fetch returns once this much is there or this long has passed: a replay reads in bulk.
+_FETCH_WAIT_MS: Final = 50
+# Records handed over per consume() call (confluent-kafka builds them in C, in one go).
+_BATCH: Final = 10_000
+
+
+class ConsumedRecord(NamedTuple):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] | None
+
+
+def _settings() -> dict[str, Any]:
+    return {
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+        "auto.offset.reset": "earliest",
+        "fetch.wait.max.ms": _FETCH_WAIT_MS,
+        # A replay reads far faster than a live consumer: let librdkafka prefetch more.
+        "queued.max.messages.kbytes": 262_144,
+        "fetch.max.bytes": 52_428_800,
+    }
+
+
+class PartitionReader:
+    """The retention-topic partitions of one replay, from given offsets."""
+
+    def __init__(self, admin: KafkaAdmin, *, group_id: str) -> None:
+        self._admin = admin
+        self._consumer = admin.consumer(group_id, **_settings())
+        self._assigned: list[Partition] = []
+        self._paused: set[Partition] = set()
+        # Per partition: the offset the fetcher reached at its last end-of-partition, and
+        # the offset after the last record handed over.
+        self.eof: dict[Partition, int] = {}
+        self.next: dict[Partition, int] = {}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def partitions(self, topic: str) -> list[int] | None:
+        """The topic's partitions, or None when the topic does not exist."""
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading the metadata of topic {topic!r}", topic=topic) from exc
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return None
+        return sorted(metadata.partitions)
+
+    def assign(self, start: Mapping[Partition, int | None]) -> None:
+        """Read these partitions from these offsets (None: from the beginning)."""
+        tps = [
+            TopicPartition(t, p, OFFSET_BEGINNING if offset is None else offset)
+            for (t, p), offset in start.items()
+        ]
+        try:
+            self._consumer.assign(tps)
+        except KafkaException as exc:
+            raise kafka_error(exc, "assigning the replayed partitions") from exc
+        self._assigned = list(start)
+        for tp, offset in start.items():
+            if offset is not None:
+                self.next[tp] = offset
+
+    def end_offsets(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
+        """Each partition's end (the last stable offset: read_committed), asked now."""
+        wanted = self._assigned if partitions is None else list(partitions)
+        ends: dict[Partition, int] = {}
+        try:
+            for topic, partition in wanted:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=ADMIN_TIMEOUT_S, cached=False
+                )
+                ends[(topic, partition)] = high
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading the end offsets of the replayed topics") from exc
+        return ends
+
+    def at_end(self, tp: Partition, end: int) -> bool:
+        """Whether everything before ``end`` of the partition was handed over."""
+        return max(self.eof.get(tp, -1), self.next.get(tp, -1)) >= end
+
+    def pause(self, partitions: Iterable[Partition]) -> None:
+        todo = [tp for tp in partitions if tp not in self._paused]
+        if todo:
+            self._consumer.pause([TopicPartition(t, p) for t, p in todo])
+            self._paused.update(todo)
+
+    def resume_all(self) -> None:
+        if self._paused:
+            self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
+            self._paused.clear()
+
+    def read(self, timeout: float) -> list[ConsumedRecord]:
+        """The records fetched so far (at most a batch), waiting up to ``timeout``."""
+        try:
+            messages = self._consumer.consume(num_messages=_BATCH, timeout=timeout)
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading the replayed topics") from exc
+        out: list[ConsumedRecord] = []
+        append = out.append
+        for m in cast(list[Any], messages):
+            error = m.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    self.eof[(m.topic(), m.partition())] = m.offset()
+                    continue
+                raise kafka_error(error, f"reading topic {m.topic()!r}", topic=m.topic())
+            offset = m.offset()
+            topic, partition = m.topic(), m.partition()
+            self.next[(topic, partition)] = offset + 1
+            append(ConsumedRecord(topic, partition, offset, m.key(), m.value(), m.headers()))
+        return out
+
+
+class TopicTail:
+    """Small topics read from the start, then followed: every call returns what is new."""
+
+    def __init__(self, admin: KafkaAdmin, topics: Iterable[str], *, group_id: str) -> None:
+        self._consumer = admin.consumer(group_id, **{**_settings(), "fetch.wait.max.ms": 10})
+        self._ends: dict[Partition, int] = {}
+        tps: list[TopicPartition] = []
+        try:
+            for topic in topics:
+                metadata = self._consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(
+                    topic
+                )
+                if metadata is None or metadata.error is not None or not metadata.partitions:
+                    continue
+                tps.extend(TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions)
+            self._tps = [(tp.topic, tp.partition) for tp in tps]
+            if tps:
+                self._consumer.assign(tps)
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading the connector's state and schema topics") from exc
+        self._reached: dict[Partition, int] = {}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def drain(self, *, deadline_s: float = 4 * ADMIN_TIMEOUT_S) -> list[ConsumedRecord]:
+        """Every record committed since the last call, up to the ends as of now."""
+        if not self._tps:
+            return []
+        try:
+            ends = {
+                tp: self._consumer.get_watermark_offsets(
+                    TopicPartition(*tp), timeout=ADMIN_TIMEOUT_S, cached=False
+                )[1]
+                for tp in self._tps
+            }
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading the end offsets of the control topics") from exc
+        out: list[ConsumedRecord] = []
+        stop = time.monotonic() + deadline_s
+        while any(self._reached.get(tp, 0) < end for tp, end in ends.items()):
+            if time.monotonic() > stop:
+                raise SinkError(
+                    "timed out reading the connector's state/schema topics to their end",
+                    retryable=True,
+                )
+            try:
+                messages = self._consumer.consume(num_messages=_BATCH, timeout=0.05)
+            except KafkaException as exc:
+                raise kafka_error(exc, "reading the connector's control topics") from exc
+            for m in cast(list[Any], messages):
+                tp = (m.topic(), m.partition())
+                error = m.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        self._reached[tp] = max(self._reached.get(tp, 0), m.offset())
+                        continue
+                    raise kafka_error(error, f"reading topic {m.topic()!r}", topic=m.topic())
+                self._reached[tp] = max(self._reached.get(tp, 0), m.offset() + 1)
+                out.append(
+                    ConsumedRecord(
+                        m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()
+                    )
+                )
+        return out

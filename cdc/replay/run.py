@@ -1,0 +1,669 @@
+"""``cdc replay``: a connector's topics, applied to a target PostgreSQL database.
+
+The one job: wire the replay's parts and run its loop. Read the control topics (the
+daemon's committed position, the table shapes, transaction END counts); read the
+retention partitions from the offsets the target stores, up to that position; take the
+changes whose turn has come, in commit order (``cdc.replay.ordering``); fold them per
+table and key (``cdc.replay.batch``); write them, with any DDL their shape needs
+(``cdc.replay.ddl``) and the offsets they came from, in one target transaction
+(``cdc.postgres.target``). Repeat until the topics' ends as of the start (one-shot), a
+point in time (``--until``), or a stop (``--follow`` until SIGTERM).
+
+Everything the replay needs is in Kafka: the legacy database is never contacted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+import structlog
+
+from cdc.config import ConnectorConfig, DaemonConfig
+from cdc.errors import CdcError, ConfigError
+from cdc.kafka.consumer import ConsumedRecord, PartitionReader, TopicTail
+from cdc.kafka.sink import POSITION_KEY
+from cdc.kafka.topics import KafkaAdmin, state_topic_name
+from cdc.lsn import parse_lsn
+from cdc.positions import StoredPosition
+from cdc.postgres.target import ReplayState, TargetDatabase
+from cdc.protocol.values import ValueOptions
+from cdc.replay.batch import ApplyError, TableBatch
+from cdc.replay.ddl import Target, alter_table, create_table, create_types
+from cdc.replay.ordering import ChangeQueue, Until
+from cdc.replay.records import Change, ChangeKind, TableId, parse_change
+from cdc.replay.values import text_converter_for
+from cdc.stream.schema_changes import (
+    TableShape,
+    parse_schema_event,
+    schema_topic_name,
+    type_infos,
+)
+from cdc.stream.transactions import transaction_topic_name
+
+__all__ = ["Progress", "Replay", "ReplayReport", "ReplayRequest"]
+
+# Changes per target transaction: large enough that per-batch costs (a staging table per
+# table, the offsets) vanish, small enough to hold in memory and commit often.
+DEFAULT_BATCH_CHANGES: Final = 50_000
+# Changes read ahead of the apply: bounds memory when partitions are read unevenly.
+MAX_QUEUED: Final = 200_000
+# How often progress is reported (terminal line or replay_progress log).
+PROGRESS_INTERVAL_S: Final = 5.0
+# How long an idle follow waits for new records per read.
+IDLE_WAIT_S: Final = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayRequest:
+    """What to replay where: one connector's topics into one target database."""
+
+    connector: ConnectorConfig
+    daemon: DaemonConfig
+    target_dsn: str
+    tables: tuple[str, ...] | None = None  # "schema.table"; None: every table in the log
+    mapping: Mapping[str, str] = field(default_factory=dict)  # "s.t" -> "s2.t2" in the target
+    until: Until | None = None
+    follow: bool = False
+    transactional: bool = False
+    rebuild: bool = False
+    batch_changes: int = DEFAULT_BATCH_CHANGES
+
+
+@dataclass(slots=True)
+class Progress:
+    """What a progress line or a ``replay_progress`` log says."""
+
+    changes: int
+    rate: float  # changes per second since the start
+    lag: int | None  # records in the topics not yet applied (None: unknown)
+    position: tuple[int, int] | None
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    changes: int = 0  # changes applied by this run
+    batches: int = 0
+    seconds: float = 0.0
+    position: tuple[int, int] | None = None  # the last applied (commit LSN, index)
+    held_back: int = 0  # consumed but not applicable yet (after --until, or uncovered)
+    tables: list[str] = field(default_factory=list)
+
+
+class _Shapes:
+    """Every shape the log announced, per table, ordered by the LSN it starts at."""
+
+    def __init__(self) -> None:
+        self._by_table: dict[TableId, list[tuple[int, int, TableShape, bytes]]] = {}
+
+    def add(self, value: bytes) -> TableShape:
+        shape = parse_schema_event(value)
+        entries = self._by_table.setdefault((shape.schema, shape.table), [])
+        if not any(v == shape.version for _, v, _, _ in entries):
+            bisect.insort(entries, (shape.lsn, shape.version, shape, value), key=lambda e: e[:2])
+        return shape
+
+    def tables(self) -> list[TableId]:
+        return list(self._by_table)
+
+    def database(self) -> str | None:
+        for entries in self._by_table.values():
+            source = orjson.loads(entries[0][3]).get("source") or {}
+            db = source.get("db")
+            if isinstance(db, str):
+                return db
+        return None
+
+    def shape_for(self, change: Change) -> tuple[TableShape, bytes]:
+        entries = self._by_table.get(change.table)
+        if not entries:
+            raise ApplyError(
+                f"table {'.'.join(change.table)}: no schema-change event announces its shape,"
+                f" so it cannot be created (first change at LSN {change.change_lsn}). The"
+                " connector must run with schema_changes: topic or inband",
+                table=".".join(change.table),
+                lsn=change.change_lsn,
+            )
+        index = bisect.bisect_right([e[0] for e in entries], change.change_lsn) - 1
+        index = max(index, 0)  # a change older than the first shape seen: its first shape
+        _lsn, _version, shape, raw = entries[index]
+        return shape, raw
+
+
+class _Table:
+    """A replayed table as it stands in the target: its shape and its batch."""
+
+    def __init__(
+        self, target: Target, shape: TableShape, raw: bytes, options: ValueOptions
+    ) -> None:
+        self.target = target
+        self.shape = shape
+        self.raw = raw
+        infos = type_infos(shape)
+        converters = [
+            text_converter_for(c.type_oid, c.type_modifier, options, types=infos, column=c.name)
+            for c in shape.columns
+        ]
+        self.batch = TableBatch(
+            table=f"{shape.schema}.{shape.table}",
+            columns=[c.name for c in shape.columns],
+            key_columns=shape.key_columns,
+            converters=converters,
+        )
+
+
+def value_options(connector: ConnectorConfig) -> ValueOptions:
+    values = connector.values
+    return ValueOptions(
+        decimal_handling=values.decimal_handling,
+        binary_handling=values.binary_handling,
+        time_precision=values.time_precision,
+        interval_handling=values.interval_handling,
+        hstore_handling=values.hstore_handling,
+        on_conversion_error=values.on_conversion_error,
+    )
+
+
+class Replay:
+    """One run of ``cdc replay`` (or one replay declared in a connector file)."""
+
+    def __init__(
+        self,
+        request: ReplayRequest,
+        *,
+        stop: threading.Event | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self._request = request
+        self._cfg = request.connector
+        self._stop = stop or threading.Event()
+        self._progress = progress
+        self._log = structlog.get_logger("cdc.replay").bind(connector=self._cfg.name)
+        self._options = value_options(self._cfg)
+        self._topics = self._cfg.effective_topics(request.daemon)
+        self._shapes = _Shapes()
+        self._tables: dict[TableId, _Table] = {}
+        self._applied: dict[TableId, tuple[Target, bytes]] = {}
+        self._ordered = self._cfg.delivery == "exactly_once"
+        self._position: tuple[int, int] | None = None
+        self._topic_table: dict[str, TableId] = {}
+        self._selected: set[str] | None = None  # "schema.table" replayed (known after start)
+        self._unsorted_ends: list[tuple[int, dict[str, int]]] = []
+        if request.transactional and not self._cfg.provide_transaction_metadata:
+            raise ConfigError(
+                "a transactional replay needs the transaction topic: set"
+                " provide_transaction_metadata: true in the connector file (events written"
+                " before that carry no transaction boundaries)",
+                key="provide_transaction_metadata",
+            )
+        if request.follow and request.until is not None:
+            raise ConfigError("--until rebuilds a past moment and stops: it cannot --follow")
+
+    # --- set-up ---------------------------------------------------------------------
+
+    def run(self) -> ReplayReport:
+        """Replay until done (one-shot, ``--until``) or stopped (``--follow``).
+
+        Raises:
+            CdcError: Kafka or the target refused something (``retryable`` says whether a
+                rerun can heal it), or a change cannot be applied (names table and LSN).
+        """
+        request, cfg = self._request, self._cfg
+        daemon = request.daemon
+        admin = KafkaAdmin(
+            daemon.kafka.bootstrap_servers,
+            daemon.kafka.properties,
+            client_id=f"cdc-replay-{cfg.name}",
+            log=self._log,
+        )
+        target = TargetDatabase(request.target_dsn, connector=cfg.name)
+        control: TopicTail | None = None
+        reader: PartitionReader | None = None
+        try:
+            target.ensure_state()
+            if not target.lock():
+                raise CdcError(
+                    f"another replay of connector {cfg.name!r} is running on this target"
+                    " database (it holds the replay lock); stop it first"
+                )
+            control_topics = [state_topic_name(cfg.name)]
+            if cfg.schema_changes == "topic":
+                control_topics.append(schema_topic_name(cfg.name))
+            if request.transactional:
+                control_topics.append(transaction_topic_name(cfg.name))
+            control = TopicTail(admin, control_topics, group_id=f"cdc-replay-{cfg.name}")
+            queue = ChangeQueue(
+                ordered=self._ordered, transactional=request.transactional, until=request.until
+            )
+            self._read_control(control.drain(), queue)
+            tables = self._select_tables()
+            if request.rebuild:
+                state = target.load_state()
+                target.reset(t for t, _ in state.tables.values())
+            state = target.load_state()
+            self._check_until(state)
+            self._applied = dict(state.tables)
+            self._position = state.position
+            reader = PartitionReader(admin, group_id=f"cdc-replay-{cfg.name}")
+            partitions = self._assign(reader, tables, state)
+            self._selected = {".".join(t) for t in self._topic_table.values()}
+            for lsn, counts in self._unsorted_ends:
+                queue.expect(lsn, sum(counts.get(t, 0) for t in self._selected))
+            self._unsorted_ends.clear()
+            return self._loop(target, control, reader, queue, partitions, state)
+        finally:
+            if reader is not None:
+                reader.close()
+            if control is not None:
+                control.close()
+            target.close()
+
+    def _select_tables(self) -> list[TableId]:
+        wanted: list[TableId] | None = None
+        if self._request.tables:
+            wanted = [_table_id(t) for t in self._request.tables]
+        elif self._cfg.table_names is not None:
+            wanted = list(self._cfg.table_names)
+        known = self._shapes.tables()
+        if wanted is None:
+            if self._cfg.schema_changes != "topic":
+                raise ConfigError(
+                    "with schema_changes: inband the replay cannot list the tables from the"
+                    " schema topic: name them with --table or the connector's tables",
+                    key="tables",
+                )
+            return sorted(known)
+        return wanted
+
+    def _retention_topic(self, table: TableId) -> str:
+        database = self._shapes.database() or ""
+        return self._topics.retention_topic(self._cfg.name, database, table[0], table[1])
+
+    def _assign(
+        self, reader: PartitionReader, tables: Sequence[TableId], state: ReplayState
+    ) -> list[tuple[str, int]]:
+        start: dict[tuple[str, int], int | None] = {}
+        for table in tables:
+            topic = self._retention_topic(table)
+            partitions = reader.partitions(topic)
+            if partitions is None:
+                self._log.warning("replay_topic_missing", table=".".join(table), topic=topic)
+                continue
+            self._topic_table[topic] = table
+            for p in partitions:
+                start[(topic, p)] = state.offsets.get((topic, p))
+        if not start:
+            raise CdcError(
+                f"none of the tables to replay has a retention topic in Kafka (looked for"
+                f" {', '.join(self._retention_topic(t) for t in tables) or 'no tables'});"
+                " check the connector name and topics.retention"
+            )
+        reader.assign(start)
+        return list(start)
+
+    def _check_until(self, state: ReplayState) -> None:
+        until = self._request.until
+        if until is None or until.lsn is None or state.position is None:
+            return
+        if state.position[0] > until.lsn:
+            raise CdcError(
+                f"the target already holds changes after LSN {until.lsn} (it is at"
+                f" {state.position[0]}): a point-in-time replay needs an empty target, or"
+                " --rebuild to drop the replayed tables first"
+            )
+
+    # --- control topics ----------------------------------------------------------------
+
+    def _read_control(self, records: list[ConsumedRecord], queue: ChangeQueue) -> None:
+        cfg = self._cfg
+        state_topic = state_topic_name(cfg.name)
+        tx_topic = transaction_topic_name(cfg.name)
+        for record in records:
+            if record.value is None:
+                continue
+            if record.topic == state_topic:
+                if record.key == POSITION_KEY:
+                    try:
+                        stored = StoredPosition.from_json(record.value)
+                    except ValueError as exc:
+                        raise CdcError(f"the connector's position is unreadable: {exc}") from exc
+                    queue.set_watermark(tuple(stored.reached))  # type: ignore[arg-type]
+            elif record.topic == tx_topic:
+                self._read_transaction(record.value, queue)
+            else:
+                self._shapes.add(record.value)
+
+    def _read_transaction(self, value: bytes, queue: ChangeQueue) -> None:
+        event = orjson.loads(value)
+        if event.get("status") != "END":
+            return
+        tx_id = str(event.get("id", ""))
+        _, _, lsn_text = tx_id.partition(":")
+        if not lsn_text.isdigit():
+            return
+        counts = {
+            str(entry.get("data_collection")): int(entry.get("event_count") or 0)
+            for entry in event.get("data_collections") or ()
+        }
+        if self._selected is None:
+            self._unsorted_ends.append((int(lsn_text), counts))
+        else:
+            queue.expect(int(lsn_text), sum(counts.get(t, 0) for t in self._selected))
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def _loop(  # noqa: PLR0917 - the replay's one loop and its parts
+        self,
+        target: TargetDatabase,
+        control: TopicTail,
+        reader: PartitionReader,
+        queue: ChangeQueue,
+        partitions: list[tuple[str, int]],
+        state: ReplayState,
+    ) -> ReplayReport:
+        request = self._request
+        report = ReplayReport(tables=[".".join(t) for t in self._topic_table.values()])
+        started = time.monotonic()
+        last_progress = started
+        total = state.changes
+        stop_at = None if request.follow else reader.end_offsets(partitions)
+        saved: dict[tuple[str, int], int] = dict(state.offsets)
+        while not self._stop.is_set():
+            self._read_control(control.drain(), queue)
+            self._read_data(reader, queue, partitions)
+            batch = queue.take(request.batch_changes)
+            if batch:
+                total += self._apply(target, batch, queue, reader, partitions, saved, total)
+                report.changes += len(batch)
+                report.batches += 1
+            elif stop_at is not None and (
+                queue.finished or all(reader.at_end(tp, stop_at[tp]) for tp in partitions)
+            ):
+                self._save_offsets_only(target, queue, reader, partitions, saved, total)
+                break
+            elif queue.finished:
+                break
+            now = time.monotonic()
+            if now - last_progress >= PROGRESS_INTERVAL_S:
+                last_progress = now
+                self._report(report, started, total, reader, partitions, saved)
+        report.seconds = time.monotonic() - started
+        report.position = self._position
+        report.held_back = len(queue)
+        self._report(report, started, total, reader, partitions, saved, final=True)
+        return report
+
+    def _read_data(
+        self, reader: PartitionReader, queue: ChangeQueue, partitions: list[tuple[str, int]]
+    ) -> None:
+        """Read until every partition is past the watermark or at its end (or the queue
+        is full); without a watermark, one read."""
+        ends: dict[tuple[str, int], int] | None = None
+        first = True
+        while True:
+            if len(queue) >= MAX_QUEUED:
+                return
+            if not first:
+                lagging = [tp for tp in partitions if queue.needs_more(tp)]
+                if not lagging:
+                    return
+                if ends is None:
+                    ends = reader.end_offsets(lagging)
+                lagging = [tp for tp in lagging if not reader.at_end(tp, ends[tp])]
+                if not lagging:
+                    return
+            records = reader.read(IDLE_WAIT_S if first else 0.05)
+            first = False
+            for record in records:
+                change = parse_change(*record)
+                if change.kind is ChangeKind.SCHEMA:
+                    assert change.value is not None
+                    self._shapes.add(change.value)
+                queue.add(change)
+            if not records and not self._ordered:
+                return
+            if self._stop.is_set():
+                return
+
+    def _apply(  # noqa: PLR0917
+        self,
+        target: TargetDatabase,
+        batch: list[Change],
+        queue: ChangeQueue,
+        reader: PartitionReader,
+        partitions: list[tuple[str, int]],
+        saved: dict[tuple[str, int], int],
+        total: int,
+    ) -> int:
+        """One target transaction: the batch's DDL, rows, offsets and position."""
+        # New types (and enum labels) must be committed before rows use them.
+        for change in batch:
+            if change.kind in (ChangeKind.UPSERT, ChangeKind.DELETE, ChangeKind.TRUNCATE):
+                shape, _raw = self._shapes.shape_for(change)
+                if shape.types and self._needs_types(change.table, shape):
+                    target.run_outside(create_types(shape.types), what="creating types")
+        applied = 0
+        last: Change | None = None
+        try:
+            with target.transaction():
+                for change in batch:
+                    kind = change.kind
+                    if kind is ChangeKind.SKIP or kind is ChangeKind.SCHEMA:
+                        continue
+                    table = self._table(target, change)
+                    if kind is ChangeKind.TRUNCATE:
+                        self._flush(target, table)
+                        target.truncate(table.target)
+                    else:
+                        table.batch.add(change)
+                    applied += 1
+                    last = change
+                for table in self._tables.values():
+                    self._flush(target, table)
+                if last is not None:
+                    self._position = last.position
+                offsets = self._offsets(queue, reader, partitions)
+                changed = {tp: o for tp, o in offsets.items() if saved.get(tp) != o}
+                target.save(
+                    changed,
+                    self._position,
+                    None if last is None else last.commit_ts_us,
+                    total + applied,
+                )
+        except BaseException:
+            self._tables.clear()  # the target rolled back: rebuild from what it holds
+            raise
+        saved.update(changed)
+        for name, table in self._tables.items():
+            self._applied[name] = (table.target, table.raw)
+        return applied
+
+    def _save_offsets_only(  # noqa: PLR0917
+        self,
+        target: TargetDatabase,
+        queue: ChangeQueue,
+        reader: PartitionReader,
+        partitions: list[tuple[str, int]],
+        saved: dict[tuple[str, int], int],
+        total: int,
+    ) -> None:
+        offsets = self._offsets(queue, reader, partitions)
+        changed = {tp: o for tp, o in offsets.items() if saved.get(tp) != o}
+        if changed:
+            with target.transaction():
+                target.save(changed, self._position, None, total)
+            saved.update(changed)
+
+    @staticmethod
+    def _offsets(
+        queue: ChangeQueue, reader: PartitionReader, partitions: list[tuple[str, int]]
+    ) -> dict[tuple[str, int], int]:
+        """Where each partition continues: its first change not applied, or what was read."""
+        offsets: dict[tuple[str, int], int] = {}
+        for tp in partitions:
+            head = queue.head(tp)
+            if head is not None:
+                offsets[tp] = head.offset
+            else:
+                reached = max(reader.next.get(tp, -1), reader.eof.get(tp, -1))
+                if reached >= 0:
+                    offsets[tp] = reached
+        return offsets
+
+    def _needs_types(self, table: TableId, shape: TableShape) -> bool:
+        current = self._tables.get(table)
+        return current is None or current.shape.version != shape.version
+
+    def _table(self, target: TargetDatabase, change: Change) -> _Table:
+        """The change's table in the target, created or altered to the change's shape."""
+        shape, raw = self._shapes.shape_for(change)
+        table = self._tables.get(change.table)
+        if table is not None and table.shape.version == shape.version:
+            return table
+        name = ".".join(change.table)
+        if table is None:
+            stored = self._applied.get(change.table)
+            if stored is not None:
+                previous_raw = stored[1]
+                previous = parse_schema_event(previous_raw)
+                table = _Table(stored[0], previous, previous_raw, self._options)
+                if previous.version == shape.version:
+                    self._tables[change.table] = table
+                    return table
+        if table is None:
+            mapped = self._request.mapping.get(name, name)
+            where = Target(*_table_id(mapped))
+            target.execute(create_table(shape, where), what=f"creating table {where.sql}")
+        else:
+            if shape.version < table.shape.version:
+                return table  # an older shape's change after a newer one: keep the newer
+            self._flush(target, table)
+            where = table.target
+            statements = alter_table(table.shape, shape, where)
+            target.execute(
+                statements,
+                what=f"applying schema version {shape.version} of {name} (from LSN"
+                f" {shape.lsn}) to {where.sql}",
+            )
+        table = _Table(where, shape, raw, self._options)
+        target.save_table(change.table, where, shape.version, raw)
+        self._tables[change.table] = table
+        self._log.info("replay_table_shape", table=name, target=where.sql, version=shape.version)
+        return table
+
+    @staticmethod
+    def _flush(target: TargetDatabase, table: _Table) -> None:
+        if len(table.batch):
+            target.write(
+                table.target,
+                table.batch.columns,
+                table.batch.key_columns,
+                table.batch.writes(),
+            )
+
+    def _report(  # noqa: PLR0917
+        self,
+        report: ReplayReport,
+        started: float,
+        total: int,
+        reader: PartitionReader,
+        partitions: list[tuple[str, int]],
+        saved: Mapping[tuple[str, int], int],
+        *,
+        final: bool = False,
+    ) -> None:
+        elapsed = max(time.monotonic() - started, 1e-9)
+        lag: int | None
+        try:
+            ends = reader.end_offsets(partitions)
+            lag = sum(max(0, ends[tp] - saved.get(tp, 0)) for tp in partitions)
+        except CdcError:
+            lag = None
+        info = Progress(report.changes, report.changes / elapsed, lag, self._position)
+        if self._progress is not None:
+            self._progress(info)
+        self._log.info(
+            "replay_finished" if final else "replay_progress",
+            changes=report.changes,
+            total_changes=total,
+            rate=round(info.rate),
+            lag=lag,
+            lsn=None if self._position is None else self._position[0],
+        )
+
+
+def _table_id(text: str) -> TableId:
+    schema, dot, table = text.partition(".")
+    if not dot:
+        return ("public", schema)
+    return (schema, table)
+
+
+def parse_until(text: str) -> Until:
+    """``--until``: an LSN (``16/B374D848`` or decimal) or an ISO-8601 timestamp."""
+    text = text.strip()
+    if "/" in text:
+        return Until(lsn=parse_lsn(text))
+    if text.isdigit():
+        return Until(lsn=int(text))
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(
+            f"--until {text!r} is neither an LSN (16/B374D848) nor an ISO-8601 time"
+            " (2026-11-30T12:00:00Z)"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return Until(ts_us=int(moment.timestamp() * 1_000_000))
+
+
+def run_replay_command(request: ReplayRequest) -> int:
+    """``cdc replay``: run one replay in the foreground; SIGTERM/SIGINT stop it between
+    two batches (everything applied is committed). Returns the exit status: 0 done or
+    stopped, 1 a failure (the message says what to do), 2 a configuration error."""
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    terminal = sys.stderr.isatty()
+
+    def show(info: Progress) -> None:
+        if not terminal:
+            return
+        lag = "?" if info.lag is None else f"{info.lag:,}"
+        sys.stderr.write(f"\r{info.changes:,} changes  {info.rate:,.0f}/s  lag {lag} records  ")
+        sys.stderr.flush()
+
+    log = structlog.get_logger("cdc.replay").bind(connector=request.connector.name)
+    try:
+        report = Replay(request, stop=stop, progress=show).run()
+    except ConfigError as exc:
+        sys.stderr.write(f"\ncdc: configuration error: {exc}\n")
+        return 2
+    except CdcError as exc:
+        log.error("replay_failed", error=str(exc), retryable=exc.retryable)  # noqa: TRY400 - the message is the report
+        sys.stderr.write(f"\ncdc: replay failed: {exc}\n")
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if terminal:
+        sys.stderr.write("\n")
+    print(
+        f"replayed {report.changes:,} changes of {len(report.tables)} tables in"
+        f" {report.seconds:.1f}s ({report.changes / max(report.seconds, 1e-9):,.0f}/s)"
+        + ("" if report.position is None else f"; at commit LSN {report.position[0]}")
+        + (f"; {report.held_back:,} changes after --until not applied" if report.held_back else "")
+    )
+    return 0
