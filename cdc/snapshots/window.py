@@ -72,12 +72,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 import orjson
 
 from cdc.envelope import Record, Row, TableEncoder, TxContext
 from cdc.snapshots.state import ConnectorState, Key, SnapshotProgress
+
+if TYPE_CHECKING:
+    from cdc.stream.schema_changes import TableDescription
 
 __all__ = [
     "SIGNAL_PREFIX",
@@ -338,12 +341,15 @@ class ChunkWindow:
 
     The chunk driver (an edge: it writes watermarks and runs the chunk queries) starts
     snapshots here (``begin``), reads chunks through ``snapshot`` and hands each chunk's
-    table encoder in (``encoders``); the router feeds the stream to it: every change of
-    ``window_table`` (``change``, ``truncate``) and every watermark (``watermark``).
-    ``state`` is the connector's snapshot state as of the stream's position.
+    table encoder in (``encoders``), and, when schema changes are on, the table's
+    description for its schema-change event (``descriptions``: the router announces a
+    shape the history does not know before the chunk's rows); the router feeds the stream
+    to it: every change of ``window_table`` (``change``, ``truncate``) and every watermark
+    (``watermark``). ``state`` is the connector's snapshot state as of the stream's
+    position.
     """
 
-    __slots__ = ("encoders", "snapshot", "state", "window_table")
+    __slots__ = ("descriptions", "encoders", "snapshot", "state", "window_table")
 
     def __init__(self, state: ConnectorState) -> None:
         self.state = state
@@ -352,6 +358,7 @@ class ChunkWindow:
         # plain attribute, read for every streamed change.
         self.window_table: str | None = None
         self.encoders: dict[str, TableEncoder] = {}
+        self.descriptions: dict[str, TableDescription] = {}
 
     def begin(self, progress: SnapshotProgress, *, chunk_rows: int) -> None:
         """Run ``progress`` (a new snapshot, or one resumed from the state topic)."""

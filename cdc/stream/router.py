@@ -19,14 +19,20 @@ still fed, so what follows is encoded exactly as it was the first time).
 Which tables are captured: every table in the stream but the signal table and the outbox
 table, whose rows are routed instead (and whose TRUNCATE produces nothing). The edge
 resolves what needs the catalog when a Relation arrives (``RelationInfo``: the event key,
-SQL type names, custom types, partition count), so nothing here calls out but the TOAST
+SQL type names, NOT NULL, custom types, partition count), and the snapshot driver what a
+chunk's table needs (``ChunkWindow.descriptions``), so nothing here calls out but the TOAST
 memory (``toast.mode: fill``), a small ``Protocol``.
+
+Schema-change events precede the first data event of each new shape, streamed or read by
+an incremental snapshot: the first chunk of a table whose shape the history does not
+know carries its event (``source.lsn`` the chunk rows'), in the same ``Publish``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import NamedTuple, Protocol, cast
 
 import orjson
@@ -168,6 +174,8 @@ class RelationInfo:
     key_columns: tuple[str, ...] | None = None
     # format_type() of each column, for schema-change events.
     type_names: tuple[str, ...] = ()
+    # Whether each column is NOT NULL (None: unknown), for schema-change events.
+    not_null: tuple[bool | None, ...] = ()
     # Every non-built-in type the columns use, transitively (None: no longer exists).
     types: Mapping[int, TypeInfo | None] = field(default_factory=dict)
     # Partitions of the table's retention topic (in-band schema changes need it).
@@ -231,6 +239,9 @@ class ChangeRouter:
         # Shapes from Relation messages by OID, compared with the schema history at the
         # table's next data event (the event then carries that event's position).
         self._shapes: dict[int, tuple[Relation, RelationInfo]] = {}
+        # The last Relation of each OID: compared again after a snapshot chunk announced
+        # another shape of its table (the stream's next event has the Relation's shape).
+        self._relations: dict[int, tuple[Relation, RelationInfo]] = {}
         self._tx: TxContext | None = None
         self._order_lsn = 0
         self._index = 0
@@ -263,7 +274,7 @@ class ChangeRouter:
             return
         self._keys[relation.oid] = info.key_columns
         if self._schema is not None:
-            self._shapes[relation.oid] = (relation, info)
+            self._shapes[relation.oid] = self._relations[relation.oid] = (relation, info)
 
     # --- the stream ---------------------------------------------------------------------
 
@@ -438,6 +449,8 @@ class ChangeRouter:
                 retention_topic=self._retention_topic(relation.namespace, relation.name),
                 partitions=info.partitions,
                 at=at,
+                types=info.types,
+                not_null=info.not_null,
             )
             if pending is not None:
                 schema_records.extend(schema.records(pending, tx, lsn, now_us))
@@ -486,7 +499,7 @@ class ChangeRouter:
             if not isinstance(data, str) or not data:
                 return []
             closed = self._window.watermark(data.encode(), tx, lsn, now_us)
-            return self._chunk(closed, reached, published)
+            return self._chunk(closed, tx, lsn, now_us, reached, published)
         if signal_type == "execute-snapshot" and not published:
             signal = {"type": signal_type, "data": data if isinstance(data, str) else "{}"}
             tables = parse_signal(orjson.dumps(signal))
@@ -501,7 +514,7 @@ class ChangeRouter:
         tx, reached, published = self._unit(lsn)
         if msg.prefix == WATERMARK_PREFIX:
             closed = self._window.watermark(msg.content, tx, lsn, now_us)
-            return self._chunk(closed, reached, published)
+            return self._chunk(closed, tx, lsn, now_us, reached, published)
         if msg.prefix == SIGNAL_PREFIX:
             tables = parse_signal(msg.content)
             if tables is None or published:
@@ -529,19 +542,64 @@ class ChangeRouter:
         effects.append(SourceCommit(reached, lsn, now_us))
         return effects
 
-    def _chunk(
-        self, closed: ChunkClosed | None, reached: Position, published: bool
+    def _chunk(  # noqa: PLR0917 - private
+        self,
+        closed: ChunkClosed | None,
+        tx: TxContext,
+        lsn: int,
+        now_us: int,
+        reached: Position,
+        published: bool,
     ) -> list[Effect]:
-        """A watermark: at a HIGH that closes the chunk in flight, its rows right here."""
+        """A watermark: at a HIGH that closes the chunk in flight, its rows right here,
+        after the schema-change event of their table if the history does not know the
+        shape they were read with."""
         if closed is None or published:
             # Published before: only a stale watermark of a chunk the stored progress
             # already counts can be here, and the window ignores those.
             return []
-        return [
-            Publish(closed.records, reached),
+        progress: list[Effect] = [
             SaveState(STATE_KEY, closed.state.to_json()),
             ChunkPublished(closed.table, closed.rows, closed.progress, closed.finished),
         ]
+        announced = self._chunk_schema(closed.table, tx, lsn, now_us, reached)
+        if announced is None:
+            return [Publish(closed.records, reached), *progress]
+        schema_records, change, history = announced
+        return [
+            Publish(chain(schema_records, closed.records), reached),
+            SaveState(SCHEMA_STATE_KEY, history),
+            *progress,
+            SchemaAnnounced(change),
+        ]
+
+    def _chunk_schema(
+        self, table: str | None, tx: TxContext, lsn: int, now_us: int, reached: Position
+    ) -> tuple[list[Record], SchemaChange, bytes] | None:
+        """The schema-change records of a chunk's table (``source.lsn``: the rows'), the
+        change and the history to store, when the chunk's shape is new to the history."""
+        schema = self._schema
+        if schema is None or table is None:
+            return None
+        description = self._window.descriptions.get(table)
+        if description is None:
+            return None
+        announced = schema.announce(
+            description,
+            at=Position(reached.lsn, reached.seq - 1),  # the watermark's identity
+            tx=tx,
+            lsn=lsn,
+            now_us=now_us,
+            snapshot="incremental",
+        )
+        if announced is None:
+            return None
+        last = self._relations.get(description.relation.oid)
+        if last is not None:
+            # The table's next streamed event has the last Relation's shape, which may not
+            # be the chunk's: it is compared with the history again then.
+            self._shapes.setdefault(description.relation.oid, last)
+        return announced[0], announced[1], schema.history.to_json()
 
     def _ensure(self, records: Sequence[Record]) -> list[Effect]:
         new = tuple(dict.fromkeys(r.topic for r in records if r.topic not in self._known_topics))

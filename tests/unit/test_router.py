@@ -52,7 +52,7 @@ from cdc.stream.router import (
     StartSnapshot,
 )
 from cdc.stream.routing import MessageRouter, OutboxRouter
-from cdc.stream.schema_changes import SCHEMA_STATE_KEY, SchemaChanges
+from cdc.stream.schema_changes import SCHEMA_STATE_KEY, SchemaChanges, TableDescription
 from cdc.stream.schema_history import SchemaHistory
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"
@@ -683,3 +683,87 @@ def test_an_outbox_row_already_published_is_skipped_on_resume() -> None:
     assert run(make_router(resume=Position(1100, 1)), _with_relations(*_tx(row))) == [
         SourceCommit(Position(1100, COMPLETE), 1150, PG_EPOCH_UNIX_US)
     ]
+
+
+# --- schema events of incremental snapshot chunks --------------------------------------------
+
+
+def _described(window: ChunkWindow, relation: Relation = ITEMS) -> ChunkWindow:
+    """The window, with the description the snapshot driver gives of the chunk's table."""
+    window.descriptions["public.items"] = TableDescription(
+        relation=relation,
+        key_columns=("id",),
+        type_names=tuple("bigint" if c.type_oid == 20 else "text" for c in relation.columns),
+        not_null=tuple(c.is_key for c in relation.columns),
+        retention_topic="c.public.items",
+    )
+    return window
+
+
+def _chunk_stream(*, lsn: int = 1000) -> list[tuple[int, PgoutputMessage]]:
+    """LOW and HIGH of chunk 0, in one transaction; the HIGH watermark at lsn + 11."""
+    return _tx(
+        LogicalMessage(lsn, True, 1, "cdc.watermark", _mark("low")),
+        LogicalMessage(lsn, True, 2, "cdc.watermark", _mark("high")),
+        lsn=lsn,
+    )
+
+
+def test_a_chunk_of_a_table_the_stream_never_touched_is_announced_before_its_rows() -> None:
+    window = _described(_window_with_chunk(rows=2))
+    stream = [(2, OUTBOX), (3, SIGNALS), *_chunk_stream()]
+    effects = run(make_router(schema_changes="topic", window=window), stream)
+    (publish,) = publishes(effects)
+    records = list(publish.records)
+    assert [r.topic for r in records] == [
+        "c.__schema",
+        *["c.public.items", "c.public.items.latest"] * 2,
+    ]
+    schema = orjson.loads(records[0].value or b"")
+    rows = [orjson.loads(r.value or b"") for r in records[1::2]]
+    assert (schema["schema_version"], schema["source"]["snapshot"]) == (1, "incremental")
+    assert {r["source"]["lsn"] for r in rows} == {schema["source"]["lsn"]} == {1011}
+    assert [c["not_null"] for c in schema["columns"]] == [True, False]
+    kinds = [(type(e).__name__, getattr(e, "key", None)) for e in effects]
+    assert kinds[1:4] == [
+        ("SaveState", SCHEMA_STATE_KEY),
+        ("SaveState", STATE_KEY),
+        ("ChunkPublished", None),
+    ]
+    (announced,) = [e for e in effects if isinstance(e, SchemaAnnounced)]
+    assert announced.change.version == 1
+
+    # The stream's first change of the table afterwards has the same shape: no event.
+    router = make_router(schema_changes="topic", window=_described(_window_with_chunk(rows=1)))
+    effects = run(router, [*_chunk_stream(), (5, ITEMS), *_tx(_insert(9), lsn=2000)])
+    assert [e.change.version for e in effects if isinstance(e, SchemaAnnounced)] == [1]
+
+
+def test_a_chunk_of_a_shape_the_history_knows_is_not_announced() -> None:
+    router = make_router(schema_changes="topic", window=_described(_window_with_chunk(rows=1)))
+    effects = run(router, [(1, ITEMS), *_tx(_insert(1), lsn=500), *_chunk_stream()])
+    assert [e.change.version for e in effects if isinstance(e, SchemaAnnounced)] == [1]
+    chunk = publishes(effects)[-1]
+    assert [r.topic for r in chunk.records] == ["c.public.items", "c.public.items.latest"]
+
+
+def test_a_chunk_without_a_description_announces_nothing() -> None:
+    effects = run(
+        make_router(schema_changes="topic", window=_window_with_chunk(rows=1)), _chunk_stream()
+    )
+    assert [e for e in effects if isinstance(e, SchemaAnnounced)] == []
+    assert [s.key for s in effects if isinstance(s, SaveState)] == [STATE_KEY]
+
+
+def test_after_a_chunk_announced_another_shape_the_stream_s_next_event_is_compared_again() -> None:
+    """The chunk rows were read with a shape other than the stream's last Relation (a DDL
+    in between): each is announced before the events that have it."""
+    wider = _relation(columns=("id", "v", "w"))
+    router = make_router(schema_changes="topic", window=_described(_window_with_chunk(1), wider))
+    effects = run(
+        router,
+        [(1, ITEMS), *_tx(_insert(1), lsn=500), *_chunk_stream(), *_tx(_insert(2), lsn=2000)],
+    )
+    announced = [e.change for e in effects if isinstance(e, SchemaAnnounced)]
+    assert [(c.version, len(c.schema.columns)) for c in announced] == [(1, 2), (2, 3), (3, 2)]
+    assert [e.change.added for e in effects if isinstance(e, SchemaAnnounced)][1] == ("w",)
