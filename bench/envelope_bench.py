@@ -3,8 +3,11 @@
 The row is the shape of the Debezium comparison table (bench.public.cdc_bench): bigint
 key, int, ~100-character text, numeric(12,2), timestamptz and a small jsonb, inserted
 with REPLICA IDENTITY DEFAULT, so each event yields a retention and a compacted record.
+Each message gets its position headers built as the router builds them (the commit LSN's
+once per transaction of 1,000 rows, the index's per message); ``--transaction-metadata``
+also numbers every event's ``transaction`` block (``provide_transaction_metadata``).
 
-    .venv/bin/python bench/envelope_bench.py [--seconds 3]
+    .venv/bin/python bench/envelope_bench.py [--seconds 3] [--transaction-metadata]
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ import time
 
 import orjson
 
-from cdc.envelope import EnvelopeEncoder, TxContext
+from cdc.envelope import SEQ_HEADERS, EnvelopeEncoder, TxContext, lsn_header
 from cdc.protocol.messages import Column, Insert, Relation, ReplicaIdentity, Update
 from cdc.protocol.values import ValueOptions
+from cdc.stream.transactions import TransactionOrder
 
 RELATION = Relation(
     xid=None,
@@ -38,6 +42,7 @@ TEXT = "c4ca4238a0b923820dcc509a6f75849b" * 3 + "c4ca"
 TX = TxContext(
     xid=12933, commit_lsn=3748886600, commit_ts_us=1795777711720845, last_commit_lsn=None
 )
+ROWS_PER_TRANSACTION = 1000
 
 
 def _messages(n: int) -> list[Insert]:
@@ -59,15 +64,25 @@ def _messages(n: int) -> list[Insert]:
     ]
 
 
-def _rate(encode: object, messages: list[Insert] | list[Update], seconds: float) -> float:
+def _rate(
+    encode: object, messages: list[Insert] | list[Update], seconds: float, *, metadata: bool
+) -> float:
     assert callable(encode)
     done = 0
     start = time.perf_counter()
     deadline = start + seconds
     lsn = 3748886512
+    commit_lsn = TX.commit_lsn
     while True:
-        for message in messages:
-            encode(message, TX, lsn, 1795777711936065)
+        for first in range(0, len(messages), ROWS_PER_TRANSACTION):
+            # What the router does at a Begin, and per message.
+            tx = TX
+            if metadata:
+                order = TransactionOrder(12933, commit_lsn, TX.commit_ts_us)
+                tx = TxContext(12933, commit_lsn, TX.commit_ts_us, None, order.next)
+            commit = lsn_header(commit_lsn)
+            for index, message in enumerate(messages[first : first + ROWS_PER_TRANSACTION]):
+                encode(message, tx, lsn, 1795777711936065, (commit, SEQ_HEADERS[index]))
         done += len(messages)
         if time.perf_counter() >= deadline:
             break
@@ -77,6 +92,7 @@ def _rate(encode: object, messages: list[Insert] | list[Update], seconds: float)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--transaction-metadata", action="store_true")
     args = parser.parse_args()
     encoder = EnvelopeEncoder(
         connector="bench",
@@ -90,13 +106,15 @@ def main() -> None:
         Update(xid=None, relation=RELATION, old_kind=None, old=None, new=m.new) for m in inserts
     ]
     records = encoder.encode(inserts[0], TX, 3748886512, 1795777711936065)
-    insert_rate = _rate(encoder.encode, inserts, args.seconds)
-    update_rate = _rate(encoder.encode, updates, args.seconds)
+    metadata = args.transaction_metadata
+    insert_rate = _rate(encoder.encode, inserts, args.seconds, metadata=metadata)
+    update_rate = _rate(encoder.encode, updates, args.seconds, metadata=metadata)
     print(
         orjson.dumps(
             {
                 "bench": "envelope_encode",
                 "python": sys.version.split()[0],
+                "transaction_metadata": metadata,
                 "columns": len(RELATION.columns),
                 "records_per_event": len(records),
                 "value_bytes": len(records[0].value or b""),

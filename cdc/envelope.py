@@ -52,9 +52,19 @@ An unchanged TOASTed value the server did not send becomes Debezium's placeholde
 ``"__debezium_unavailable_value"``, never ``null``, unless the old row sent with the same
 Update (REPLICA IDENTITY FULL, or the key) holds its value: then that exact value is used.
 
+Every record of a change carries two Kafka headers, its place in the stream: ``cdc.lsn``,
+the commit LSN of its source transaction, and ``cdc.seq``, the index of its message in that
+transaction (both records of a key change share them), as ASCII decimals; the caller
+builds them once per message. A snapshot read carries ``cdc.lsn`` = the commit LSN its row
+is as of (``tx.commit_lsn``) and ``cdc.seq`` = ``-1``: before every change committed there.
+
+With transaction metadata on (``tx.order``), each event's ``transaction`` block says which
+source transaction it belongs to and where in it (Debezium's ``total_order`` and
+``data_collection_order``); snapshot reads keep ``transaction: null``.
+
 Where we differ from Debezium (beyond the values, see ``cdc.protocol.values``): Debezium
 puts both records on one topic and marks a key change with ``__debezium.oldkey`` /
-``newkey`` headers; records here carry no headers.
+``newkey`` headers; we do not.
 """
 
 from __future__ import annotations
@@ -87,12 +97,19 @@ from cdc.protocol.values import (
 )
 
 __all__ = [
+    "LSN_HEADER",
+    "SEQ_HEADER",
+    "SEQ_HEADERS",
+    "SNAPSHOT_SEQ",
     "EnvelopeEncoder",
+    "Headers",
     "Record",
     "Row",
     "TableEncoder",
     "ToastMemory",
     "TxContext",
+    "lsn_header",
+    "seq_header",
 ]
 
 _dumps: Final = orjson.dumps
@@ -124,6 +141,34 @@ class ToastMemory(Protocol):
 CONNECTOR_TYPE: Final = "postgresql"
 
 
+# Kafka headers of a record: (name, value) pairs, built once per message and shared by
+# all its records.
+Headers = tuple[tuple[str, bytes], ...]
+
+#: Header names of a record's place in the stream (docs/events.md#position-headers).
+LSN_HEADER: Final = "cdc.lsn"
+SEQ_HEADER: Final = "cdc.seq"
+#: ``cdc.seq`` of snapshot reads: the row as of before anything committed at ``cdc.lsn``.
+SNAPSHOT_SEQ: Final = -1
+
+#: ``cdc.seq`` headers of the first messages of a transaction, built once: nearly every
+#: message has one of these, so the hot path only looks it up (``seq_header`` otherwise).
+SEQ_HEADERS: Final = tuple((SEQ_HEADER, b"%d" % seq) for seq in range(1024))
+_SNAPSHOT_SEQ_HEADER: Final = (SEQ_HEADER, b"%d" % SNAPSHOT_SEQ)
+
+
+def lsn_header(commit_lsn: int) -> tuple[str, bytes]:
+    """The ``cdc.lsn`` header of a transaction's records (built once per transaction)."""
+    return (LSN_HEADER, b"%d" % commit_lsn)
+
+
+def seq_header(seq: int) -> tuple[str, bytes]:
+    """The ``cdc.seq`` header of the message with index ``seq`` in its transaction."""
+    if 0 <= seq < len(SEQ_HEADERS):
+        return SEQ_HEADERS[seq]
+    return (SEQ_HEADER, b"%d" % seq)
+
+
 class Record(NamedTuple):
     """One Kafka message. ``value`` ``None`` is a tombstone (never ``b""``).
 
@@ -146,6 +191,9 @@ class TxContext:
     commit_lsn: int  # Begin.final_lsn
     commit_ts_us: int  # Unix epoch microseconds
     last_commit_lsn: int | None  # LSN of the previous commit, if known
+    # provide_transaction_metadata: called once per data event, in publication order, with
+    # its table ("schema.table"); returns the event's transaction block. None: null.
+    order: Callable[[str], Row] | None = None
 
 
 Row = dict[str, JsonValue]
@@ -164,6 +212,8 @@ class TableEncoder:
         "_key_indexes",
         "_key_names",
         "_name",
+        "_qualified",
+        "_read_headers",
         "_rows",
         "_schema",
         "_table",
@@ -229,6 +279,9 @@ class TableEncoder:
         self._db = database
         self._schema = relation.namespace
         self._table = relation.name
+        self._qualified = qualified
+        # The headers of snapshot reads, with the TxContext they were built for.
+        self._read_headers: tuple[TxContext, Headers] | None = None
         # Columns whose values can be TOASTed out of line (variable length, not the key).
         self._toastable = tuple(
             (i, c.name)
@@ -271,12 +324,13 @@ class TableEncoder:
         source: Row,
         now_us: int,
         unavailable: list[str] | None = None,
+        transaction: Row | None = None,
     ) -> bytes:
         event: dict[str, object] = {
             "before": before,
             "after": after,
             "source": source,
-            "transaction": None,
+            "transaction": transaction,
             "op": op,
             "ts_ms": now_us // 1000,
             "ts_us": now_us,
@@ -327,6 +381,11 @@ class TableEncoder:
         self.unavailable_count += len(missing)
         return missing
 
+    def _order(self, tx: TxContext) -> Row | None:
+        """The transaction block of the next data event (None: metadata off)."""
+        order = tx.order
+        return None if order is None else order(self._qualified)
+
     def _key(self, row: Row) -> bytes:
         return _dumps({name: row[name] for name in self._key_names})
 
@@ -355,22 +414,36 @@ class TableEncoder:
 
     # -- changes ----------------------------------------------------------------------
 
-    def insert(self, message: Insert, tx: TxContext, lsn: int, now_us: int) -> list[Record]:
-        """Records for an inserted row."""
+    def insert(
+        self, message: Insert, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
+    ) -> list[Record]:
+        """Records for an inserted row (``headers``: its message's position headers)."""
         after = self._convert(message.new, lsn)
-        value = self._event("c", None, after, self._source(tx, lsn), now_us)
+        order = tx.order
+        value = self._event(
+            "c",
+            None,
+            after,
+            self._source(tx, lsn),
+            now_us,
+            None,
+            None if order is None else order(self._qualified),
+        )
         if not self.has_key:
-            return [Record(self.retention_topic, None, value)]
+            return [Record(self.retention_topic, None, value, headers)]
         key = self._key(after)
         if self._toast is not None:
             self._remember(message.new, key)
         return [
-            Record(self.retention_topic, key, value),
-            Record(self.compacted_topic, key, _dumps(after)),
+            Record(self.retention_topic, key, value, headers),
+            Record(self.compacted_topic, key, _dumps(after), headers),
         ]
 
-    def update(self, message: Update, tx: TxContext, lsn: int, now_us: int) -> list[Record]:
-        """Records for an updated row: one ``u`` event, or ``d`` + ``c`` if the key changed."""
+    def update(
+        self, message: Update, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
+    ) -> list[Record]:
+        """Records for an updated row: one ``u`` event, or ``d`` + ``c`` if the key changed
+        (all with the message's ``headers``)."""
         old = message.old
         new = message.new
         if old is None:
@@ -395,15 +468,24 @@ class TableEncoder:
                         after = self._convert(new, lsn)
                 if UNCHANGED_TOAST in new:
                     unavailable = self._unavailable(new)
-            value = self._event("u", None, after, self._source(tx, lsn), now_us, unavailable)
+            order = tx.order
+            value = self._event(
+                "u",
+                None,
+                after,
+                self._source(tx, lsn),
+                now_us,
+                unavailable,
+                None if order is None else order(self._qualified),
+            )
             if not self.has_key:
-                return [Record(self.retention_topic, None, value)]
+                return [Record(self.retention_topic, None, value, headers)]
             key = self._key(after)
             if self._toast is not None and unavailable is None:
                 self._remember(new, key)
             return [
-                Record(self.retention_topic, key, value),
-                Record(self.compacted_topic, key, _dumps(after)),
+                Record(self.retention_topic, key, value, headers),
+                Record(self.compacted_topic, key, _dumps(after), headers),
             ]
         if message.old_kind == "K":
             self._check_old_key(lsn)
@@ -424,7 +506,8 @@ class TableEncoder:
                 Record(
                     self.retention_topic,
                     None,
-                    self._event("u", before, after, source, now_us, unavailable),
+                    self._event("u", before, after, source, now_us, unavailable, self._order(tx)),
+                    headers,
                 )
             ]
         old_key = self._key(before)
@@ -438,35 +521,37 @@ class TableEncoder:
                 Record(
                     self.retention_topic,
                     key,
-                    self._event("u", before, after, source, now_us, unavailable),
+                    self._event("u", before, after, source, now_us, unavailable, self._order(tx)),
+                    headers,
                 ),
-                Record(self.compacted_topic, key, _dumps(after)),
+                Record(self.compacted_topic, key, _dumps(after), headers),
             ]
+        # Two events: the d is ordered (and published) before the c.
+        deleted = self._event("d", before, None, source, now_us, None, self._order(tx))
+        created = self._event("c", None, after, source, now_us, unavailable, self._order(tx))
         return [
-            Record(self.retention_topic, old_key, self._event("d", before, None, source, now_us)),
-            Record(self.compacted_topic, old_key, None),
-            Record(
-                self.retention_topic,
-                key,
-                self._event("c", None, after, source, now_us, unavailable),
-            ),
-            Record(self.compacted_topic, key, _dumps(after)),
+            Record(self.retention_topic, old_key, deleted, headers),
+            Record(self.compacted_topic, old_key, None, headers),
+            Record(self.retention_topic, key, created, headers),
+            Record(self.compacted_topic, key, _dumps(after), headers),
         ]
 
-    def delete(self, message: Delete, tx: TxContext, lsn: int, now_us: int) -> list[Record]:
+    def delete(
+        self, message: Delete, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
+    ) -> list[Record]:
         """Records for a deleted row: a ``d`` event and a tombstone."""
         if message.old_kind == "K" and self.has_key:
             self._check_old_key(lsn)
         before = self._convert(message.old, lsn)
-        value = self._event("d", before, None, self._source(tx, lsn), now_us)
+        value = self._event("d", before, None, self._source(tx, lsn), now_us, None, self._order(tx))
         if not self.has_key:
-            return [Record(self.retention_topic, None, value)]
+            return [Record(self.retention_topic, None, value, headers)]
         key = self._key(before)
         if self._toast is not None:
             self._toast.put(f"{self._schema}.{self._table}", key, {})
         return [
-            Record(self.retention_topic, key, value),
-            Record(self.compacted_topic, key, None),
+            Record(self.retention_topic, key, value, headers),
+            Record(self.compacted_topic, key, None, headers),
         ]
 
     def read(
@@ -495,22 +580,39 @@ class TableEncoder:
     def read_row(
         self, after: Row, tx: TxContext, lsn: int, now_us: int, snapshot: str
     ) -> list[Record]:
-        """``read`` for a row already converted with ``row``."""
+        """``read`` for a row already converted with ``row``.
+
+        Its records carry ``cdc.lsn`` = ``tx.commit_lsn`` (the point the row is as of: the
+        consistent point of an initial snapshot, the HIGH watermark's commit of a chunk)
+        and ``cdc.seq`` = ``SNAPSHOT_SEQ``; its ``transaction`` block is null (a snapshot
+        read belongs to no source transaction)."""
         value = self._event("r", None, after, self._source(tx, lsn, snapshot), now_us)
+        cached = self._read_headers
+        if cached is None or cached[0] is not tx:
+            # One tuple per snapshot (per chunk), not per row; readers of one table in
+            # several threads at worst each build it once.
+            cached = (tx, (lsn_header(tx.commit_lsn), _SNAPSHOT_SEQ_HEADER))
+            self._read_headers = cached
+        headers = cached[1]
         if not self.has_key:
-            return [Record(self.retention_topic, None, value)]
+            return [Record(self.retention_topic, None, value, headers)]
         key = self._key(after)
         return [
-            Record(self.retention_topic, key, value),
-            Record(self.compacted_topic, key, _dumps(after)),
+            Record(self.retention_topic, key, value, headers),
+            Record(self.compacted_topic, key, _dumps(after), headers),
         ]
 
-    def truncate(self, tx: TxContext, lsn: int, now_us: int) -> Record:
+    def truncate(
+        self, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
+    ) -> Record:
         """The ``t`` event of this table; it has no key and no compacted counterpart."""
         if self._toast is not None:
             self._toast.forget_table(f"{self._schema}.{self._table}")
         return Record(
-            self.retention_topic, None, self._event("t", None, None, self._source(tx, lsn), now_us)
+            self.retention_topic,
+            None,
+            self._event("t", None, None, self._source(tx, lsn), now_us, None, self._order(tx)),
+            headers,
         )
 
 
@@ -597,7 +699,12 @@ class EnvelopeEncoder:
         return encoder
 
     def encode(
-        self, message: Insert | Update | Delete | Truncate, tx: TxContext, lsn: int, now_us: int
+        self,
+        message: Insert | Update | Delete | Truncate,
+        tx: TxContext,
+        lsn: int,
+        now_us: int,
+        headers: Headers | None = None,
     ) -> list[Record]:
         """All records of one change, in the order they must be produced.
 
@@ -606,15 +713,17 @@ class EnvelopeEncoder:
             tx: its transaction.
             lsn: the LSN of the change (``source.lsn``).
             now_us: processing time, Unix epoch microseconds (top-level ``ts_*``).
+            headers: the message's position headers (``lsn_header``, ``seq_header``),
+                put on every record it produces.
 
         Raises:
             ConversionError: a value cannot be converted exactly; ``table``, ``column``,
                 ``type_name`` and ``lsn`` say which.
         """
         if isinstance(message, Insert):
-            return self.table(message.relation).insert(message, tx, lsn, now_us)
+            return self.table(message.relation).insert(message, tx, lsn, now_us, headers)
         if isinstance(message, Update):
-            return self.table(message.relation).update(message, tx, lsn, now_us)
+            return self.table(message.relation).update(message, tx, lsn, now_us, headers)
         if isinstance(message, Delete):
-            return self.table(message.relation).delete(message, tx, lsn, now_us)
-        return [self.table(r).truncate(tx, lsn, now_us) for r in message.relations]
+            return self.table(message.relation).delete(message, tx, lsn, now_us, headers)
+        return [self.table(r).truncate(tx, lsn, now_us, headers) for r in message.relations]

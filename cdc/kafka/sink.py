@@ -311,8 +311,19 @@ class KafkaSink:
         for record in records:
             count += 1
             try:
-                if record.headers is None and record.partition < 0:  # the hot path
-                    produce(record.topic, record.value, record.key, on_delivery=on_delivery)
+                if record.partition < 0:  # the hot path: the partition follows the key
+                    headers = record.headers
+                    if headers is None:
+                        produce(record.topic, record.value, record.key, on_delivery=on_delivery)
+                    else:
+                        # confluent-kafka takes headers as a list (or a dict), not a tuple.
+                        produce(
+                            record.topic,
+                            record.value,
+                            record.key,
+                            headers=list(headers),
+                            on_delivery=on_delivery,
+                        )
                 else:
                     self._produce(record, on_delivery)
             except BufferError:

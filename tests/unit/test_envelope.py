@@ -11,7 +11,14 @@ import orjson
 import pytest
 
 from cdc import __version__
-from cdc.envelope import EnvelopeEncoder, Record, TxContext
+from cdc.envelope import (
+    SNAPSHOT_SEQ,
+    EnvelopeEncoder,
+    Record,
+    TxContext,
+    lsn_header,
+    seq_header,
+)
 from cdc.errors import ConversionError
 from cdc.protocol.messages import (
     UNCHANGED_TOAST,
@@ -468,3 +475,129 @@ def test_table_encoder_is_cached_per_relation_object() -> None:
         True,
     )
     assert calls == [("public", "items")] * 4
+
+
+# --- position headers and transaction blocks --------------------------------------------
+
+HEADERS = (lsn_header(TX.commit_lsn), seq_header(3))
+
+
+def _headers_of(records: list[Record]) -> list[Any]:
+    return [r.headers for r in records]
+
+
+def test_every_record_of_a_change_carries_its_message_s_position_headers() -> None:
+    enc = encoder()
+    changes: list[Insert | Update | Delete] = [
+        Insert(xid=None, relation=ITEMS, new=("1", "x", "1.00")),
+        Update(xid=None, relation=ITEMS, old_kind=None, old=None, new=("1", "y", "1.00")),
+        Update(
+            xid=None, relation=ITEMS, old_kind="K", old=("1", None, None), new=("2", "y", "1.00")
+        ),
+        Delete(xid=None, relation=ITEMS, old_kind="K", old=("2", None, None)),
+        Insert(xid=None, relation=NO_KEY, new=("1", "x", "1.00")),
+    ]
+    records = [r for change in changes for r in enc.encode(change, TX, LSN, NOW_US, HEADERS)]
+    truncate = enc.encode(Truncate(None, 0, (ITEMS, NO_KEY)), TX, LSN, NOW_US, HEADERS)
+    assert len(records) == 2 + 2 + 4 + 2 + 1
+    assert set(_headers_of(records + truncate)) == {(("cdc.lsn", b"3748886600"), ("cdc.seq", b"3"))}
+
+
+def test_records_have_no_headers_unless_given() -> None:
+    records = encoder().encode(Insert(xid=None, relation=ITEMS, new=("1", "x", "1.00")), TX, 1, 2)
+    assert _headers_of(records) == [None, None]
+
+
+def test_seq_headers_are_ascii_decimals_beyond_the_prebuilt_ones() -> None:
+    assert [seq_header(i) for i in (0, 1023, 1024, 123456)] == [
+        ("cdc.seq", b"0"),
+        ("cdc.seq", b"1023"),
+        ("cdc.seq", b"1024"),
+        ("cdc.seq", b"123456"),
+    ]
+    assert lsn_header(24038104) == ("cdc.lsn", b"24038104")
+
+
+def test_snapshot_reads_are_as_of_the_snapshot_point_before_anything_committed_there() -> None:
+    snapshot = TxContext(xid=None, commit_lsn=5000, commit_ts_us=0, last_commit_lsn=None)
+    table = encoder().table(ITEMS)
+    records = table.read(("1", "x", "1.00"), snapshot, 5000, NOW_US, "first")
+    unkeyed = encoder().table(NO_KEY).read(("1", "x", "1.00"), snapshot, 5000, NOW_US, "true")
+    expected = (("cdc.lsn", b"5000"), ("cdc.seq", b"-1"))
+    assert _headers_of(records + unkeyed) == [expected] * 3
+    assert SNAPSHOT_SEQ == -1
+
+
+def test_snapshot_read_headers_are_built_once_per_snapshot_point() -> None:
+    table = encoder().table(ITEMS)
+    row = table.row(("1", "x", "1.00"), 0)
+    chunk = TxContext(xid=7, commit_lsn=6000, commit_ts_us=0, last_commit_lsn=None)
+    first = table.read_row(row, chunk, 5990, NOW_US, "incremental")
+    again = table.read_row(row, chunk, 5990, NOW_US, "incremental")
+    assert first[0].headers is again[0].headers
+    later = TxContext(xid=8, commit_lsn=7000, commit_ts_us=0, last_commit_lsn=None)
+    assert table.read_row(row, later, 6990, NOW_US, "incremental")[0].headers == (
+        ("cdc.lsn", b"7000"),
+        ("cdc.seq", b"-1"),
+    )
+
+
+class Order:
+    """A transaction block per data event, numbered as TransactionOrder does."""
+
+    def __init__(self) -> None:
+        self.tables: list[str] = []
+
+    def __call__(self, table: str) -> dict[str, Any]:
+        self.tables.append(table)
+        return {"id": "7:100", "total_order": len(self.tables)}
+
+
+def _transaction(records: list[Record]) -> list[Any]:
+    return [orjson.loads(r.value)["transaction"] for r in records if r.value and b'"op"' in r.value]
+
+
+def test_each_data_event_gets_the_next_transaction_block_in_publication_order() -> None:
+    order = Order()
+    tx = TxContext(xid=7, commit_lsn=100, commit_ts_us=0, last_commit_lsn=None, order=order)
+    enc = encoder(key_columns=lambda r: ["id"] if r.oid == ITEMS_FULL.oid else None)
+    changes: list[Insert | Update | Delete | Truncate] = [
+        Insert(xid=None, relation=ITEMS, new=("1", "x", "1.00")),
+        Update(xid=None, relation=ITEMS, old_kind=None, old=None, new=("1", "y", "1.00")),
+        Update(
+            xid=None, relation=ITEMS, old_kind="K", old=("1", None, None), new=("2", "y", "1.00")
+        ),
+        Delete(xid=None, relation=ITEMS, old_kind="K", old=("2", None, None)),
+        Update(xid=None, relation=NO_KEY, old_kind=None, old=None, new=("1", "y", "1.00")),
+        Update(
+            xid=None, relation=NO_KEY, old_kind="O", old=("1", "y", "1.00"), new=("1", "z", "1")
+        ),
+        Update(
+            xid=None,
+            relation=ITEMS_FULL,
+            old_kind="O",
+            old=("3", "y", "1.00"),
+            new=("3", "z", "1.00"),
+        ),
+        Truncate(None, 0, (ITEMS, NO_KEY)),
+    ]
+    records = [r for change in changes for r in enc.encode(change, tx, LSN, NOW_US)]
+    events = [orjson.loads(r.value)["op"] for r in records if r.value and b'"op"' in r.value]
+    assert events == ["c", "u", "d", "c", "d", "u", "u", "u", "t", "t"]
+    assert [block["total_order"] for block in _transaction(records)] == list(range(1, 11))
+    assert order.tables == [
+        *["public.items"] * 5,
+        "public.log",
+        "public.log",
+        "public.items",
+        "public.items",
+        "public.log",
+    ]
+
+
+def test_snapshot_reads_belong_to_no_transaction() -> None:
+    order = Order()
+    tx = TxContext(xid=7, commit_lsn=100, commit_ts_us=0, last_commit_lsn=None, order=order)
+    records = encoder().table(ITEMS).read(("1", "x", "1.00"), tx, 90, NOW_US, "incremental")
+    assert _transaction(records) == [None]
+    assert order.tables == []
