@@ -570,6 +570,12 @@ class ConnectorConfig(_Model):
     # "off" not at all. Either way events take the new shape from the first change after
     # the DDL.
     schema_changes: Literal["topic", "inband", "off"] = "topic"
+    # Debezium's provide.transaction.metadata: each data event's "transaction" block says
+    # which source transaction it belongs to and where in it, and <connector>.transaction
+    # receives a BEGIN and an END record (with the event counts) per transaction that
+    # published a data event (docs/events.md#transaction-metadata). Off: "transaction"
+    # is null, as Debezium's default.
+    provide_transaction_metadata: bool = False
     toast: ToastConfig = Field(default_factory=ToastConfig)
     values: ValuesConfig = Field(default_factory=ValuesConfig)
     messages: MessagesConfig = Field(default_factory=MessagesConfig)

@@ -60,6 +60,7 @@ from cdc.stream.routing import MessageRouter, OutboxRouter
 from cdc.stream.schema_changes import SCHEMA_STATE_KEY, SchemaChanges, schema_topic_name
 from cdc.stream.schema_history import SchemaHistory
 from cdc.stream.toast_store import ToastStore
+from cdc.stream.transactions import TransactionTopic, transaction_topic_name
 
 __all__ = ["ConnectorPipeline"]
 
@@ -166,6 +167,9 @@ class ConnectorPipeline:
         if cfg.schema_changes == "topic":
             # One partition: every schema change of the connector in order.
             table_topics.ensure_log_topics([schema_topic_name(cfg.name)], partitions=1)
+        if cfg.provide_transaction_metadata:
+            # One partition: BEGIN and END records in commit order.
+            table_topics.ensure_log_topics([transaction_topic_name(cfg.name)], partitions=1)
         sink = self._sink = KafkaSink.create(
             bootstrap_servers=bootstrap,
             properties=properties,
@@ -358,6 +362,11 @@ class ConnectorPipeline:
             types=types,
             resume=resume,
             toast=self._toast,
+            transactions=(
+                TransactionTopic(transaction_topic_name(cfg.name))
+                if cfg.provide_transaction_metadata
+                else None
+            ),
         )
 
     def _retention_topic(self, schema: str, table: str) -> str:

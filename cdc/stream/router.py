@@ -16,6 +16,18 @@ identity is before the stored position were published by a committed Kafka trans
 their records are dropped here (the TOAST memory, schema history and snapshot window are
 still fed, so what follows is encoded exactly as it was the first time).
 
+Position headers: every record of a table change (both topics) carries ``cdc.lsn`` (the
+commit LSN) and ``cdc.seq`` (the message's index: its identity's ``seq``; all records of
+one message share them, the ``d`` and ``c`` of a key change too), built once per message.
+
+Transaction metadata (``provide_transaction_metadata``, ``cdc.stream.transactions``): the
+envelope numbers each data event in its ``transaction`` block as it encodes it; the BEGIN
+record goes out with the transaction's first data event, in the same ``Publish``, and the
+END record at the Commit, as the Commit message's own unit (identity ``(commit LSN,
+messages)``), so a resumed stream publishes each exactly once, and END comes in the Kafka
+transaction that ends the source transaction. Snapshot rows of a chunk (published at a
+HIGH watermark) are no data events of the watermark's transaction.
+
 Which tables are captured: every table in the stream but the signal table and the outbox
 table, whose rows are routed instead (and whose TRUNCATE produces nothing). The edge
 resolves what needs the catalog when a Relation arrives (``RelationInfo``: the event key,
@@ -37,7 +49,15 @@ from typing import NamedTuple, Protocol, cast
 
 import orjson
 
-from cdc.envelope import EnvelopeEncoder, Record, TxContext
+from cdc.envelope import (
+    SEQ_HEADERS,
+    EnvelopeEncoder,
+    Headers,
+    Record,
+    TxContext,
+    lsn_header,
+    seq_header,
+)
 from cdc.errors import SourceError
 from cdc.lsn import format_lsn
 from cdc.positions import COMPLETE, Position
@@ -67,6 +87,7 @@ from cdc.snapshots.window import (
 from cdc.stream.routing import MessageRouter, OutboxRouter
 from cdc.stream.schema_changes import SCHEMA_STATE_KEY, SchemaChanges
 from cdc.stream.schema_history import SchemaChange
+from cdc.stream.transactions import TransactionOrder, TransactionTopic
 
 __all__ = [
     "ChangeRouter",
@@ -84,6 +105,8 @@ __all__ = [
 
 # Records a key change produces (d + tombstone + c + row): counted as a delete and a create.
 KEY_CHANGE_RECORDS = 4
+# Indexes whose cdc.seq header is prebuilt (SEQ_HEADERS): the hot path only looks it up.
+_SEQ_CACHED = len(SEQ_HEADERS)
 
 
 class Publish(NamedTuple):
@@ -204,6 +227,7 @@ class ChangeRouter:
         types: dict[int, TypeInfo | None],
         resume: Position | None = None,
         toast: ToastPositions | None = None,
+        transactions: TransactionTopic | None = None,
     ) -> None:
         """Args:
         encoder: the stream's envelope encoder; built over ``keys`` and ``types``.
@@ -219,6 +243,8 @@ class ChangeRouter:
         resume: ``exactly_once``: the position a committed Kafka transaction reached;
             what is before it is not published again.
         toast: the TOAST memory, told the position of each unit (``toast.mode: fill``).
+        transactions: ``provide_transaction_metadata``: the transaction topic's records
+            (None: off, every event's ``transaction`` is null).
         """
         self._encoder = encoder
         self._window = window
@@ -233,6 +259,7 @@ class ChangeRouter:
         self._types = types
         self._resume = resume
         self._toast = toast
+        self._transactions = transactions
         self._outbox_oid: int | None = None
         self._outbox_json: tuple[str, ...] = ()
         self._signal_oid: int | None = None
@@ -243,7 +270,11 @@ class ChangeRouter:
         # another shape of its table (the stream's next event has the Relation's shape).
         self._relations: dict[int, tuple[Relation, RelationInfo]] = {}
         self._tx: TxContext | None = None
+        # The data events of the transaction in hand (transaction metadata on).
+        self._order: TransactionOrder | None = None
         self._order_lsn = 0
+        # The cdc.lsn header of the transaction in hand, built once at its Begin.
+        self._lsn_header = lsn_header(0)
         self._index = 0
         self._last_commit_lsn: int | None = None
         #: Events published by operation, and transactions and messages seen (metrics).
@@ -291,13 +322,18 @@ class ChangeRouter:
         if kind is Begin:
             begin = cast(Begin, msg)
             commit_ts_us = begin.commit_ts + PG_EPOCH_UNIX_US
+            order = None
+            if self._transactions is not None:
+                order = self._order = TransactionOrder(begin.xid, begin.final_lsn, commit_ts_us)
             self._tx = TxContext(
                 xid=begin.xid,
                 commit_lsn=begin.final_lsn,
                 commit_ts_us=commit_ts_us,
                 last_commit_lsn=self._last_commit_lsn,
+                order=None if order is None else order.next,
             )
             self._order_lsn = begin.final_lsn
+            self._lsn_header = lsn_header(begin.final_lsn)
             self._index = 0
             return []
         if kind is Commit:
@@ -337,6 +373,13 @@ class ChangeRouter:
             self._toast.at(identity)
         return tx, Position(self._order_lsn, index + 1), published
 
+    def _headers(self) -> Headers:
+        """The position headers of the message ``_unit`` just numbered (its identity)."""
+        seq = self._index - 1
+        if seq < _SEQ_CACHED:
+            return (self._lsn_header, SEQ_HEADERS[seq])
+        return (self._lsn_header, seq_header(seq))
+
     def _published(self, identity: Position) -> bool:
         """Whether the message ``identity`` is in a committed Kafka transaction already;
         the first one that is not ends the skipping (nothing later was published)."""
@@ -355,7 +398,11 @@ class ChangeRouter:
             return self._outbox_row(msg, reached, published)
         if oid == self._signal_oid:
             return self._signal_row(msg, tx, lsn, now_us, reached, published)
-        records = self._encoder.encode(msg, tx, lsn, now_us)
+        order = self._order
+        first = order is not None and not order.total
+        seq = self._index - 1  # _headers(), inlined: the hot path
+        headers = (self._lsn_header, SEQ_HEADERS[seq] if seq < _SEQ_CACHED else seq_header(seq))
+        records = self._encoder.encode(msg, tx, lsn, now_us, headers)
         window = self._window
         if window.window_table is not None:
             relation = msg.relation
@@ -373,6 +420,8 @@ class ChangeRouter:
                 events["u"] += 1
         else:
             events["d"] += 1
+        if first:
+            records = self._with_begin(records)
         if self._shapes and oid in self._shapes:
             return self._with_schema([oid], records, tx, lsn, now_us, reached, published=published)
         if published:
@@ -385,12 +434,17 @@ class ChangeRouter:
         relations = [r for r in msg.relations if r.oid not in special]
         if not relations:
             return []  # the outbox or signal table: nothing of it is published
-        records = [self._encoder.table(r).truncate(tx, lsn, now_us) for r in relations]
+        order = self._order
+        first = order is not None and not order.total
+        headers = self._headers()
+        records = [self._encoder.table(r).truncate(tx, lsn, now_us, headers) for r in relations]
         window = self._window
         if window.window_table is not None:
             for relation in relations:
                 window.truncate(f"{relation.namespace}.{relation.name}")
         self.events["t"] += len(records)
+        if first:
+            records = self._with_begin(records)
         if self._shapes:
             oids = [r.oid for r in relations]
             return self._with_schema(oids, records, tx, lsn, now_us, reached, published=published)
@@ -410,9 +464,24 @@ class ChangeRouter:
         self.last_commit_ts_us = commit_ts_us
         self.transactions += 1
         reached = Position(self._order_lsn, COMPLETE)
+        effects: list[Effect] = []
+        order, self._order = self._order, None
+        if order is not None and order.total:
+            # END is the Commit's own unit: published unless a committed Kafka transaction
+            # already reached the end of this source transaction.
+            assert self._transactions is not None
+            if not self._published(Position(self._order_lsn, self._index)):
+                effects.append(Publish([self._transactions.end(order)], reached))
         if self._resume is not None and reached >= self._resume:
             self._resume = None  # what follows was never published
-        return [SourceCommit(reached, commit.end_lsn, commit_ts_us)]
+        effects.append(SourceCommit(reached, commit.end_lsn, commit_ts_us))
+        return effects
+
+    def _with_begin(self, records: list[Record]) -> list[Record]:
+        """The transaction's first data event's records, after its BEGIN record."""
+        assert self._transactions is not None
+        assert self._order is not None
+        return [self._transactions.begin(self._order), *records]
 
     # --- schema changes -----------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from cdc.stream.router import (
 from cdc.stream.routing import MessageRouter, OutboxRouter
 from cdc.stream.schema_changes import SCHEMA_STATE_KEY, SchemaChanges, TableDescription
 from cdc.stream.schema_history import SchemaHistory
+from cdc.stream.transactions import TransactionTopic
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pgoutput"
 NOW_US = 1_800_000_000_000_000
@@ -69,6 +70,7 @@ def make_router(
     schema_changes: str | None = None,
     history: SchemaHistory | None = None,
     window: ChunkWindow | None = None,
+    transactions: bool = False,
 ) -> ChangeRouter:
     keys: dict[int, tuple[str, ...] | None] = {}
     types: dict[int, Any] = {}
@@ -100,6 +102,7 @@ def make_router(
         keys=keys,
         types=types,
         resume=resume,
+        transactions=TransactionTopic("c.transaction") if transactions else None,
     )
 
 
@@ -767,3 +770,203 @@ def test_after_a_chunk_announced_another_shape_the_stream_s_next_event_is_compar
     announced = [e.change for e in effects if isinstance(e, SchemaAnnounced)]
     assert [(c.version, len(c.schema.columns)) for c in announced] == [(1, 2), (2, 3), (3, 2)]
     assert [e.change.added for e in effects if isinstance(e, SchemaAnnounced)][1] == ("w",)
+
+
+# --- position headers ------------------------------------------------------------------------
+
+
+def _positions(publish: Publish) -> list[tuple[int, int] | None]:
+    """(cdc.lsn, cdc.seq) of each record, as a consumer parses them."""
+    out: list[tuple[int, int] | None] = []
+    for record in publish.records:
+        headers = dict(record.headers or ())
+        out.append(None if not headers else (int(headers["cdc.lsn"]), int(headers["cdc.seq"])))
+    return out
+
+
+def test_every_record_of_a_change_carries_the_commit_lsn_and_its_message_s_index() -> None:
+    stream = [
+        (1, ITEMS),
+        *_tx(
+            _insert(1),
+            Update(None, ITEMS, "K", ("1", None), ("2", "v")),  # d + tombstone + c + row
+            Delete(None, ITEMS, "K", ("2", None)),
+            Truncate(None, 0, (ITEMS,)),
+        ),
+    ]
+    published = publishes(run(make_router(), stream))
+    assert [_positions(p) for p in published] == [
+        [(1100, 0)] * 2,
+        [(1100, 1)] * 4,
+        [(1100, 2)] * 2,
+        [(1100, 3)],
+    ]
+    assert [p.reached for p in published] == [Position(1100, i) for i in (1, 2, 3, 4)]
+
+
+def test_position_headers_follow_commit_order_across_the_captured_stream() -> None:
+    positions = [
+        position
+        for publish in publishes(run(make_router(), GOLDEN))
+        for position in _positions(publish)
+        if position is not None
+    ]
+    assert positions == sorted(positions)
+    assert {lsn for lsn, _ in positions} <= {b.final_lsn for b in BEGINS}
+
+
+def test_indexes_past_the_prebuilt_headers_are_built_as_needed() -> None:
+    many = [_insert(i) for i in range(1025)]
+    stream = [(1, ITEMS), *_tx(*many, Truncate(None, 0, (ITEMS,)))]
+    published = publishes(run(make_router(), stream))
+    assert _positions(published[1024]) == [(1100, 1024)] * 2
+    assert _positions(published[1025]) == [(1100, 1025)]
+
+
+def test_chunk_rows_are_as_of_before_the_high_watermark_s_commit() -> None:
+    window = _window_with_chunk(rows=2)
+    stream = _with_relations(
+        *_tx(LogicalMessage(1, True, 1, "cdc.watermark", _mark("low"))),
+        *_tx(LogicalMessage(1, True, 2, "cdc.watermark", _mark("high")), lsn=2000),
+    )
+    (chunk,) = publishes(run(make_router(window=window, transactions=True), stream))
+    assert _positions(chunk) == [(2100, -1)] * 4
+    assert [v["transaction"] for v in values(chunk)[::2]] == [None, None]
+
+
+def test_routed_rows_and_messages_carry_only_their_own_headers() -> None:
+    stream = _with_relations(
+        *_tx(
+            Insert(None, OUTBOX, ("1", "order", "o-1", "created", "{}")),
+            LogicalMessage(1, True, 1, "app", b"x"),
+        )
+    )
+    outbox, message = publishes(run(make_router(), stream))
+    assert [r.headers for r in outbox.records] == [(("id", b"1"), ("type", b"created"))]
+    assert [r.headers for r in message.records] == [None]
+
+
+# --- transaction metadata ---------------------------------------------------------------------
+
+ORDERS = _relation(4, "orders")
+
+
+def _blocks(publish: Publish) -> list[Any]:
+    return [v["transaction"] for v in values(publish) if v is not None and "op" in v]
+
+
+def test_a_transaction_is_framed_by_begin_and_end_with_its_events_numbered() -> None:
+    stream = [
+        (1, ITEMS),
+        (2, ORDERS),
+        *_tx(
+            _insert(1),
+            Insert(None, ORDERS, ("7", "x")),
+            Update(None, ITEMS, "K", ("1", None), ("2", "v")),  # a d and a c: two events
+        ),
+    ]
+    effects = run(make_router(transactions=True), stream)
+    first, second, key_change, end = publishes(effects)
+    begin = first.records[0]  # type: ignore[index]
+    assert (begin.topic, begin.key) == ("c.transaction", b'{"id":"42:1100"}')
+    assert values(first)[0] == {
+        "status": "BEGIN",
+        "id": "42:1100",
+        "ts_ms": PG_EPOCH_UNIX_US // 1000,
+        "event_count": None,
+        "data_collections": None,
+    }
+    assert begin.headers == (("cdc.lsn", b"1100"),)
+    assert [r.topic for r in first.records][1:] == ["c.public.items", "c.public.items.latest"]
+    blocks = _blocks(first) + _blocks(second) + _blocks(key_change)
+    assert [(b["id"], b["total_order"], b["data_collection_order"]) for b in blocks] == [
+        ("42:1100", 1, 1),
+        ("42:1100", 2, 1),
+        ("42:1100", 3, 2),
+        ("42:1100", 4, 3),
+    ]
+    assert values(end) == [
+        {
+            "status": "END",
+            "id": "42:1100",
+            "ts_ms": PG_EPOCH_UNIX_US // 1000,
+            "event_count": 4,
+            "data_collections": [
+                {"data_collection": "public.items", "event_count": 3},
+                {"data_collection": "public.orders", "event_count": 1},
+            ],
+        }
+    ]
+    assert end.reached == Position(1100, COMPLETE)
+    assert effects[-2:] == [end, SourceCommit(Position(1100, COMPLETE), 1150, PG_EPOCH_UNIX_US)]
+
+
+def test_a_truncate_may_open_a_transaction_and_counts_an_event_per_table() -> None:
+    stream = [(1, ITEMS), (2, ORDERS), *_tx(Truncate(None, 0, (ITEMS, ORDERS)), _insert(1))]
+    truncate, insert, end = publishes(run(make_router(transactions=True), stream))
+    assert [r.topic for r in truncate.records] == [
+        "c.transaction",
+        "c.public.items",
+        "c.public.orders",
+    ]
+    assert [r.topic for r in insert.records] == ["c.public.items", "c.public.items.latest"]
+    truncated = Truncate(None, 0, (ORDERS,))
+    later = publishes(
+        run(make_router(transactions=True), [(1, ITEMS), *_tx(_insert(1), truncated)])
+    )
+    assert [r.topic for r in later[1].records] == ["c.public.orders"]
+    assert values(end)[0]["event_count"] == 3
+
+
+def test_a_transaction_without_data_events_gets_no_begin_or_end() -> None:
+    stream = _with_relations(
+        *_tx(
+            Insert(None, OUTBOX, ("1", "order", "o-1", "created", "{}")),
+            LogicalMessage(1, True, 1, "app", b"x"),
+        )
+    )
+    effects = run(make_router(transactions=True), stream)
+    topics = [r.topic for p in publishes(effects) for r in p.records]
+    assert topics == ["outbox.event.order", "c.messages"]
+
+
+def test_a_new_shape_s_schema_event_goes_with_the_begin_and_the_first_event() -> None:
+    effects = run(
+        make_router(schema_changes="topic", transactions=True), [(1, ITEMS), *_tx(_insert(1))]
+    )
+    first = publishes(effects)[0]
+    assert [r.topic for r in first.records] == [
+        "c.__schema",
+        "c.transaction",
+        "c.public.items",
+        "c.public.items.latest",
+    ]
+
+
+def test_without_transaction_metadata_the_block_is_null_and_nothing_frames_it() -> None:
+    effects = run(make_router(), [(1, ITEMS), *_tx(_insert(1))])
+    (publish,) = publishes(effects)
+    assert _blocks(publish) == [None]
+
+
+TWO = [(1, ITEMS), *_tx(_insert(1), _insert(2))]
+
+
+def test_resuming_inside_a_transaction_publishes_end_but_not_begin_again() -> None:
+    effects = run(make_router(transactions=True, resume=Position(1100, 1)), TWO)
+    second, end = publishes(effects)
+    assert [r.topic for r in second.records] == ["c.public.items", "c.public.items.latest"]
+    assert _blocks(second)[0]["total_order"] == 2
+    assert values(end)[0]["event_count"] == 2
+
+
+def test_resuming_after_the_last_event_publishes_only_end() -> None:
+    (end,) = publishes(run(make_router(transactions=True, resume=Position(1100, 2)), TWO))
+    assert values(end)[0]["status"] == "END"
+
+
+def test_resuming_after_a_whole_transaction_publishes_nothing_of_it() -> None:
+    resumed = make_router(transactions=True, resume=Position(1100, COMPLETE))
+    effects = run(resumed, [*TWO, *_tx(_insert(3), lsn=3000)])
+    assert [values(p)[0].get("status") for p in publishes(effects)] == ["BEGIN", "END"]
+    assert [p.reached.lsn for p in publishes(effects)] == [3100, 3100]
