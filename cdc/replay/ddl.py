@@ -147,6 +147,13 @@ def create_types(definitions: Iterable[Any]) -> list[str]:
         statements.append(
             f"DO $cdc$ BEGIN IF to_regtype({_literal(name)}) IS NULL THEN {body}; END IF; END $cdc$"
         )
+        if kind == "e":
+            # Labels added since (ALTER TYPE ... ADD VALUE in the legacy database) land at
+            # the end: only the sort order of a label added BEFORE another can differ.
+            statements.extend(
+                f"ALTER TYPE {name} ADD VALUE IF NOT EXISTS {_literal(label)}"
+                for label in d.get("labels") or ()
+            )
     return statements
 
 
