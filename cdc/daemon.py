@@ -20,7 +20,7 @@ from types import FrameType
 import structlog
 
 from cdc import metrics
-from cdc.config import ConnectorConfig, DaemonConfig
+from cdc.config import ConnectorConfig, DaemonConfig, ReplayConfig
 from cdc.errors import CdcError, ConfigError
 from cdc.logging import redact_dsn
 from cdc.status import BOARD, start_status_server
@@ -41,20 +41,40 @@ def is_retryable(error: CdcError) -> bool:
 
 
 class ConnectorRunner(threading.Thread):
-    """One connector's thread: run the pipeline, restart it with backoff, report failure."""
+    """One connector's thread (or one of its replays'): run it, restart it with backoff,
+    report failure."""
 
     def __init__(
-        self, daemon: DaemonConfig, connector: ConnectorConfig, stop: threading.Event
+        self,
+        daemon: DaemonConfig,
+        connector: ConnectorConfig,
+        stop: threading.Event,
+        *,
+        replay: ReplayConfig | None = None,
     ) -> None:
-        super().__init__(name=f"connector-{connector.name}", daemon=True)
+        name = connector.name if replay is None else f"{connector.name}/replay:{replay.name}"
+        super().__init__(name=f"connector-{name}", daemon=True)
         self._daemon = daemon
         self._connector = connector
-        self.connector_name = connector.name
+        self._replay = replay
+        self.connector_name = name
         self._stop_event = stop
         self.failure: BaseException | None = None
         self._log = structlog.get_logger("cdc.daemon").bind(
             connector=connector.name, slot=connector.slot
         )
+
+    def _work(self) -> None:
+        if self._replay is None:
+            ConnectorPipeline(self._daemon, self._connector, self._stop_event).run()
+            return
+        # Imported here: a daemon without replays never loads the target edge.
+        from cdc.replay.run import Replay, request_for  # noqa: PLC0415
+
+        BOARD.update(self.connector_name, phase="replaying")
+        Replay(
+            request_for(self._daemon, self._connector, self._replay), stop=self._stop_event
+        ).run()
 
     def run(self) -> None:
         backoff = BACKOFF_INITIAL_S
@@ -62,7 +82,7 @@ class ConnectorRunner(threading.Thread):
             started = time.monotonic()
             BOARD.update(self.connector_name, phase="starting")
             try:
-                ConnectorPipeline(self._daemon, self._connector, self._stop_event).run()
+                self._work()
             except CdcError as exc:
                 if not is_retryable(exc):
                     self._fail(exc)
@@ -138,6 +158,13 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
                 paths=["/metrics", "/status", "/healthz"],
             )
         runners = [ConnectorRunner(daemon, c, stop) for c in connectors if c.enabled]
+        runners.extend(
+            ConnectorRunner(daemon, c, stop, replay=r)
+            for c in connectors
+            if c.enabled
+            for r in c.replays
+            if r.enabled
+        )
         if not runners:
             log.error("no_connector_enabled")
             return 1

@@ -49,6 +49,7 @@ __all__ = [
     "MetricsConfig",
     "OutboxConfig",
     "PostgresConfig",
+    "ReplayConfig",
     "SnapshotConfig",
     "ToastConfig",
     "TopicsConfig",
@@ -552,6 +553,23 @@ _SLOT_RULE = (
 )
 
 
+class ReplayConfig(_Model):
+    """A replay that ``cdc run`` keeps following: the connector's topics applied to a
+    new service's database (docs/replay.md). ``cdc replay`` runs one from the shell."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    target_dsn: SecretStr
+    tables: tuple[Annotated[str, AfterValidator(_check_table)], ...] | None = None
+    # Legacy schema.table -> schema.table in the target (default: the same names).
+    map: dict[
+        Annotated[str, AfterValidator(_check_table)], Annotated[str, AfterValidator(_check_table)]
+    ] = Field(default_factory=dict)
+    # Commit whole source transactions only (needs provide_transaction_metadata: true).
+    transactional: bool = False
+    batch_changes: Annotated[int, Field(ge=1)] = 50_000
+    enabled: bool = True
+
+
 class ConnectorConfig(_Model):
     """One connector: one PostgreSQL database, one slot, one publication."""
 
@@ -587,6 +605,8 @@ class ConnectorConfig(_Model):
     # lost, some repeated after a crash (docs/delivery.md).
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     exactly_once: ExactlyOnceConfig = Field(default_factory=ExactlyOnceConfig)
+    # Replays `cdc run` follows next to the connector (docs/replay.md).
+    replays: tuple[ReplayConfig, ...] = ()
     enabled: bool = True
 
     @model_validator(mode="before")
@@ -598,6 +618,20 @@ class ConnectorConfig(_Model):
             data.setdefault("slot", derived)
             data.setdefault("publication", derived)
         return data
+
+    @model_validator(mode="after")
+    def _check_replays(self) -> ConnectorConfig:
+        names = [r.name for r in self.replays]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"replays: the name {name!r} is used twice")
+        for replay in self.replays:
+            if replay.transactional and not self.provide_transaction_metadata:
+                raise ValueError(
+                    f"replays: {replay.name!r} is transactional, which needs"
+                    " provide_transaction_metadata: true (the transaction topic)"
+                )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -96,6 +96,24 @@ class PartitionReader:
             if offset is not None:
                 self.next[tp] = offset
 
+    def add(self, start: Mapping[Partition, int | None]) -> None:
+        """Also read these partitions (a table that appeared while following)."""
+        todo = {tp: o for tp, o in start.items() if tp not in self._assigned}
+        if not todo:
+            return
+        tps = [
+            TopicPartition(t, p, OFFSET_BEGINNING if offset is None else offset)
+            for (t, p), offset in todo.items()
+        ]
+        try:
+            self._consumer.incremental_assign(tps)
+        except KafkaException as exc:
+            raise kafka_error(exc, "assigning a new table's partitions") from exc
+        self._assigned.extend(todo)
+        for tp, offset in todo.items():
+            if offset is not None:
+                self.next[tp] = offset
+
     def end_offsets(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
         """Each partition's end (the last stable offset: read_committed), asked now."""
         wanted = self._assigned if partitions is None else list(partitions)

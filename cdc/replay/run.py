@@ -27,8 +27,8 @@ from typing import Final
 import orjson
 import structlog
 
-from cdc.config import ConnectorConfig, DaemonConfig
-from cdc.errors import CdcError, ConfigError
+from cdc.config import ConnectorConfig, DaemonConfig, ReplayConfig
+from cdc.errors import CdcError, ConfigError, SinkError
 from cdc.kafka.consumer import ConsumedRecord, PartitionReader, TopicTail
 from cdc.kafka.sink import POSITION_KEY
 from cdc.kafka.topics import KafkaAdmin, state_topic_name
@@ -49,7 +49,7 @@ from cdc.stream.schema_changes import (
 )
 from cdc.stream.transactions import transaction_topic_name
 
-__all__ = ["Progress", "Replay", "ReplayReport", "ReplayRequest"]
+__all__ = ["Progress", "Replay", "ReplayReport", "ReplayRequest", "parse_until", "request_for"]
 
 # Changes per target transaction: large enough that per-batch costs (a staging table per
 # table, the offsets) vanish, small enough to hold in memory and commit often.
@@ -158,6 +158,22 @@ class _Table:
             key_columns=shape.key_columns,
             converters=converters,
         )
+
+
+def request_for(
+    daemon: DaemonConfig, connector: ConnectorConfig, replay: ReplayConfig
+) -> ReplayRequest:
+    """The request of a replay declared in a connector file: it follows until stopped."""
+    return ReplayRequest(
+        connector=connector,
+        daemon=daemon,
+        target_dsn=replay.target_dsn.get_secret_value(),
+        tables=replay.tables,
+        mapping=dict(replay.map),
+        follow=True,
+        transactional=replay.transactional,
+        batch_changes=replay.batch_changes,
+    )
 
 
 def value_options(connector: ConnectorConfig) -> ValueOptions:
@@ -301,10 +317,12 @@ class Replay:
             for p in partitions:
                 start[(topic, p)] = state.offsets.get((topic, p))
         if not start:
-            raise CdcError(
+            raise SinkError(
                 f"none of the tables to replay has a retention topic in Kafka (looked for"
                 f" {', '.join(self._retention_topic(t) for t in tables) or 'no tables'});"
-                " check the connector name and topics.retention"
+                " check the connector name and topics.retention (while following, a"
+                " connector that has not published yet heals this)",
+                retryable=self._request.follow,
             )
         reader.assign(start)
         return list(start)
@@ -378,6 +396,8 @@ class Replay:
         saved: dict[tuple[str, int], int] = dict(state.offsets)
         while not self._stop.is_set():
             self._read_control(control.drain(), queue)
+            if request.follow and request.tables is None and self._cfg.tables is None:
+                self._follow_new_tables(reader, partitions, state)
             self._read_data(reader, queue, partitions)
             batch = queue.take(request.batch_changes)
             if batch:
@@ -400,6 +420,26 @@ class Replay:
         report.held_back = len(queue)
         self._report(report, started, total, reader, partitions, saved, final=True)
         return report
+
+    def _follow_new_tables(
+        self, reader: PartitionReader, partitions: list[tuple[str, int]], state: ReplayState
+    ) -> None:
+        """A table whose first schema event arrived while following: read its topic too."""
+        known = set(self._topic_table.values())
+        for table in self._shapes.tables():
+            if table in known:
+                continue
+            topic = self._retention_topic(table)
+            numbers = reader.partitions(topic)
+            if numbers is None:
+                continue  # announced, its first records not committed yet
+            self._topic_table[topic] = table
+            assert self._selected is not None
+            self._selected.add(".".join(table))
+            start = {(topic, p): state.offsets.get((topic, p)) for p in numbers}
+            reader.add(start)
+            partitions.extend(start)
+            self._log.info("replay_table_added", table=".".join(table), topic=topic)
 
     def _read_data(
         self, reader: PartitionReader, queue: ChangeQueue, partitions: list[tuple[str, int]]
