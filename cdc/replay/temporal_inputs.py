@@ -137,8 +137,8 @@ def time_input(w: Where, fallback: bool, us_per_unit: int) -> TextConverter:
 _SIGNS: Final = frozenset("+-")
 _JAVA_DATE: Final = r"([+-]?)(\d{4,})-(\d\d)-(\d\d)"
 _JAVA_DATE_RE: Final = re.compile(_JAVA_DATE)
-_JAVA_TIMESTAMP_RE: Final = re.compile(_JAVA_DATE + r"T(\d\d:\d\d:\d\d(?:\.\d{1,9})?)")
-_JAVA_ZONED_RE: Final = re.compile(_JAVA_DATE + r"T(\d\d:\d\d:\d\d(?:\.\d{1,9})?)Z")
+_JAVA_TIMESTAMP_RE: Final = re.compile(_JAVA_DATE + r"T(\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?")
+_JAVA_ZONED_RE: Final = re.compile(_JAVA_DATE + r"T(\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
 
 
 def _pg_date(m: re.Match[str]) -> tuple[str, bool]:
@@ -147,6 +147,12 @@ def _pg_date(m: re.Match[str]) -> tuple[str, bool]:
     if year <= 0:
         return f"{1 - year:04d}-{m[3]}-{m[4]}", True
     return f"{year:04d}-{m[3]}-{m[4]}", False
+
+
+def _pg_clock(m: re.Match[str]) -> str:
+    """The matched clock with its fraction as PostgreSQL prints it (trailing zeros cut)."""
+    fraction = (m[6] or "").rstrip("0")
+    return f"{m[5]}.{fraction}" if fraction else m[5]
 
 
 def _needs_rewrite(value: str) -> bool:
@@ -169,7 +175,8 @@ def timestamptz_input(w: Where, fallback: bool) -> TextConverter:
                     return value
                 raise w.bad(value, expected)
             day, bc = _pg_date(m)
-            return f"{day} {m[5]}+00 BC" if bc else f"{day} {m[5]}+00"
+            clock = _pg_clock(m)
+            return f"{day} {clock}+00 BC" if bc else f"{day} {clock}+00"
         if value is None:
             return None
         raise w.bad(value, expected)
@@ -224,7 +231,8 @@ def iso_timestamp_input(w: Where, fallback: bool) -> TextConverter:
                     return value
                 raise w.bad(value, expected)
             day, bc = _pg_date(m)
-            return f"{day} {m[5]} BC" if bc else f"{day} {m[5]}"
+            clock = _pg_clock(m)
+            return f"{day} {clock} BC" if bc else f"{day} {clock}"
         if value is None:
             return None
         raise w.bad(value, expected)
