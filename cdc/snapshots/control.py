@@ -11,6 +11,12 @@ confirmable or produce streamed change events: the pipeline owns the stream and 
 ack, and the router publishes the chunk rows of an incremental snapshot at the HIGH
 watermark, with the progress they reach, in the same Kafka transaction (or once they
 are acknowledged).
+
+Schema-change events (unless ``schema_changes: off``): the initial snapshot publishes
+the event of each table whose shape the schema history does not know before its first
+row, with ``source.lsn`` the LSN its rows carry (the slot's consistent point); an
+incremental snapshot's chunks get theirs from the router, with the table description
+the driver hands over.
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from typing import Any
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, TopicsConfig
-from cdc.envelope import TableEncoder, TxContext
+from cdc.envelope import Record, TableEncoder, TxContext
 from cdc.errors import SinkError, SlotError
 from cdc.kafka.sink import KafkaSink
 from cdc.kafka.topics import KafkaAdmin
 from cdc.lsn import format_lsn
+from cdc.positions import Position
 from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
 from cdc.postgres.source import SlotInfo, TableInfo
 from cdc.snapshots.incremental import IncrementalDriver
@@ -35,6 +42,7 @@ from cdc.snapshots.progress import ProgressView
 from cdc.snapshots.state import STATE_KEY, ConnectorState, SnapshotProgress
 from cdc.snapshots.window import ChunkWindow
 from cdc.status import BOARD
+from cdc.stream.schema_changes import SchemaChanges, TableDescription
 
 __all__ = ["SnapshotControl"]
 
@@ -56,6 +64,7 @@ class SnapshotControl:
         "_admin",
         "_cfg",
         "_database",
+        "_describe",
         "_export_planned",
         "_last_report",
         "_log",
@@ -63,6 +72,7 @@ class SnapshotControl:
         "_pending_incremental",
         "_progress_view",
         "_published",
+        "_schema_changes",
         "_sink",
         "_snapshot_reader",
         "_state",
@@ -82,6 +92,8 @@ class SnapshotControl:
         stop: threading.Event,
         log: Any,
         table_encoder: Callable[[TableShape], TableEncoder],
+        schema_changes: SchemaChanges | None = None,
+        describe_table: Callable[[TableShape], TableDescription] | None = None,
     ) -> None:
         """No I/O here: the pipeline decides when Kafka and PostgreSQL are touched.
 
@@ -97,8 +109,14 @@ class SnapshotControl:
             log: the connector's bound logger (``connector`` and ``slot`` already bound).
             table_encoder: builds the encoder of a table read by a snapshot, with the same
                 value settings, type catalog and TOAST memory as the stream's.
+            schema_changes: the stream's schema-change events and their history (None:
+                ``schema_changes: off``).
+            describe_table: a table read by a snapshot, described for its schema-change
+                event (type names and definitions from the catalog, topic partitions).
         """
         self._make_encoder = table_encoder
+        self._schema_changes = schema_changes
+        self._describe = describe_table if schema_changes is not None else None
         self._cfg = connector
         self._topics = topics
         self._database = database
@@ -291,16 +309,18 @@ class SnapshotControl:
             max_workers=self._cfg.snapshot.max_workers,
         )
         encoders = {_qualified(s): self._make_encoder(s) for s in shapes}
+        tx = TxContext(
+            xid=None,
+            commit_lsn=slot.confirmed_flush_lsn,
+            commit_ts_us=started_us,
+            last_commit_lsn=None,
+        )
+        schema_events, schema_state = self._schema_events(shapes, tx)
         snapshot = InitialSnapshot(
             dsn=self._cfg.postgres.dsn.get_secret_value(),
             application_name=f"cdc:{self._cfg.name}",
             snapshot_name=slot.snapshot_name,
-            tx=TxContext(
-                xid=None,
-                commit_lsn=slot.confirmed_flush_lsn,
-                commit_ts_us=started_us,
-                last_commit_lsn=None,
-            ),
+            tx=tx,
             shapes=shapes,
             deferred=deferred,
             encoder_for=lambda shape: encoders[_qualified(shape)],
@@ -308,6 +328,8 @@ class SnapshotControl:
             max_workers=self._cfg.snapshot.max_workers,
             stop=self._stop,
             report=self._report_snapshot,
+            schema_events=schema_events,
+            schema_state=schema_state,
         )
         started = time.monotonic()
         rows = snapshot.run()
@@ -325,6 +347,36 @@ class SnapshotControl:
             tables=rows,
         )
         return rows
+
+    def _schema_events(
+        self, shapes: list[TableShape], tx: TxContext
+    ) -> tuple[list[Record], bytes | None]:
+        """The schema-change events of the tables whose shapes the history does not know,
+        to publish before the first row, and the history to store with them.
+
+        Every row carries ``source.lsn`` = the consistent point, and so do these events;
+        the history places them there too, before every streamed change (which all
+        commit after it), so the stream's first change of an unchanged table announces
+        nothing.
+        """
+        schema, describe = self._schema_changes, self._describe
+        if schema is None or describe is None:
+            return [], None
+        now_us = time.time_ns() // 1000
+        at = Position(tx.commit_lsn, 0)
+        records: list[Record] = []
+        tables = 0
+        for shape in shapes:
+            announced = schema.announce(
+                describe(shape), at=at, tx=tx, lsn=tx.commit_lsn, now_us=now_us, snapshot="true"
+            )
+            if announced is not None:
+                records.extend(announced[0])
+                tables += 1
+        if not records:
+            return [], None
+        self._log.info("snapshot_schemas_announced", tables=tables)
+        return records, schema.history.to_json()
 
     def _report_snapshot(self, tables: list[TableProgress], final: bool) -> None:
         self._progress_view.show(tables, final=final)
@@ -375,6 +427,7 @@ class SnapshotControl:
             published_tables=list(self._published),
             log=self._log,
             signal_table=snapshot.signal_table if use_table else None,
+            describe=self._describe,
         )
         pending_initial, stored = self._pending_incremental
         if stored is not None:

@@ -4,7 +4,10 @@ The one job: the I/O side of ``cdc.snapshots.window.ChunkWindow``. Between strea
 messages (``pump``), it writes a LOW watermark into the WAL, reads one chunk in one short
 query, hands the rows to the window and writes the HIGH watermark; the router sees both
 watermarks in the stream and publishes the chunk at HIGH. It also starts the snapshots
-that signals ask for (``start``), reading the tables' shapes from the catalog.
+that signals ask for (``start``), reading the tables' shapes from the catalog, and hands
+the router each chunk's table description for its schema-change event
+(``ChunkWindow.descriptions``): a table's shape is read again once a schema change of it
+was announced (``forget_shape``), so chunks follow ``ALTER TABLE``.
 
 No transaction on the legacy database lasts longer than one chunk query. The progress
 of a snapshot is stored with the records of the chunk that reached it (the router's
@@ -27,6 +30,7 @@ from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
 from cdc.snapshots.initial import TableProgress
 from cdc.snapshots.state import SnapshotProgress
 from cdc.snapshots.window import WATERMARK_PREFIX, ChunkRow, ChunkWindow
+from cdc.stream.schema_changes import TableDescription
 
 __all__ = ["IncrementalDriver"]
 
@@ -45,7 +49,10 @@ class IncrementalDriver:
         published_tables: list[str],
         log: Any,
         signal_table: str | None = None,
+        describe: Callable[[TableShape], TableDescription] | None = None,
     ) -> None:
+        """``describe``: a table's description for its schema-change event, read from the
+        catalog (None: schema changes are off)."""
         self._reader = reader
         self._window = window
         self._encoder_for = encoder_for
@@ -56,6 +63,10 @@ class IncrementalDriver:
         # table when one is given (older servers, or snapshot.watermarks: signal_table).
         self._signal_table = signal_table
         self._shapes: dict[str, TableShape] = {}
+        self._describe = describe
+        self._descriptions: dict[str, TableDescription] = {}
+        # Tables whose shape changed since it was read: read again before the next chunk.
+        self._stale: set[str] = set()
         self._not_before = 0.0
         # For progress reports: the current table, when it started, rows done before it.
         self._table: str | None = None
@@ -147,6 +158,12 @@ class IncrementalDriver:
             self._shapes[table] = shape
         return shape
 
+    def forget_shape(self, table: str) -> None:
+        """A schema change of ``table`` was announced: its next chunk reads its shape again
+        (a chunk read with the old one would miss a new column, or name a dropped one)."""
+        if table in self._shapes:
+            self._stale.add(table)
+
     def _note_table(self, progress: SnapshotProgress) -> None:
         table = progress.tables[0] if progress.tables else None
         if table != self._table:
@@ -185,7 +202,11 @@ class IncrementalDriver:
         request = snapshot.next_chunk()
         if request is None:
             return
-        shape = self._shapes[request.table]
+        try:
+            shape = self._chunk_shape(request.table)
+        except BaseException:
+            snapshot.abandon_chunk()
+            raise
         encoder = self._encoder_for(shape)
         window.encoders[request.table] = encoder
         mark = {"snapshot": snapshot.snapshot_id, "chunk": request.chunk_id}
@@ -220,6 +241,22 @@ class IncrementalDriver:
         )
         if self._max_rows_per_second:
             self._not_before = time.monotonic() + len(raw) / self._max_rows_per_second
+
+    def _chunk_shape(self, table: str) -> TableShape:
+        """The shape to read the next chunk of ``table`` with (read again when stale), its
+        description handed to the window for the router's schema-change event."""
+        if table in self._stale:
+            schema, _, name = table.partition(".")
+            self._shapes[table] = self._reader.table_shape(schema, name)
+            self._stale.discard(table)
+            self._descriptions.pop(table, None)
+        shape = self._shapes[table]
+        if self._describe is not None:
+            description = self._descriptions.get(table)
+            if description is None:
+                description = self._descriptions[table] = self._describe(shape)
+            self._window.descriptions[table] = description
+        return shape
 
     def _write_watermark(self, mark: dict[str, Any]) -> None:
         content = orjson.dumps(mark).decode()

@@ -13,6 +13,10 @@ published row. In ``exactly_once`` mode that progress is in the same Kafka trans
 the rows; in ``at_least_once`` mode it is stored once they are acknowledged. An
 interrupted snapshot (SIGKILL, a lost connection) therefore leaves a state that resumes
 as an incremental snapshot of exactly what was not published: the rest of each range.
+
+Before any row it publishes the schema-change events of the tables whose shapes the
+schema history did not know (built by the caller), with the history they reach, so a
+consumer of the log meets each table's shape before its first row.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from cdc.errors import Stopped
 from cdc.kafka.sink import KafkaSink
 from cdc.postgres.snapshot_reader import KeyRange, SnapshotReader, TableShape
 from cdc.snapshots.state import STATE_KEY, ConnectorState, Key, SnapshotProgress
+from cdc.stream.schema_changes import SCHEMA_STATE_KEY
 
 __all__ = ["InitialSnapshot", "SnapshotTask", "TableProgress", "plan_tasks"]
 
@@ -113,10 +118,14 @@ class InitialSnapshot:
         max_workers: int,
         stop: threading.Event,
         report: Callable[[list[TableProgress], bool], None],
+        schema_events: list[Record] | None = None,
+        schema_state: bytes | None = None,
     ) -> None:
         """Args:
         deferred: tables left to an incremental snapshot while streaming (above
             ``incremental_above_rows``): part of the stored progress from the start.
+        schema_events: published before the first row (schema-change events), with
+            ``schema_state`` (the schema history they reach) stored with them.
         (The others as their names say; ``tx`` describes the snapshot: its start time
         and the consistent point the stream continues from.)
         """
@@ -131,6 +140,8 @@ class InitialSnapshot:
         self._max_workers = max_workers
         self._stop = stop
         self._report = report
+        self._schema_events = schema_events or []
+        self._schema_state = schema_state
         self._errors: list[BaseException] = []
         self._first_lock = threading.Lock()
         self._first_sent = False
@@ -160,6 +171,7 @@ class InitialSnapshot:
             # replication connection may be used for streaming only after that.
             for reader in readers:
                 reader.begin_snapshot(self._snapshot_name)
+            self._publish_schema_events()
             tasks = plan_tasks(readers[0], self._shapes, self._max_workers)
             self._tasks = [_TaskState(task) for task in tasks]
             for state in self._tasks:
@@ -200,6 +212,17 @@ class InitialSnapshot:
                 reader.close()
 
     # --- the publishing thread ----------------------------------------------------------
+
+    def _publish_schema_events(self) -> None:
+        """The tables' shapes, before any row (in exactly_once: in the Kafka transaction
+        of the first rows, or one before it)."""
+        if not self._schema_events:
+            return
+        sink = self._sink
+        sink.publish(self._schema_events, None)
+        sink.end_group(end_lsn=0)
+        if self._schema_state is not None:
+            sink.save_state(SCHEMA_STATE_KEY, self._schema_state)
 
     def _publish_batches(self, threads: list[threading.Thread]) -> None:
         sink = self._sink

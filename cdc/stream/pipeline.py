@@ -4,8 +4,8 @@ The one job: connect the edges in order (PostgreSQL, the publication, Kafka topi
 producer, the stored state, the slot, the initial snapshot), build the pure core (the
 envelope encoder and the ``ChangeRouter``) and hand all of it to the ``StreamLoop``, then
 close everything, whatever happened. It also carries out the router's rare effects and
-resolves what a Relation message needs from the catalog, so neither the router nor the
-encoder ever calls out.
+resolves what a Relation message (or a table a snapshot reads) needs from the catalog,
+so neither the router nor the encoder ever calls out.
 
 Order at start, in ``exactly_once`` mode: ``init_transactions()`` fences any older
 producer of this connector and aborts what it left open; a fresh marker is committed and
@@ -57,7 +57,12 @@ from cdc.stream.router import (
     StartSnapshot,
 )
 from cdc.stream.routing import MessageRouter, OutboxRouter
-from cdc.stream.schema_changes import SCHEMA_STATE_KEY, SchemaChanges, schema_topic_name
+from cdc.stream.schema_changes import (
+    SCHEMA_STATE_KEY,
+    SchemaChanges,
+    TableDescription,
+    schema_topic_name,
+)
 from cdc.stream.schema_history import SchemaHistory
 from cdc.stream.toast_store import ToastStore
 from cdc.stream.transactions import TransactionTopic, transaction_topic_name
@@ -190,6 +195,18 @@ class ConnectorPipeline:
             marker = uuid.uuid4().hex.encode()
             sink.store_state(MARKER_KEY, marker)
         records = read_state(admin, state_topic, marker=marker, group_id=f"cdc-{cfg.name}-state")
+        history = self._schema_history(records, state_topic)
+        # One SchemaChanges for the snapshots and the stream: versions continue across both.
+        schema_changes = (
+            None
+            if cfg.schema_changes == "off"
+            else SchemaChanges(
+                connector=cfg.name,
+                database=self._database,
+                mode=cfg.schema_changes,
+                history=history,
+            )
+        )
         snapshots = self._snapshots = SnapshotControl(
             connector=cfg,
             topics=self._topics,
@@ -200,9 +217,10 @@ class ConnectorPipeline:
             stop=self._stop,
             log=self._log,
             table_encoder=self._table_encoder,
+            schema_changes=schema_changes,
+            describe_table=self._describe_table,
         )
         snapshots.open_state(records, state_topic)
-        history = self._schema_history(records, state_topic)
 
         mode = cfg.snapshot.mode
         slot = source.ensure_slot(
@@ -250,7 +268,7 @@ class ConnectorPipeline:
             error=None,
         )
         router = self._router = self._build_router(
-            window, history, None if stored is None else stored.reached
+            window, schema_changes, None if stored is None else stored.reached
         )
         self._report = ConnectorReport(
             cfg.name, events=router.events, stats=self._stats, log=self._log, now=time.monotonic()
@@ -317,7 +335,7 @@ class ConnectorPipeline:
     def _build_router(
         self,
         window: ChunkWindow,
-        history: SchemaHistory,
+        schema_changes: SchemaChanges | None,
         resume: Position | None,
     ) -> ChangeRouter:
         """The pure core of the stream; ``resume``: what committed Kafka transactions hold
@@ -338,16 +356,6 @@ class ConnectorPipeline:
             placeholder=cfg.toast.placeholder,
             types=types.get,
             stats=self._stats,
-        )
-        schema_changes = (
-            None
-            if cfg.schema_changes == "off"
-            else SchemaChanges(
-                connector=cfg.name,
-                database=self._database,
-                mode=cfg.schema_changes,
-                history=history,
-            )
         )
         return ChangeRouter(
             encoder=encoder,
@@ -402,11 +410,11 @@ class ConnectorPipeline:
                     detail="events get a null key and skip the compacted topic",
                 )
         type_names: tuple[str, ...] = ()
+        not_null: tuple[bool | None, ...] = ()
         partitions = 1
         if cfg.schema_changes != "off":
-            type_names = tuple(
-                source.format_types([(c.type_oid, c.type_modifier) for c in relation.columns])
-            )
+            # The statement that reads the type names reads NOT NULL too (docs/events.md).
+            type_names, not_null = catalog.columns(relation)
         if cfg.schema_changes == "inband":
             topic = self._retention_topic(*name)
             if topic not in self._partitions:
@@ -414,7 +422,33 @@ class ConnectorPipeline:
                 self._partitions[topic] = self._admin.partitions(topic)
             partitions = self._partitions[topic]
         return RelationInfo(
-            key_columns=key_columns, type_names=type_names, types=types, partitions=partitions
+            key_columns=key_columns,
+            type_names=type_names,
+            not_null=not_null,
+            types=types,
+            partitions=partitions,
+        )
+
+    def _describe_table(self, shape: TableShape) -> TableDescription:
+        """A table a snapshot reads, for its schema-change event: its custom types from
+        the catalog (cached), its retention topic's partitions (in band)."""
+        assert self._catalog is not None
+        relation = shape.relation
+        topic = self._retention_topic(relation.namespace, relation.name)
+        partitions = 1
+        if self._cfg.schema_changes == "inband":
+            if topic not in self._partitions:
+                assert self._admin is not None
+                self._partitions[topic] = self._admin.partitions(topic)
+            partitions = self._partitions[topic]
+        return TableDescription(
+            relation=relation,
+            key_columns=shape.key_columns,
+            type_names=shape.type_names,
+            not_null=shape.not_null,
+            types=self._catalog.resolve(c.type_oid for c in relation.columns),
+            retention_topic=topic,
+            partitions=partitions,
         )
 
     def _handle(self, effect: Effect) -> None:
@@ -438,6 +472,9 @@ class ConnectorPipeline:
                     schema_version=change.version,
                     **change.describe(),
                 )
+                if self._driver is not None:
+                    # A snapshot's next chunk of the table is read with its new shape.
+                    self._driver.forget_shape(change.schema.table)
 
     def _start_snapshot(self, effect: StartSnapshot) -> None:
         driver, window, sink = self._driver, self._window, self._sink
