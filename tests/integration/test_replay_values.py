@@ -4,7 +4,8 @@ source printed (``SELECT $1::<type>::text`` under the daemon's session settings)
 
 The golden type table of tests/integration/test_types.py is used as it is, plus a table of
 more edges (extremes, arrays of every kind, nested composites, domains over domains and
-composites, citext), in every replayable value mode.
+composites, citext, ranges, multiranges, jsonpath, interval typmods), in every value mode
+the replay accepts.
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ CREATE TABLE extra (
     a_c char(3)[], a_price price[], a_n numeric[], a_i8 int8[], a_ln line[], a_cidr cidr[],
     a_tstz3 timestamptz(3)[], a_n103 numeric(10,3)[], a_t text[],
     dom2 posint2, dom_pair pair_dom, o outer_t, a_o outer_t[]
+);
+CREATE TABLE more (
+    id int PRIMARY KEY,
+    a_i2 smallint[], a_tsq tsquery[], iv3 interval(3), iv_ym interval year to month,
+    iv_hs interval hour to second, a_vc varchar(5)[], a_pth path[], a_pg polygon[],
+    a_ci circle[], a_ls lseg[], a_mac macaddr[], a_lsn pg_lsn[], dr daterange,
+    nr numrange, tsr tsrange, i8r int8range, dmr datemultirange, jp jsonpath, a_oid oid[],
+    a_x8 xid8[], a_hex_tstz timestamptz[], a_iv_lb interval[], a_e2 mood[]
 );
 """
 
@@ -100,6 +109,20 @@ INSERT INTO extra VALUES (
     NULL, NULL, NULL,
     NULL, NULL, NULL, NULL
 );
+INSERT INTO more VALUES (
+    1, '{-32768,NULL,32767}', $${"'a' & 'b'","!'c'"}$$, '1 day 00:00:00.1234',
+    '-1 years -2 mons', '-100:00:00.5', '{"a,b","",NULL}', '{"[(0,0),(1,1)]","((0,0))"}',
+    '{"((0,0),(1,1),(1,0))"}', '{"<(0,0),1.5>"}', '{"[(0,0),(1,1)]"}', '{08:00:2b:01:02:03}',
+    '{16/B374D848,0/0}', '[2024-01-01,infinity)', '(-1.50,NaN]', '["2024-01-01 00:00:00",)',
+    '[-9223372036854775808,9223372036854775807)', '{[2024-01-01,2024-02-01)}',
+    '$.a[*] ? (@ > 1)', '{0,4294967295}', '{0,18446744073709551615}',
+    '{"10000-01-01 00:00:00+00","4714-11-24 00:00:00+00 BC",-infinity}',
+    '[0:1]={"1 day","-1 years +2 mons -3 days +04:05:06.000001"}', '[2:2]={ok}'
+), (
+    2, '{}', '{}', '-00:00:00.001', '178956970 years 7 mons', '00:00:00', '{}', '{}', '{}',
+    '{}', '{}', '{}', '{}', 'empty', 'empty', 'empty', 'empty', '{}', '$', '{}', '{}', '{}',
+    '{}', '{}'
+);
 """
 
 # The modes the replay accepts (decimal_handling: double and interval_handling: numeric
@@ -120,7 +143,7 @@ MODES: dict[str, ValueOptions] = {
         hstore_handling="map",
     ),
     "connect": ValueOptions(time_precision="connect", on_conversion_error="text"),
-    "precise_stop_free": ValueOptions(decimal_handling="precise", on_conversion_error="text"),
+    "precise": ValueOptions(decimal_handling="precise", on_conversion_error="text"),
 }
 
 
