@@ -303,3 +303,45 @@ def test_schema_changes_off_publish_no_event_for_snapshots(env: SchemaEnv) -> No
         assert env.schema_topic not in consumer.list_topics(timeout=30).topics
     finally:
         consumer.close()
+
+
+def test_an_alter_table_during_an_incremental_snapshot_keeps_every_event_s_shape_announced(
+    env: SchemaEnv,
+) -> None:
+    """Chunks read after the schema change have the new column; every event (chunk row
+    or streamed) has exactly the columns of the latest schema event at or before it."""
+    env.sql("INSERT INTO accounts SELECT g, 'n' || g, g FROM generate_series(10, 40) g")
+    # 34 chunks of one row at 5 rows/s: the snapshot lasts at least six seconds.
+    env.configure(snapshot={"mode": "never", "chunk_rows": 1, "max_rows_per_second": 5})
+    daemon = env.start()
+    result = CliRunner().invoke(
+        cli,
+        ["snapshot", env.name, "--table", "public.accounts", "--config", str(env.config),
+         "--connectors", str(env.connectors)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    daemon.wait_for_log("snapshot_chunk_read", count=2)
+    env.sql(
+        "ALTER TABLE accounts ADD COLUMN note text",
+        "UPDATE accounts SET note = 'x' WHERE id = 1",
+    )
+    daemon.wait_for_log("snapshot_finished", timeout=120)
+    env.sql("UPDATE accounts SET note = 'y' WHERE id = 2")
+    env.wait_streamed()
+
+    shapes = sorted(
+        (
+            e.value["source"]["lsn"],
+            e.value["schema_version"],
+            {c["name"] for c in e.value["columns"]},
+        )
+        for e in env.schema_events("accounts")
+    )
+    events = [m.value for m in read_all(env.bootstrap, env.topic("accounts"))]
+    for event in events:
+        lsn = event["source"]["lsn"]
+        columns = [c for at, _, c in shapes if at <= lsn][-1]
+        assert set(event["after"]) == columns, (event, shapes)
+    reads = [e for e in events if e["op"] == "r"]
+    assert len(reads) == 34
+    assert {"note" in e["after"] for e in reads} == {True, False}, "the DDL came mid-snapshot"
