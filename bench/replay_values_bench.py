@@ -40,6 +40,14 @@ COLUMNS = (
     ("timestamptz", 1184, -1, "2024-05-01 12:34:56.789012+00"),
     ("jsonb", 3802, -1, '{"color": "oak", "tags": ["furniture", "table"], "stock": 17}'),
 )
+# Other common types, timed alone (not part of the row).
+OTHERS = (
+    ("timestamp", 1114, -1, "2024-05-01 12:34:56.789012"),
+    ("date", 1082, -1, "2024-05-01"),
+    ("bytea", 17, -1, "\\x" + "5c22" * 16),
+    ("integer[]", 1007, -1, "{1,2,3,4,5,6,7,8}"),
+    ("text[]", 1009, -1, '{oak,"side table",NULL,"a \\"b\\""}'),
+)
 
 
 def best_us_per_call(function: Callable[[Any], Any], value: Any, n: int, repeat: int) -> float:
@@ -60,22 +68,23 @@ def main() -> None:
     options = ValueOptions()
     n, repeat = args.values, args.repeat
 
-    per_type: dict[str, dict[str, float]] = {}
+    per_type: dict[str, dict[str, float | None]] = {}
     inverses = []
     event_values = []
-    for name, oid, typmod, text in COLUMNS:
+    for name, oid, typmod, text in COLUMNS + OTHERS:
         forward = converter_for(oid, typmod, options)
         forward_call: Callable[[Any], Any] = forward if forward is not None else str
         value = orjson.loads(orjson.dumps(forward_call(text)))
         inverse = text_converter_for(oid, typmod, options, column=name)
         assert inverse(value) is not None
-        inverses.append(inverse)
-        event_values.append(value)
+        if (name, oid, typmod, text) in COLUMNS:
+            inverses.append(inverse)
+            event_values.append(value)
         per_type[name] = {
-            # No forward converter: the daemon puts the text itself in the event.
+            # None: no forward converter, the daemon puts the text itself in the event.
             "forward_us": round(best_us_per_call(forward, text, n, repeat), 3)
             if forward is not None
-            else 0.0,
+            else None,
             "inverse_us": round(best_us_per_call(inverse, value, n, repeat), 3),
         }
 

@@ -12,7 +12,7 @@ are, except Java's signed and year-0 years. Interval strings need no work (their
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Final
 
 from cdc.protocol.typeinfo import JsonValue
@@ -35,6 +35,8 @@ _FAST_LAST_DAY: Final = date(9999, 12, 31).toordinal() - _EPOCH_ORDINAL
 _US_PER_DAY: Final = 86_400_000_000
 _INFINITIES: Final = frozenset(("infinity", "-infinity"))
 _fromordinal = date.fromordinal
+_EPOCH: Final = datetime(1970, 1, 1)
+_timedelta = timedelta
 
 
 def _civil_from_days(days: int) -> tuple[int, int, int]:
@@ -102,7 +104,13 @@ def timestamp_input(w: Where, fallback: bool, us_per_unit: int) -> TextConverter
 
     def convert(value: JsonValue) -> str | None:
         if type(value) is int:
-            return _timestamp_text(value * us_per_unit)
+            us = value * us_per_unit
+            try:
+                # Years 1..9999 in C; isoformat prints 6 digits, PostgreSQL cuts zeros.
+                text = (_EPOCH + _timedelta(microseconds=us)).isoformat(" ")
+            except OverflowError:
+                return _timestamp_text(us)
+            return text.rstrip("0") if len(text) > 19 else text
         if value is None:
             return None
         if type(value) is str and (value in _INFINITIES or fallback):
