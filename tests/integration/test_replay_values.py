@@ -1,6 +1,7 @@
 """Every type on a real server: PostgreSQL's text -> the daemon's JSON value -> JSON bytes
 -> ``cdc.replay.values`` -> PostgreSQL's input function gives back exactly the text the
-source printed (``SELECT $1::<type>::text`` under the daemon's session settings).
+source printed (``SELECT $1::<type>`` under the daemon's session settings, read as the
+output function's raw text: ``::text`` is not always the output function).
 
 The golden type table of tests/integration/test_types.py is used as it is, plus a table of
 more edges (extremes, arrays of every kind, nested composites, domains over domains and
