@@ -566,7 +566,7 @@ class ReplayConfig(_Model):
     ] = Field(default_factory=dict)
     # Commit whole source transactions only (needs provide_transaction_metadata: true).
     transactional: bool = False
-    batch_changes: Annotated[int, Field(ge=1)] = 50_000
+    batch_changes: Annotated[int, Field(ge=1)] = 20_000
     enabled: bool = True
 
 

@@ -116,17 +116,7 @@ class PartitionReader:
 
     def end_offsets(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
         """Each partition's end (the last stable offset: read_committed), asked now."""
-        wanted = self._assigned if partitions is None else list(partitions)
-        ends: dict[Partition, int] = {}
-        try:
-            for topic, partition in wanted:
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=ADMIN_TIMEOUT_S, cached=False
-                )
-                ends[(topic, partition)] = high
-        except KafkaException as exc:
-            raise kafka_error(exc, "reading the end offsets of the replayed topics") from exc
-        return ends
+        return self._admin.end_offsets(self._assigned if partitions is None else partitions)
 
     def at_end(self, tp: Partition, end: int) -> bool:
         """Whether everything before ``end`` of the partition was handed over."""
@@ -169,6 +159,7 @@ class TopicTail:
     """Small topics read from the start, then followed: every call returns what is new."""
 
     def __init__(self, admin: KafkaAdmin, topics: Iterable[str], *, group_id: str) -> None:
+        self._admin = admin
         self._consumer = admin.consumer(group_id, **{**_settings(), "fetch.wait.max.ms": 10})
         self._ends: dict[Partition, int] = {}
         tps: list[TopicPartition] = []
@@ -194,15 +185,7 @@ class TopicTail:
         """Every record committed since the last call, up to the ends as of now."""
         if not self._tps:
             return []
-        try:
-            ends = {
-                tp: self._consumer.get_watermark_offsets(
-                    TopicPartition(*tp), timeout=ADMIN_TIMEOUT_S, cached=False
-                )[1]
-                for tp in self._tps
-            }
-        except KafkaException as exc:
-            raise kafka_error(exc, "reading the end offsets of the control topics") from exc
+        ends = self._admin.end_offsets(self._tps)
         out: list[ConsumedRecord] = []
         stop = time.monotonic() + deadline_s
         while any(self._reached.get(tp, 0) < end for tp, end in ends.items()):

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec
 
 from cdc.config import TopicsConfig
 from cdc.errors import SinkError, TopicConfigError
@@ -146,6 +146,27 @@ class KafkaAdmin:
         finally:
             consumer.close()
         return counts
+
+    def end_offsets(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """Each partition's last stable offset (the end a read_committed consumer reads
+        to), in one request per broker. Asked through the admin client's own connection:
+        a consumer's would queue the request behind its long-polling fetch."""
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        wanted = {TopicPartition(t, p): latest for t, p in partitions}
+        if not wanted:
+            return {}
+        try:
+            futures = self._admin.list_offsets(
+                wanted,
+                isolation_level=IsolationLevel.READ_COMMITTED,
+                request_timeout=ADMIN_TIMEOUT_S,
+            )
+            return {
+                (tp.topic, tp.partition): future.result().offset
+                for tp, future in futures.items()
+            }
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading the end offsets of topics") from exc
 
     def consumer(self, group_id: str, **config: Any) -> Consumer:
         """A consumer with the daemon's connection settings (never commits offsets)."""

@@ -154,7 +154,8 @@ class TableBatch:
     def writes(self) -> TableWrites:
         """The folded changes as text rows; the batch is empty afterwards."""
         out = TableWrites()
-        columns, converters = self.columns, self._converters
+        columns = self.columns
+        pairs = tuple(zip(columns, self._converters, strict=True))
         for key, state in self._rows.items():
             if state is None:
                 values = self._keys.get(key)
@@ -172,7 +173,8 @@ class TableBatch:
                 )
                 continue
             row, missing = state
-            text = tuple(conv(row.get(c)) for c, conv in zip(columns, converters, strict=True))
+            get = row.get
+            text = tuple([conv(get(c)) for c, conv in pairs])
             if missing:
                 kept = tuple(c for c in columns if c not in missing)
                 out.partial.setdefault(kept, []).append(
@@ -181,7 +183,7 @@ class TableBatch:
             else:
                 out.upserts.append(text)
         for insert, row, _lsn in self._keyless:
-            text = tuple(conv(row.get(c)) for c, conv in zip(columns, converters, strict=True))
+            text = tuple([conv(row.get(c)) for c, conv in pairs])
             out.keyless.append(KeylessOp(insert, text))
         self._rows.clear()
         self._keys.clear()

@@ -73,7 +73,7 @@ class Change:
     change_lsn: int  # source.lsn: this change's WAL position (its table shape)
     commit_ts_us: int
     key_bytes: bytes | None
-    key: dict[str, Any] | None
+    key: dict[str, Any] | None  # parsed for deletes only (upserts carry it in ``row``)
     row: dict[str, Any] | None
     unavailable: tuple[str, ...] = ()
     before: dict[str, Any] | None = None  # the old row, under REPLICA IDENTITY FULL
@@ -87,15 +87,20 @@ class Change:
 
 
 def _headers(headers: list[tuple[str, bytes | None]] | None) -> tuple[int | None, int | None]:
+    if not headers:
+        return None, None
+    if len(headers) == 2:  # the daemon writes exactly these two, in this order
+        (n1, v1), (n2, v2) = headers
+        if n1 == LSN_HEADER and n2 == SEQ_HEADER and v1 is not None and v2 is not None:
+            return int(v1), int(v2)
     lsn = seq = None
-    if headers:
-        for name, value in headers:
-            if value is None:
-                continue
-            if name == LSN_HEADER:
-                lsn = int(value)
-            elif name == SEQ_HEADER:
-                seq = int(value)
+    for name, value in headers:
+        if value is None:
+            continue
+        if name == LSN_HEADER:
+            lsn = int(value)
+        elif name == SEQ_HEADER:
+            seq = int(value)
     return lsn, seq
 
 
@@ -152,9 +157,6 @@ def parse_change(  # noqa: PLR0917 - one consumed record's parts, as the consume
     transaction_id = tx.get("id") if isinstance(tx, dict) else None
     snapshot = source.get("snapshot")
     initial = op == "r" and snapshot in _INITIAL_SNAPSHOT
-    key_obj = orjson.loads(key) if key is not None else None
-    if key_obj is not None and not isinstance(key_obj, dict):
-        raise fail("the key is not a JSON object")
     if op in ("c", "u", "r"):
         after = event.get("after")
         if not isinstance(after, dict):
@@ -162,11 +164,14 @@ def parse_change(  # noqa: PLR0917 - one consumed record's parts, as the consume
         unavailable = event.get("unavailable_columns") or ()
         return Change(
             ChangeKind.UPSERT, table, topic, partition, offset, header_lsn, header_seq, change_lsn,
-            commit_ts_us, key, key_obj, after, tuple(unavailable),
+            commit_ts_us, key, None, after, tuple(unavailable),
             before if isinstance(before := event.get("before"), dict) else None,
             initial, transaction_id,
         )  # fmt: skip
     if op == "d":
+        key_obj = orjson.loads(key) if key is not None else None
+        if key_obj is not None and not isinstance(key_obj, dict):
+            raise fail("the key is not a JSON object")
         before = event.get("before")
         return Change(
             ChangeKind.DELETE, table, topic, partition, offset, header_lsn, header_seq, change_lsn,

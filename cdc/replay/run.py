@@ -53,9 +53,9 @@ __all__ = ["Progress", "Replay", "ReplayReport", "ReplayRequest", "parse_until",
 
 # Changes per target transaction: large enough that per-batch costs (a staging table per
 # table, the offsets) vanish, small enough to hold in memory and commit often.
-DEFAULT_BATCH_CHANGES: Final = 50_000
+DEFAULT_BATCH_CHANGES: Final = 20_000
 # Changes read ahead of the apply: bounds memory when partitions are read unevenly.
-MAX_QUEUED: Final = 200_000
+MAX_QUEUED: Final = 2 * DEFAULT_BATCH_CHANGES
 # How often progress is reported (terminal line or replay_progress log).
 PROGRESS_INTERVAL_S: Final = 5.0
 # How long an idle follow waits for new records per read.
@@ -114,6 +114,9 @@ class _Shapes:
     def tables(self) -> list[TableId]:
         return list(self._by_table)
 
+    def versions(self, table: TableId) -> list[TableShape]:
+        return [e[2] for e in self._by_table.get(table, ())]
+
     def database(self) -> str | None:
         for entries in self._by_table.values():
             source = orjson.loads(entries[0][3]).get("source") or {}
@@ -124,6 +127,8 @@ class _Shapes:
 
     def shape_for(self, change: Change) -> tuple[TableShape, bytes]:
         entries = self._by_table.get(change.table)
+        if entries is not None and len(entries) == 1:
+            return entries[0][2], entries[0][3]
         if not entries:
             raise ApplyError(
                 f"table {'.'.join(change.table)}: no schema-change event announces its shape,"
@@ -485,10 +490,10 @@ class Replay:
     ) -> int:
         """One target transaction: the batch's DDL, rows, offsets and position."""
         # New types (and enum labels) must be committed before rows use them.
-        for change in batch:
-            if change.kind in (ChangeKind.UPSERT, ChangeKind.DELETE, ChangeKind.TRUNCATE):
-                shape, _raw = self._shapes.shape_for(change)
-                if shape.types and self._needs_types(change.table, shape):
+        for name in {c.table for c in batch if c.kind is not ChangeKind.SKIP}:
+            current = self._tables.get(name)
+            for shape in self._shapes.versions(name):
+                if shape.types and (current is None or shape.version > current.shape.version):
                     target.run_outside(create_types(shape.types), what="creating types")
         applied = 0
         last: Change | None = None
@@ -557,10 +562,6 @@ class Replay:
                 if reached >= 0:
                     offsets[tp] = reached
         return offsets
-
-    def _needs_types(self, table: TableId, shape: TableShape) -> bool:
-        current = self._tables.get(table)
-        return current is None or current.shape.version != shape.version
 
     def _table(self, target: TargetDatabase, change: Change) -> _Table:
         """The change's table in the target, created or altered to the change's shape."""

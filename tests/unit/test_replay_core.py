@@ -69,9 +69,9 @@ def change(
 
 def test_an_insert_record_becomes_an_upsert_at_its_position() -> None:
     c = change("c", key=3, lsn=200, seq=4)
-    assert (c.kind, c.key, c.position, c.change_lsn) == (
+    assert (c.kind, c.row, c.position, c.change_lsn) == (
         ChangeKind.UPSERT,
-        {"id": 3},
+        {"id": 3, "v": "x"},
         (200, 4),
         200,
     )
