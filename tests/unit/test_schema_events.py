@@ -278,6 +278,10 @@ def test_type_infos_and_definitions_are_inverses(definitions: list[TypeDefinitio
         (orjson.dumps(_event(columns={})), "columns must be a list"),
         (orjson.dumps(_event(columns=[{"name": "id"}])), r"columns\[0\]: type must be a string"),
         (orjson.dumps(_event(key_columns=["nope"])), "are not the columns marked key"),
+        (
+            orjson.dumps(_event(columns=[{**_event()["columns"][0], "not_null": 1}])),
+            r"columns\[0\].not_null must be true or false",
+        ),
         (orjson.dumps(_event(replica_identity="x")), "replica_identity 'x'"),
         (orjson.dumps(_event(schema_version=0)), "schema_version must be 1 or more"),
         (orjson.dumps(_event(schema_version=True)), "schema_version must be an integer"),
