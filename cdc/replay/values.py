@@ -30,6 +30,10 @@ With ``on_conversion_error: text`` the daemon writes a value it could not conver
 PostgreSQL text. That text is the input form already, so a string where the mode writes
 something else (a number, a list, an object, or a ``precise`` decimal that is not base64)
 is passed through as it is; with ``stop`` it is refused as not what the connector writes.
+
+This module dispatches by type (as the forward builder does, from its own OID tables) and
+builds arrays and records; the per-value converters are ``cdc.replay.scalar_inputs`` and
+``cdc.replay.temporal_inputs``.
 """
 
 from __future__ import annotations
@@ -279,6 +283,7 @@ class _Builder:
         builtin = self._builtin(oid, typmod, name, fallback)
         if builtin is not None:
             return builtin
+        # The forward builder's own table of built-in arrays, so both agree on every OID.
         element = forward._ARRAY_ELEMENTS.get(oid)
         if element is not None:
             inner = self.build(element, typmod, depth + 1, None, False)
