@@ -63,9 +63,7 @@ class PartitionReader:
         self._consumer = admin.consumer(group_id, **_settings())
         self._assigned: list[Partition] = []
         self._paused: set[Partition] = set()
-        # Per partition: the offset the fetcher reached at its last end-of-partition, and
-        # the offset after the last record handed over.
-        self.eof: dict[Partition, int] = {}
+        # Where each partition was assigned from (the fetch thread starts its view here).
         self.next: dict[Partition, int] = {}
 
     def close(self) -> None:
@@ -118,10 +116,6 @@ class PartitionReader:
         """Each partition's end (the last stable offset: read_committed), asked now."""
         return self._admin.end_offsets(self._assigned if partitions is None else partitions)
 
-    def at_end(self, tp: Partition, end: int) -> bool:
-        """Whether everything before ``end`` of the partition was handed over."""
-        return max(self.eof.get(tp, -1), self.next.get(tp, -1)) >= end
-
     def pause(self, partitions: Iterable[Partition]) -> None:
         todo = [tp for tp in partitions if tp not in self._paused]
         if todo:
@@ -133,26 +127,29 @@ class PartitionReader:
             self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
             self._paused.clear()
 
-    def read(self, timeout: float) -> list[ConsumedRecord]:
-        """The records fetched so far (at most a batch), waiting up to ``timeout``."""
+    def read(self, timeout: float) -> tuple[list[ConsumedRecord], dict[Partition, int]]:
+        """The records fetched so far (at most a batch), waiting up to ``timeout``, and
+        the partitions that reached their end meanwhile (with the offset of that end)."""
         try:
             messages = self._consumer.consume(num_messages=_BATCH, timeout=timeout)
         except KafkaException as exc:
             raise kafka_error(exc, "reading the replayed topics") from exc
         out: list[ConsumedRecord] = []
+        eof: dict[Partition, int] = {}
         append = out.append
         for m in cast(list[Any], messages):
             error = m.error()
             if error is not None:
                 if error.code() == KafkaError._PARTITION_EOF:
-                    self.eof[(m.topic(), m.partition())] = m.offset()
+                    eof[(m.topic(), m.partition())] = m.offset()
                     continue
                 raise kafka_error(error, f"reading topic {m.topic()!r}", topic=m.topic())
-            offset = m.offset()
-            topic, partition = m.topic(), m.partition()
-            self.next[(topic, partition)] = offset + 1
-            append(ConsumedRecord(topic, partition, offset, m.key(), m.value(), m.headers()))
-        return out
+            append(
+                ConsumedRecord(
+                    m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers()
+                )
+            )
+        return out, eof
 
 
 class TopicTail:

@@ -38,8 +38,9 @@ from cdc.postgres.target import ReplayState, TargetDatabase
 from cdc.protocol.values import ValueOptions
 from cdc.replay.batch import ApplyError, TableBatch
 from cdc.replay.ddl import Target, alter_table, create_table, create_types
+from cdc.replay.fetch import Fetcher
 from cdc.replay.ordering import ChangeQueue, Until
-from cdc.replay.records import Change, ChangeKind, TableId, parse_change
+from cdc.replay.records import Change, ChangeKind, TableId
 from cdc.replay.values import text_converter_for
 from cdc.stream.schema_changes import (
     TableShape,
@@ -275,11 +276,16 @@ class Replay:
             self._position = state.position
             reader = PartitionReader(admin, group_id=f"cdc-replay-{cfg.name}")
             partitions = self._assign(reader, tables, state)
+            fetcher = Fetcher(reader)
+            fetcher.start()
             self._selected = {".".join(t) for t in self._topic_table.values()}
             for lsn, counts in self._unsorted_ends:
                 queue.expect(lsn, sum(counts.get(t, 0) for t in self._selected))
             self._unsorted_ends.clear()
-            return self._loop(target, control, reader, queue, partitions, state)
+            try:
+                return self._loop(target, control, reader, fetcher, queue, partitions, state)
+            finally:
+                fetcher.stop()
         finally:
             if reader is not None:
                 reader.close()
@@ -388,6 +394,7 @@ class Replay:
         target: TargetDatabase,
         control: TopicTail,
         reader: PartitionReader,
+        fetcher: Fetcher,
         queue: ChangeQueue,
         partitions: list[tuple[str, int]],
         state: ReplayState,
@@ -403,16 +410,16 @@ class Replay:
             self._read_control(control.drain(), queue)
             if request.follow and request.tables is None and self._cfg.tables is None:
                 self._follow_new_tables(reader, partitions, state)
-            self._read_data(reader, queue, partitions)
+            self._read_data(reader, fetcher, queue, partitions)
             batch = queue.take(request.batch_changes)
             if batch:
-                total += self._apply(target, batch, queue, reader, partitions, saved, total)
+                total += self._apply(target, batch, queue, fetcher, partitions, saved, total)
                 report.changes += len(batch)
                 report.batches += 1
             elif stop_at is not None and (
-                queue.finished or all(reader.at_end(tp, stop_at[tp]) for tp in partitions)
+                queue.finished or all(fetcher.at_end(tp, stop_at[tp]) for tp in partitions)
             ):
-                self._save_offsets_only(target, queue, reader, partitions, saved, total)
+                self._save_offsets_only(target, queue, fetcher, partitions, saved, total)
                 break
             elif queue.finished:
                 break
@@ -447,10 +454,14 @@ class Replay:
             self._log.info("replay_table_added", table=".".join(table), topic=topic)
 
     def _read_data(
-        self, reader: PartitionReader, queue: ChangeQueue, partitions: list[tuple[str, int]]
+        self,
+        reader: PartitionReader,
+        fetcher: Fetcher,
+        queue: ChangeQueue,
+        partitions: list[tuple[str, int]],
     ) -> None:
-        """Read until every partition is past the watermark or at its end (or the queue
-        is full); without a watermark, one read."""
+        """Take what the fetch thread read until every partition is past the watermark
+        or at its end (or the queue is full); without a watermark, what is there."""
         ends: dict[tuple[str, int], int] | None = None
         first = True
         while True:
@@ -462,18 +473,19 @@ class Replay:
                     return
                 if ends is None:
                     ends = reader.end_offsets(lagging)
-                lagging = [tp for tp in lagging if not reader.at_end(tp, ends[tp])]
+                lagging = [tp for tp in lagging if not fetcher.at_end(tp, ends[tp])]
                 if not lagging:
                     return
-            records = reader.read(IDLE_WAIT_S if first else 0.05)
+            changes = fetcher.take(IDLE_WAIT_S if first else 0.05)
             first = False
-            for record in records:
-                change = parse_change(*record)
+            shapes = self._shapes
+            add = queue.add
+            for change in changes:
                 if change.kind is ChangeKind.SCHEMA:
                     assert change.value is not None
-                    self._shapes.add(change.value)
-                queue.add(change)
-            if not records and not self._ordered:
+                    shapes.add(change.value)
+                add(change)
+            if not changes and not self._ordered:
                 return
             if self._stop.is_set():
                 return
@@ -483,7 +495,7 @@ class Replay:
         target: TargetDatabase,
         batch: list[Change],
         queue: ChangeQueue,
-        reader: PartitionReader,
+        fetcher: Fetcher,
         partitions: list[tuple[str, int]],
         saved: dict[tuple[str, int], int],
         total: int,
@@ -515,7 +527,7 @@ class Replay:
                     self._flush(target, table)
                 if last is not None:
                     self._position = last.position
-                offsets = self._offsets(queue, reader, partitions)
+                offsets = self._offsets(queue, fetcher, partitions)
                 changed = {tp: o for tp, o in offsets.items() if saved.get(tp) != o}
                 target.save(
                     changed,
@@ -535,12 +547,12 @@ class Replay:
         self,
         target: TargetDatabase,
         queue: ChangeQueue,
-        reader: PartitionReader,
+        fetcher: Fetcher,
         partitions: list[tuple[str, int]],
         saved: dict[tuple[str, int], int],
         total: int,
     ) -> None:
-        offsets = self._offsets(queue, reader, partitions)
+        offsets = self._offsets(queue, fetcher, partitions)
         changed = {tp: o for tp, o in offsets.items() if saved.get(tp) != o}
         if changed:
             with target.transaction():
@@ -549,7 +561,7 @@ class Replay:
 
     @staticmethod
     def _offsets(
-        queue: ChangeQueue, reader: PartitionReader, partitions: list[tuple[str, int]]
+        queue: ChangeQueue, fetcher: Fetcher, partitions: list[tuple[str, int]]
     ) -> dict[tuple[str, int], int]:
         """Where each partition continues: its first change not applied, or what was read."""
         offsets: dict[tuple[str, int], int] = {}
@@ -558,7 +570,7 @@ class Replay:
             if head is not None:
                 offsets[tp] = head.offset
             else:
-                reached = max(reader.next.get(tp, -1), reader.eof.get(tp, -1))
+                reached = max(fetcher.next.get(tp, -1), fetcher.eof.get(tp, -1))
                 if reached >= 0:
                     offsets[tp] = reached
         return offsets
