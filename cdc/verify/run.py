@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -33,6 +33,7 @@ from cdc.verify.compare import CatchUp, RowOutcome, TableReport, Throttle, Verif
 
 __all__ = [
     "RECHECK_ROUNDS",
+    "Candidates",
     "LegacyTables",
     "VerifyOptions",
     "recheck",
@@ -120,15 +121,13 @@ class LegacyTables:
         self._throttle.read(len(rows), time.monotonic())
         return rows, lsn
 
-    def digest_chunk(
-        self, shape: TableShape, after: KeyValues | None, limit: int
-    ) -> tuple[ChunkDigest, int]:
-        """The digest of the next ``limit`` rows after ``after``, and its WAL position."""
+    def digest_chunk(self, shape: TableShape, after: KeyValues | None, limit: int) -> ChunkDigest:
+        """The digest of the next ``limit`` rows after ``after``: one statement, in
+        autocommit (its rows are read again, with a position, only if it differs)."""
         self._pace()
-        with self.reader.short_transaction() as lsn:
-            digest = self.reader.digest_range(shape, after, limit=limit)
+        digest = self.reader.digest_range(shape, after, limit=limit)
         self._throttle.read(digest.rows, time.monotonic())
-        return digest, lsn
+        return digest
 
     def read_keys(
         self, shape: TableShape, keys: Sequence[KeyValues]
@@ -187,8 +186,22 @@ class LegacyTables:
         return time.monotonic() + self.options.wait_seconds
 
 
+@dataclass(slots=True)
+class Candidates(Generic[K]):
+    """Keys that differed in the scan: each with the legacy row the scan read (``None``
+    when the legacy table had no row with it) and how it differed, in scan order; and
+    the highest WAL position of the legacy reads that showed them."""
+
+    rows: dict[K, tuple[Any, RowOutcome]] = field(default_factory=dict)
+    lsn: int = 0
+
+    def add(self, key: K, legacy_row: Any, outcome: RowOutcome, lsn: int) -> None:
+        self.rows[key] = (legacy_row, outcome)
+        self.lsn = max(self.lsn, lsn)
+
+
 def recheck(
-    candidates: dict[K, RowOutcome],
+    candidates: Candidates[K],
     report: TableReport,
     *,
     legacy_rows: Callable[[list[K]], tuple[dict[K, Any], int]],
@@ -200,30 +213,28 @@ def recheck(
     """Re-read the keys that differed, on both sides, until they agree or the rounds run
     out; record in ``report`` those that still differ.
 
-    The legacy rows are read first (at WAL position L); each round then waits until the
-    compared side has caught up to L, reads its rows, and reads the legacy rows again
-    (at L', for the next round). A key is settled (equal) when the compared side's row
-    equals the legacy row at L or at L': the compared side was read after it had every
-    change up to L and before the read at L', so a row that changed once in between
-    shows one of the two, and only a key written twice or more within one round's
-    window (or a real difference) stays unsettled. A key still unsettled after
-    :data:`RECHECK_ROUNDS` rounds is a difference, reported with its comparison at L. If
-    the compared side does not catch up in time, the keys left keep their last outcome
-    and the report says so.
+    Each round waits until the compared side has caught up to the position L of the
+    last legacy read of the keys (the scan's, at first), reads the compared side's rows,
+    then the legacy rows again (at L', for the next round). A key is settled (equal)
+    when the compared side's row equals the legacy row at L, or at L': the compared side
+    was read once it held every change up to L and before the read at L', so a row
+    changed once in between shows one of the two. Only a key written twice or more
+    within every round's window, or a real difference, stays unsettled; after
+    :data:`RECHECK_ROUNDS` rounds it is a difference, reported with its comparison at L.
+    If the compared side does not catch up in time, the keys left keep their last
+    outcome and the report says so.
 
     Args:
-        candidates: key -> outcome of the scan, in scan order.
+        candidates: what the scan found.
         legacy_rows: the legacy rows of keys (absent ones left out) and the position.
         catch_up: waits for the compared side to reach a position.
         other_rows: the compared side's rows of keys (absent ones left out).
         compare: legacy row (or None), other row (or None) -> outcome.
         label: the key as JSON text, for the report.
     """
-    pending = dict(candidates)
-    mine: dict[K, Any] = {}
-    lsn = 0
-    if pending:
-        mine, lsn = legacy_rows(list(pending))
+    pending = {key: outcome for key, (_, outcome) in candidates.rows.items()}
+    mine = {key: row for key, (row, _) in candidates.rows.items() if row is not None}
+    lsn = candidates.lsn
     for round_number in range(1, RECHECK_ROUNDS + 1):
         if not pending:
             break
@@ -238,16 +249,14 @@ def recheck(
         for key in keys:
             other = theirs.get(key)
             outcome = compare(mine.get(key), other)
-            if outcome.kind is None:
-                del pending[key]
-                report.add_unverifiable(outcome.unverifiable)
-                continue
-            settled = compare(later.get(key), other)
-            if settled.kind is None:
-                del pending[key]
-                report.add_unverifiable(settled.unverifiable)
-            else:
-                pending[key] = outcome
+            if outcome.kind is not None:
+                settled = compare(later.get(key), other)
+                if settled.kind is not None:
+                    pending[key] = outcome
+                    continue
+                outcome = settled
+            del pending[key]
+            report.add_unverifiable(outcome.unverifiable)
         mine, lsn = later, later_lsn
     for key, outcome in pending.items():
         report.add_difference(label(key), outcome)

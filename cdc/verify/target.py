@@ -26,7 +26,7 @@ from cdc.verify.compare import (
     plan_columns,
     text_key_label,
 )
-from cdc.verify.run import LegacyTables, batched, recheck
+from cdc.verify.run import Candidates, LegacyTables, batched, recheck
 
 __all__ = ["TargetComparer"]
 
@@ -131,25 +131,24 @@ class _TableRun:
             if self._topic_reader is not None:
                 self._topic_reader.close()
 
-    def _scan(self) -> dict[KeyValues, RowOutcome]:
+    def _scan(self) -> Candidates[KeyValues]:
         """Digest every chunk on both servers; compare the rows of those that differ."""
         legacy, target = self._legacy, self._target
         mine, theirs = self._mine, self._theirs
         report = self._report
         limit = legacy.chunk_rows
-        candidates: dict[KeyValues, RowOutcome] = {}
+        candidates: Candidates[KeyValues] = Candidates()
         after: KeyValues | None = None
         while True:
-            digest, _lsn = legacy.digest_chunk(mine, after, limit)
+            digest = legacy.digest_chunk(mine, after, limit)
             last = digest.rows < limit
             until = None if last else digest.last_key
-            with target.short_transaction(lsn=False):
-                other = target.digest_range(theirs, after, until)
+            other = target.digest_range(theirs, after, until)
             report.chunks += 1
             report.rows += digest.rows
             if (digest.rows, digest.digest) != (other.rows, other.digest):
                 report.chunks_differing += 1
-                rows, _lsn = legacy.read_chunk(mine, after, limit, until)
+                rows, lsn = legacy.read_chunk(mine, after, limit, until)
                 ours = {target.key_of(mine, row): row for row in rows}
                 found = {
                     target.key_of(theirs, row): row
@@ -157,9 +156,10 @@ class _TableRun:
                     for row in page
                 }
                 for key in dict.fromkeys([*ours, *found]):
-                    outcome = compare_text_rows(self._columns, ours.get(key), found.get(key))
+                    row = ours.get(key)
+                    outcome = compare_text_rows(self._columns, row, found.get(key))
                     if outcome.kind is not None:
-                        candidates[key] = outcome
+                        candidates.add(key, row, outcome, lsn)
             if last:
                 return candidates
             after = digest.last_key

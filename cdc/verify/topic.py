@@ -29,7 +29,7 @@ from cdc.verify.compare import (
     TableReport,
     compare_json_rows,
 )
-from cdc.verify.run import LegacyTables, recheck
+from cdc.verify.run import Candidates, LegacyTables, recheck
 
 __all__ = ["TopicComparer"]
 
@@ -182,7 +182,7 @@ class _TableRun:
 
     # --- the legacy table ---------------------------------------------------------------
 
-    def _scan(self) -> dict[bytes, RowOutcome]:
+    def _scan(self) -> Candidates[bytes]:
         """Compare every legacy row with the topic; the keys that differ, with how."""
         encoder = self._encoder
         shape = self._shape
@@ -191,8 +191,10 @@ class _TableRun:
         placeholder = self._placeholder
         key_of = self._legacy.reader.key_of
         unmatched = set(state)
-        candidates: dict[bytes, RowOutcome] = {}
-        for rows, _lsn in self._legacy.scan(shape):
+        candidates: Candidates[bytes] = Candidates()
+        last_lsn = 0
+        for rows, lsn in self._legacy.scan(shape):
+            last_lsn = lsn
             report.chunks += 1
             report.rows += len(rows)
             for values in rows:
@@ -210,10 +212,12 @@ class _TableRun:
                     continue
                 # orjson leaves its result in a buffer of 4 KB or more: keep a copy.
                 key = bytes(memoryview(key))
-                candidates[key] = outcome
+                candidates.add(key, row, outcome, lsn)
                 self._texts[key] = key_of(shape, values)
+        # Keys no chunk had: absent from the table as of its reads, the last one included.
+        extra = RowOutcome(Kind.EXTRA)
         for key in unmatched:
-            candidates[key] = RowOutcome(Kind.EXTRA)
+            candidates.add(key, None, extra, last_lsn)
         return candidates
 
     def _legacy_rows(self, keys: list[bytes]) -> tuple[dict[bytes, Any], int]:

@@ -30,7 +30,7 @@ from cdc.verify.compare import (
     plan_columns,
     text_key_label,
 )
-from cdc.verify.run import RECHECK_ROUNDS, recheck
+from cdc.verify.run import RECHECK_ROUNDS, Candidates, recheck
 
 PLACEHOLDER = "__debezium_unavailable_value"
 
@@ -346,7 +346,8 @@ def test_the_connector_summary() -> None:
 
 
 class FakeSides:
-    """A legacy table and a compared side as sequences of states, one per read."""
+    """A legacy table and a compared side as sequences of states, one per read (the
+    legacy table's after the scan)."""
 
     def __init__(
         self, legacy: list[dict[int, Any]], other: list[dict[int, Any]], caught_up: bool = True
@@ -361,7 +362,7 @@ class FakeSides:
     def legacy_rows(self, keys: list[int]) -> tuple[dict[int, Any], int]:
         state = self.legacy[min(self.legacy_reads, len(self.legacy) - 1)]
         self.legacy_reads += 1
-        return {k: state[k] for k in keys if k in state}, 100 * self.legacy_reads
+        return {k: state[k] for k in keys if k in state}, 100 * (self.legacy_reads + 1)
 
     def catch_up(self, lsn: int) -> CatchUp:
         self.waited_for.append(lsn)
@@ -372,7 +373,11 @@ class FakeSides:
         self.other_reads += 1
         return {k: state[k] for k in keys if k in state}
 
-    def run(self, candidates: dict[int, RowOutcome]) -> TableReport:
+    def run(self, scanned: dict[int, Any]) -> TableReport:
+        """Re-check keys the scan (at LSN 100) saw as ``scanned`` (None: no legacy row)."""
+        candidates: Candidates[int] = Candidates()
+        for key, row in scanned.items():
+            candidates.add(key, row, RowOutcome(Kind.DIFFERS if row else Kind.EXTRA), 100)
         table = report()
         recheck(
             candidates,
@@ -386,24 +391,21 @@ class FakeSides:
         return table
 
 
-SCAN = RowOutcome(Kind.DIFFERS, (ColumnDifference("v", 0, 1),))
-
-
 def test_a_key_that_agrees_once_caught_up_is_no_difference() -> None:
     sides = FakeSides([{1: {"v": 1}}], [{1: {"v": 1}}])
-    table = sides.run({1: SCAN})
+    table = sides.run({1: {"v": 1}})
     assert (table.equal, table.recheck_rounds, sides.waited_for) == (True, 1, [100])
 
 
 def test_a_key_changed_once_during_the_round_is_settled_by_the_later_read() -> None:
-    """The topic was read after the change, the first legacy read before it."""
-    sides = FakeSides([{1: {"v": 1}}, {1: {"v": 2}}], [{1: {"v": 2}}])
-    assert sides.run({1: SCAN}).equal
+    """The topic was read after the change, the scan before it."""
+    sides = FakeSides([{1: {"v": 2}}], [{1: {"v": 2}}])
+    assert sides.run({1: {"v": 1}}).equal
 
 
 def test_a_key_that_differs_in_every_round_is_reported_with_its_comparison() -> None:
     sides = FakeSides([{1: {"v": 1}}], [{1: {"v": 9}}])
-    table = sides.run({1: SCAN})
+    table = sides.run({1: {"v": 1}})
     assert table.recheck_rounds == RECHECK_ROUNDS
     assert sides.waited_for == [100 * n for n in range(1, RECHECK_ROUNDS + 1)]
     assert [(d.key, d.outcome.columns) for d in table.shown] == [
@@ -413,28 +415,28 @@ def test_a_key_that_differs_in_every_round_is_reported_with_its_comparison() -> 
 
 def test_missing_and_extra_keys_are_rechecked_too() -> None:
     sides = FakeSides([{1: {"v": 1}}], [{2: {"v": 2}}])
-    table = sides.run({1: RowOutcome(Kind.MISSING), 2: RowOutcome(Kind.EXTRA), 3: SCAN})
-    assert dict(table.counts) == {Kind.MISSING: 1, Kind.EXTRA: 1}  # key 3: on neither side
+    table = sides.run({1: {"v": 1}, 2: None, 3: {"v": 3}})  # key 3 deleted since the scan
+    assert dict(table.counts) == {Kind.MISSING: 1, Kind.EXTRA: 1}
 
 
 def test_a_hot_key_settles_in_a_later_round() -> None:
-    legacy = [{1: {"v": n}} for n in (1, 3, 5, 6)]
+    legacy = [{1: {"v": n}} for n in (3, 5, 6)]
     other = [{1: {"v": 2}}, {1: {"v": 4}}, {1: {"v": 6}}]  # in between, then caught up
-    table = FakeSides(legacy, other).run({1: SCAN})
+    table = FakeSides(legacy, other).run({1: {"v": 1}})
     assert (table.equal, table.recheck_rounds) == (True, 3)
 
 
 def test_a_side_that_does_not_catch_up_keeps_the_scan_outcome_and_says_so() -> None:
     sides = FakeSides([{1: {"v": 1}}], [{1: {"v": 1}}], caught_up=False)
-    table = sides.run({1: SCAN})
+    table = sides.run({1: {"v": 1}})
     assert table.catch_up == CatchUp(100, False, "behind")
-    assert [d.outcome for d in table.shown] == [SCAN]
-    assert sides.other_reads == 0
+    assert [d.outcome for d in table.shown] == [RowOutcome(Kind.DIFFERS)]
+    assert (sides.other_reads, sides.legacy_reads) == (0, 0)
 
 
 def test_placeholders_of_settled_keys_are_counted() -> None:
     sides = FakeSides([{1: {"v": 1, "body": "x"}}], [{1: {"v": 1, "body": PLACEHOLDER}}])
-    table = sides.run({1: SCAN})
+    table = sides.run({1: {"v": 1, "body": "x"}})
     assert (table.equal, dict(table.unverifiable)) == (True, {"body": 1})
 
 
