@@ -23,7 +23,8 @@ JsonConverter with ``schemas.enable=false``, so Debezium consumers read it uncha
                 "schema": "<schema>", "table": "<table>", "txId": <xid>,
                 "lsn": <LSN of the change>, "xmin": null, "origin": null,
                 "origin_lsn": null},
-     "transaction": null,
+     "transaction": null | {"id": "<xid>:<commit LSN>", "total_order": n,
+                            "data_collection_order": m},
      "op": "c" | "u" | "d" | "t",
      "ts_ms": <processing time, ms>, "ts_us": ..., "ts_ns": ...}
 
@@ -54,9 +55,10 @@ Update (REPLICA IDENTITY FULL, or the key) holds its value: then that exact valu
 
 Every record of a change carries two Kafka headers, its place in the stream: ``cdc.lsn``,
 the commit LSN of its source transaction, and ``cdc.seq``, the index of its message in that
-transaction (both records of a key change share them), as ASCII decimals; the caller
-builds them once per message. A snapshot read carries ``cdc.lsn`` = the commit LSN its row
-is as of (``tx.commit_lsn``) and ``cdc.seq`` = ``-1``: before every change committed there.
+transaction (every record of one message shares them, the ``d`` and ``c`` of a key change
+too), as ASCII decimals; the caller builds them once per message. A snapshot read carries
+``cdc.lsn`` = the commit LSN its row is as of (``tx.commit_lsn``) and ``cdc.seq`` = ``-1``:
+before every change committed there.
 
 With transaction metadata on (``tx.order``), each event's ``transaction`` block says which
 source transaction it belongs to and where in it (Debezium's ``total_order`` and
