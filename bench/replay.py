@@ -106,10 +106,16 @@ def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dic
         workdir = base / name
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
+        profiler = (
+            ["py-spy", "record", "--format", "speedscope", "--idle", "--threads",
+             "-o", str(profile), "--"]
+            if profile is not None
+            else []
+        )  # fmt: skip
         result = subprocess.run(
             [
+                *profiler,
                 sys.executable,
-                *(["-m", "cProfile", "-o", str(profile)] if profile is not None else []),
                 "-m", "cdc", "replay", name,
                 "--target-dsn", pg.dsn(dbname="replay_target"),
                 "--config", str(workdir / "cdc.yaml"),
@@ -155,7 +161,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--tx-rows", type=int, default=1_000)
     parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
-    parser.add_argument("--profile", type=Path, help="write a cProfile of the replay here")
+    parser.add_argument(
+        "--profile", type=Path, help="write a py-spy profile (speedscope) of the replay here"
+    )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

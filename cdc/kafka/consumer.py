@@ -31,7 +31,7 @@ Partition = tuple[str, int]
 # A fetch returns once this much is there or this long has passed: a replay reads in bulk.
 _FETCH_WAIT_MS: Final = 50
 # Records handed over per consume() call (confluent-kafka builds them in C, in one go).
-_BATCH: Final = 10_000
+_BATCH: Final = 5_000
 
 
 class ConsumedRecord(NamedTuple):
@@ -49,9 +49,12 @@ def _settings() -> dict[str, Any]:
         "enable.partition.eof": True,
         "auto.offset.reset": "earliest",
         "fetch.wait.max.ms": _FETCH_WAIT_MS,
-        # A replay reads far faster than a live consumer: let librdkafka prefetch more.
-        "queued.max.messages.kbytes": 262_144,
+        # Prefetched records per partition (librdkafka's default is 64 MB each): enough
+        # to keep a replay busy, small enough to keep its memory bounded.
+        "queued.max.messages.kbytes": 16_384,
         "fetch.max.bytes": 52_428_800,
+        # Per partition and fetch (librdkafka's default: 1 MB): fewer round trips.
+        "max.partition.fetch.bytes": 8_388_608,
     }
 
 

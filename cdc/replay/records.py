@@ -104,7 +104,57 @@ def _headers(headers: list[tuple[str, bytes | None]] | None) -> tuple[int | None
     return lsn, seq
 
 
+_loads: Final = orjson.loads
+_UPSERT: Final = ChangeKind.UPSERT
+_UPSERT_OPS: Final = frozenset({"c", "u", "r"})
+
+
 def parse_change(  # noqa: PLR0917 - one consumed record's parts, as the consumer has them
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: list[tuple[str, bytes | None]] | None,
+) -> Change:
+    """The change one retention-topic record holds.
+
+    The common record (an upsert with both position headers) takes a fast path; anything
+    else, or anything unexpected in it, takes the checked one, which says what is wrong.
+
+    Raises:
+        RecordError: the record is not JSON, or not an event of the shape ``cdc`` writes.
+    """
+    try:
+        event = _loads(value)  # type: ignore[arg-type]
+        op = event["op"]
+        if op in _UPSERT_OPS and headers is not None and len(headers) == 2:
+            source = event["source"]
+            after = event["after"]
+            (n1, v1), (n2, v2) = headers
+            change_lsn = source["lsn"]
+            commit_ts_us = source["ts_us"]
+            if (
+                n1 == LSN_HEADER
+                and n2 == SEQ_HEADER
+                and type(after) is dict
+                and type(change_lsn) is int
+                and type(commit_ts_us) is int
+                and event["before"] is None
+                and event["transaction"] is None
+                and "unavailable_columns" not in event
+            ):
+                return Change(
+                    _UPSERT, (source["schema"], source["table"]), topic, partition, offset,
+                    int(v1), int(v2), change_lsn, commit_ts_us, key, None, after, (), None,  # type: ignore[arg-type]
+                    op == "r" and source["snapshot"] in _INITIAL_SNAPSHOT, None,
+                )  # fmt: skip
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        pass  # the checked path below says what is wrong
+    return _parse_checked(topic, partition, offset, key, value, headers)
+
+
+def _parse_checked(  # noqa: PLR0917
     topic: str,
     partition: int,
     offset: int,
