@@ -39,8 +39,7 @@ from cdc.testing.kafka import start_kafka
 from cdc.testing.postgres import start_postgres
 
 CHECKSUM = (
-    "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY id), ''))"
-    " FROM bench t"
+    "SELECT count(*), md5(coalesce(string_agg(t::text, E'\\n' ORDER BY id), '')) FROM bench t"
 )
 
 
@@ -68,7 +67,9 @@ def _copy(source_dsn: str, target_dsn: str) -> float:
     return time.monotonic() - started
 
 
-def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dict[str, Any]:
+def run(
+    rows: int, tx_rows: int, base: Path, profile: Path | None = None, batch: int = 20_000
+) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
     try:
@@ -112,7 +113,7 @@ def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dic
             if profile is not None
             else []
         )  # fmt: skip
-        result = subprocess.run(
+        process = subprocess.Popen(
             [
                 *profiler,
                 sys.executable,
@@ -120,11 +121,23 @@ def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dic
                 "--target-dsn", pg.dsn(dbname="replay_target"),
                 "--config", str(workdir / "cdc.yaml"),
                 "--connectors", str(workdir / "connectors"),
-                "--log-level", "warning",
+                "--log-level", "warning", "--batch", str(batch),
             ],
-            capture_output=True, text=True, check=False,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
+        peak_kb = 0
+        while process.poll() is None:  # the replay's own high-water mark, while it runs
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                marks = [int(line.split()[1]) for line in status.splitlines()
+                         if line.startswith("VmHWM:")]  # fmt: skip
+                peak_kb = max([peak_kb, *marks])
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        stdout, stderr = process.communicate()
         replay_seconds = time.monotonic() - started
+        result = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if result.returncode != 0:
             return {"bench": "replay", "error": result.stderr.strip()[-2000:]}
@@ -141,6 +154,7 @@ def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dic
             "bench": "replay",
             "rows": rows,
             "tx_rows": tx_rows,
+            "batch": batch,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "copy_rows_per_s": round(rows / copy_seconds),
@@ -148,7 +162,7 @@ def run(rows: int, tx_rows: int, base: Path, profile: Path | None = None) -> dic
             "ratio_to_copy": round(copy_seconds / replay_seconds, 3),
             "replay_seconds": round(replay_seconds, 2),
             "replay_cpu_seconds": round(cpu, 2),
-            "replay_peak_rss_mb": round(after.ru_maxrss / 1024, 1),
+            "replay_peak_rss_mb": round(peak_kb / 1024, 1),
             "replay_output": result.stdout.strip(),
         }
     finally:
@@ -161,17 +175,18 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--tx-rows", type=int, default=1_000)
     parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
+    parser.add_argument("--batch", type=int, default=20_000, help="changes per target transaction")
     parser.add_argument(
         "--profile", type=Path, help="write a py-spy profile (speedscope) of the replay here"
     )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.tx_rows, args.keep, args.profile)
+        result = run(args.rows, args.tx_rows, args.keep, args.profile, args.batch)
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.tx_rows, Path(tmp), args.profile)
+            result = run(args.rows, args.tx_rows, Path(tmp), args.profile, args.batch)
     print(orjson.dumps(result).decode(), flush=True)
 
 

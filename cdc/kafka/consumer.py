@@ -51,10 +51,10 @@ def _settings() -> dict[str, Any]:
         "fetch.wait.max.ms": _FETCH_WAIT_MS,
         # Prefetched records per partition (librdkafka's default is 64 MB each): enough
         # to keep a replay busy, small enough to keep its memory bounded.
-        "queued.max.messages.kbytes": 16_384,
+        "queued.max.messages.kbytes": 2_048,
         "fetch.max.bytes": 52_428_800,
         # Per partition and fetch (librdkafka's default: 1 MB): fewer round trips.
-        "max.partition.fetch.bytes": 8_388_608,
+        "max.partition.fetch.bytes": 4_194_304,
     }
 
 
