@@ -132,8 +132,10 @@ class TopicReader:
     def read_to(self, ends: Mapping[int, int], *, timeout: float, on_record: OnRecord) -> bool:
         """Read on until every partition's position reaches its offset in ``ends``,
         handing each record to ``on_record`` in offset order per partition (records past
-        an end may come too). Returns whether the ends were reached within ``timeout``
-        seconds; a later call continues from where this one stopped.
+        an end may come too). Returns ``False`` if nothing arrived (no record, no end of
+        a partition) for ``timeout`` seconds before the ends were reached: a large topic
+        that keeps coming is read to the end however long it takes. A later call
+        continues from where this one stopped.
 
         Raises:
             SinkError: the consumer failed (an ACL, a deleted topic, a broker error).
@@ -149,9 +151,10 @@ class TopicReader:
             while todo:
                 if time.monotonic() > deadline:
                     return False
-                for message in consumer.consume(
-                    num_messages=_CONSUME_BATCH, timeout=_CONSUME_WAIT_S
-                ):
+                messages = consumer.consume(num_messages=_CONSUME_BATCH, timeout=_CONSUME_WAIT_S)
+                if messages:
+                    deadline = time.monotonic() + timeout
+                for message in messages:
                     partition = message.partition()
                     offset = message.offset()
                     assert partition is not None

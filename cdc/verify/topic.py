@@ -17,6 +17,7 @@ from typing import Any, Final
 import orjson
 
 from cdc.envelope import TableEncoder
+from cdc.errors import SinkError
 from cdc.kafka.topic_reader import TopicReader
 from cdc.postgres.snapshot_reader import KeyValues, TableShape
 from cdc.protocol.typeinfo import TypeResolver
@@ -154,9 +155,14 @@ class _TableRun:
     def _load(self) -> None:
         """Read the whole topic once, to the end its committed transactions reach."""
         reader = self._reader
-        wait = self._legacy.options.wait_seconds
+        wait = max(self._legacy.options.wait_seconds, 1.0)
         ends = reader.settled_end_offsets(wait) or reader.end_offsets()
-        reader.read_to(ends, timeout=max(wait, 1.0), on_record=self._on_record)
+        if not reader.read_to(ends, timeout=wait, on_record=self._on_record):
+            raise SinkError(
+                f"reading topic {reader.topic!r}: nothing arrived for {wait:g} s before its"
+                " end; is Kafka reachable (kafka.bootstrap_servers, kafka.properties)?",
+                topic=reader.topic,
+            )
 
     def _catch_up(self, lsn: int) -> CatchUp:
         """Wait until the topic holds every change the legacy reads at ``lsn`` saw: the
