@@ -444,3 +444,24 @@ def test_nothing_to_recheck_reads_nothing() -> None:
     sides = FakeSides([{}], [{}])
     table = sides.run({})
     assert (table.equal, sides.legacy_reads, sides.waited_for) == (True, 0, [])
+
+
+def test_columns_on_one_side_long_values_and_odd_keys_render() -> None:
+    table = report(rows=1)
+    table.add_difference(
+        "not json",
+        RowOutcome(
+            Kind.DIFFERS,
+            (
+                ColumnDifference("old", "x" * 100, None, only_in="legacy"),
+                ColumnDifference("new", None, 3, only_in="other"),
+            ),
+        ),
+    )
+    assert table.lines()[1] == (
+        f'  not json: old: only in the legacy row ("{"x" * 56}...);'
+        " new: only in the compacted topic's row (3)"
+    )
+    assert table.to_json()["shown"][0]["key"] == "not json"
+    document = VerifyReport("inv", "compacted_topic", [table]).to_json()
+    assert (document["connector"], document["equal"], len(document["tables"])) == ("inv", False, 1)
