@@ -221,7 +221,7 @@ def _find_connector(connectors: list[ConnectorConfig], name: str) -> ConnectorCo
               help="Commit whole source transactions only (needs provide_transaction_metadata).")
 @click.option("--rebuild", is_flag=True,
               help="Drop the tables this connector's replay created in the target, start over.")
-@click.option("--batch", "batch_changes", type=click.IntRange(min=1), default=50_000,
+@click.option("--batch", "batch_changes", type=click.IntRange(min=1), default=20_000,
               show_default=True, help="Changes per target transaction.")
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS, case_sensitive=False), default=None)
 @_config_option

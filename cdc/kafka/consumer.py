@@ -30,6 +30,8 @@ Partition = tuple[str, int]
 
 # A fetch returns once this much is there or this long has passed: a replay reads in bulk.
 _FETCH_WAIT_MS: Final = 50
+# How often a control topic that does not exist yet is looked for.
+_LOOK_AGAIN_S: Final = 1.0
 # Records handed over per consume() call (confluent-kafka builds them in C, in one go).
 _BATCH: Final = 5_000
 
@@ -73,14 +75,9 @@ class PartitionReader:
         self._consumer.close()
 
     def partitions(self, topic: str) -> list[int] | None:
-        """The topic's partitions, or None when the topic does not exist."""
-        try:
-            metadata = self._consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
-        except KafkaException as exc:
-            raise kafka_error(exc, f"reading the metadata of topic {topic!r}", topic=topic) from exc
-        if metadata is None or metadata.error is not None or not metadata.partitions:
-            return None
-        return sorted(metadata.partitions)
+        """The topic's partitions, or None when the topic does not exist. Asked through
+        the admin client: the consumer's metadata request can wait behind its fetches."""
+        return self._admin.partition_ids(topic)
 
     def assign(self, start: Mapping[Partition, int | None]) -> None:
         """Read these partitions from these offsets (None: from the beginning)."""
@@ -161,28 +158,39 @@ class TopicTail:
     def __init__(self, admin: KafkaAdmin, topics: Iterable[str], *, group_id: str) -> None:
         self._admin = admin
         self._consumer = admin.consumer(group_id, **{**_settings(), "fetch.wait.max.ms": 10})
-        self._ends: dict[Partition, int] = {}
+        self._tps: list[Partition] = []
+        self._reached: dict[Partition, int] = {}
+        # Topics not created yet (a connector that has not started): looked for again.
+        self._missing = list(topics)
+        self._next_look = 0.0
+        self._assign_new()
+
+    def _assign_new(self) -> None:
+        """Start reading the topics of ``_missing`` that exist now."""
+        now = time.monotonic()
+        if not self._missing or now < self._next_look:
+            return
+        self._next_look = now + _LOOK_AGAIN_S
         tps: list[TopicPartition] = []
         try:
-            for topic in topics:
-                metadata = self._consumer.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(
-                    topic
-                )
-                if metadata is None or metadata.error is not None or not metadata.partitions:
+            for topic in list(self._missing):
+                numbers = self._admin.partition_ids(topic)
+                if numbers is None:
                     continue
-                tps.extend(TopicPartition(topic, p, OFFSET_BEGINNING) for p in metadata.partitions)
-            self._tps = [(tp.topic, tp.partition) for tp in tps]
+                self._missing.remove(topic)
+                tps.extend(TopicPartition(topic, p, OFFSET_BEGINNING) for p in numbers)
             if tps:
-                self._consumer.assign(tps)
+                self._consumer.incremental_assign(tps)
+                self._tps.extend((tp.topic, tp.partition) for tp in tps)
         except KafkaException as exc:
             raise kafka_error(exc, "reading the connector's state and schema topics") from exc
-        self._reached: dict[Partition, int] = {}
 
     def close(self) -> None:
         self._consumer.close()
 
     def drain(self, *, deadline_s: float = 4 * ADMIN_TIMEOUT_S) -> list[ConsumedRecord]:
         """Every record committed since the last call, up to the ends as of now."""
+        self._assign_new()
         if not self._tps:
             return []
         ends = self._admin.end_offsets(self._tps)

@@ -118,6 +118,16 @@ class KafkaAdmin:
             raise SinkError(f"topic {topic!r} has no partitions visible to cdc", topic=topic)
         return len(metadata.partitions)
 
+    def partition_ids(self, topic: str) -> list[int] | None:
+        """The topic's partition numbers, or None when it does not exist (yet)."""
+        try:
+            metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading the metadata of topic {topic!r}", topic=topic) from exc
+        if metadata is None or metadata.error is not None or not metadata.partitions:
+            return None
+        return sorted(metadata.partitions)
+
     def records_written(self, topics: Iterable[str]) -> dict[str, int]:
         """How many records each existing topic has ever received (its high watermarks).
 

@@ -78,6 +78,8 @@ class TableBatch:
         self.key_columns = tuple(key_columns)
         self._converters = tuple(converters)
         index = {name: i for i, name in enumerate(self.columns)}
+        self._width = len(self.columns)
+        self._names = frozenset(self.columns)
         self._key_converters = tuple(self._converters[index[k]] for k in self.key_columns)
         self._rows: dict[bytes, tuple[dict[str, Any], frozenset[str]] | None] = {}
         self._keys: dict[bytes, dict[str, Any]] = {}
@@ -111,6 +113,14 @@ class TableBatch:
             return
         row = change.row
         assert row is not None
+        if len(row) != self._width or not self._names.issuperset(row):
+            raise ApplyError(
+                f"table {self.table}: the change at LSN {change.change_lsn} has columns"
+                f" {', '.join(row)}, but its schema event says {', '.join(self.columns)}:"
+                " the log is inconsistent (was schema_changes switched off for a while?)",
+                table=self.table,
+                lsn=change.change_lsn,
+            )
         missing = frozenset(change.unavailable)
         if missing:
             earlier = self._rows.get(key, ...)

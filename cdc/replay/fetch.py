@@ -51,6 +51,9 @@ class Fetcher:
         # offset each partition's last end-of-partition was seen at.
         self.next: dict[Partition, int] = dict(reader.next)
         self.eof: dict[Partition, int] = {}
+        # Partitions to start reading, assigned by the thread itself between two reads
+        # (librdkafka's assign waits for the consumer that a concurrent consume holds).
+        self._additions: queue.SimpleQueue[dict[Partition, int | None]] = queue.SimpleQueue()
 
     def start(self) -> None:
         self._thread.start()
@@ -61,6 +64,13 @@ class Fetcher:
             with contextlib.suppress(queue.Empty):  # unblock a put() waiting for room
                 self._chunks.get_nowait()
             self._thread.join(0.05)
+
+    def add(self, start: dict[Partition, int | None]) -> None:
+        """Also read these partitions (from these offsets; None: the beginning)."""
+        for tp, offset in start.items():
+            if offset is not None:
+                self.next.setdefault(tp, offset)
+        self._additions.put(start)
 
     def at_end(self, tp: Partition, end: int) -> bool:
         """Whether everything before ``end`` of the partition was handed over."""
@@ -94,6 +104,8 @@ class Fetcher:
         reader = self._reader
         while not self._stop.is_set():
             try:
+                while not self._additions.empty():
+                    reader.add(self._additions.get())
                 records, eof = reader.read(READ_WAIT_S)
                 chunk = _Chunk([parse_change(*r) for r in records], eof)
             except BaseException as exc:  # noqa: BLE001 - handed to the apply thread, raised there

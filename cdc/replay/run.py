@@ -63,6 +63,8 @@ MAX_QUEUED: Final = 2 * DEFAULT_BATCH_CHANGES
 PROGRESS_INTERVAL_S: Final = 5.0
 # The cyclic collector's young-generation threshold in a `cdc replay` process.
 _GC_YOUNG_THRESHOLD: Final = 200_000
+# How often a following replay looks for topics that appeared (one metadata request).
+_TABLE_CHECK_S: Final = 2.0
 # How long an idle follow waits for new records per read.
 IDLE_WAIT_S: Final = 0.2
 
@@ -223,6 +225,9 @@ class Replay:
         self._topic_table: dict[str, TableId] = {}
         self._selected: set[str] | None = None  # "schema.table" replayed (known after start)
         self._unsorted_ends: list[tuple[int, dict[str, int]]] = []
+        self._wanted: list[TableId] | None = None  # None: every table of the log
+        self._next_table_check = 0.0
+        self._deferred: tuple[int, int] | None = None  # a position read after the data
         if request.transactional and not self._cfg.provide_transaction_metadata:
             raise ConfigError(
                 "a transactional replay needs the transaction topic: set"
@@ -303,6 +308,7 @@ class Replay:
             wanted = [_table_id(t) for t in self._request.tables]
         elif self._cfg.table_names is not None:
             wanted = list(self._cfg.table_names)
+        self._wanted = wanted
         known = self._shapes.tables()
         if wanted is None:
             if self._cfg.schema_changes != "topic":
@@ -331,7 +337,7 @@ class Replay:
             self._topic_table[topic] = table
             for p in partitions:
                 start[(topic, p)] = state.offsets.get((topic, p))
-        if not start:
+        if not start and not self._request.follow:
             raise SinkError(
                 f"none of the tables to replay has a retention topic in Kafka (looked for"
                 f" {', '.join(self._retention_topic(t) for t in tables) or 'no tables'});"
@@ -355,7 +361,19 @@ class Replay:
 
     # --- control topics ----------------------------------------------------------------
 
-    def _read_control(self, records: list[ConsumedRecord], queue: ChangeQueue) -> None:
+    def _read_control(
+        self, records: list[ConsumedRecord], queue: ChangeQueue, *, defer: bool = False
+    ) -> None:
+        """Shapes, END counts and the daemon's position from the control topics.
+
+        ``defer``: this read follows a data read, so the position it finds is kept for
+        the next round (the partitions have not been read up to it yet); the shapes are
+        needed now: data that was visible to the data read has its schema events visible
+        to this one (they were committed with it or before).
+        """
+        if self._deferred is not None and not defer:
+            queue.set_watermark(self._deferred)
+            self._deferred = None
         cfg = self._cfg
         state_topic = state_topic_name(cfg.name)
         tx_topic = transaction_topic_name(cfg.name)
@@ -368,7 +386,11 @@ class Replay:
                         stored = StoredPosition.from_json(record.value)
                     except ValueError as exc:
                         raise CdcError(f"the connector's position is unreadable: {exc}") from exc
-                    queue.set_watermark(tuple(stored.reached))  # type: ignore[arg-type]
+                    reached = (stored.reached.lsn, stored.reached.seq)
+                    if defer:
+                        self._deferred = reached
+                    else:
+                        queue.set_watermark(reached)
             elif record.topic == tx_topic:
                 self._read_transaction(record.value, queue)
             else:
@@ -440,9 +462,10 @@ class Replay:
         stop_at = None if request.follow else reader.end_offsets(partitions)
         while not self._stop.is_set():
             self._read_control(control.drain(), queue)
-            if request.follow and request.tables is None and self._cfg.tables is None:
-                self._follow_new_tables(reader, partitions, state)
+            if request.follow:
+                self._follow_new_tables(reader, fetcher, partitions, state)
             self._read_data(reader, fetcher, queue, partitions)
+            self._read_control(control.drain(), queue, defer=True)
             batch = queue.take(request.batch_changes)
             if batch:
                 total += self._apply(writer, batch, queue, fetcher, partitions, saved, total)
@@ -461,11 +484,20 @@ class Replay:
                 self._report(report, started, total, reader, partitions, saved)
 
     def _follow_new_tables(
-        self, reader: PartitionReader, partitions: list[tuple[str, int]], state: ReplayState
+        self,
+        reader: PartitionReader,
+        fetcher: Fetcher,
+        partitions: list[tuple[str, int]],
+        state: ReplayState,
     ) -> None:
-        """A table whose first schema event arrived while following: read its topic too."""
+        """A table whose topic appeared while following (its first schema event, or the
+        connector's first records): read its topic too."""
         known = set(self._topic_table.values())
-        for table in self._shapes.tables():
+        now = time.monotonic()
+        if now < self._next_table_check:
+            return
+        self._next_table_check = now + _TABLE_CHECK_S
+        for table in self._wanted if self._wanted is not None else self._shapes.tables():
             if table in known:
                 continue
             topic = self._retention_topic(table)
@@ -476,7 +508,7 @@ class Replay:
             assert self._selected is not None
             self._selected.add(".".join(table))
             start = {(topic, p): state.offsets.get((topic, p)) for p in numbers}
-            reader.add(start)
+            fetcher.add(start)
             partitions.extend(start)
             self._log.info("replay_table_added", table=".".join(table), topic=topic)
 

@@ -391,3 +391,60 @@ def test_a_random_workload_with_a_daemon_sigkill_replays_equal(env: Env) -> None
     env.replay()
     assert_equal(env, "orders", "id")
     assert_equal(env, "customers", "id")
+
+
+def test_a_transactional_replay_commits_whole_source_transactions(env: Env) -> None:
+    """With transaction metadata on, --transactional applies each source transaction
+    in one target transaction, even across tables and with a small batch size."""
+    import yaml
+
+    connector_file = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(connector_file.read_text())
+    connector["provide_transaction_metadata"] = True
+    connector_file.write_text(yaml.safe_dump(connector))
+    env.start()
+    for i in range(5):
+        env.sql(
+            f"INSERT INTO orders SELECT g, 1, 1, 'tx{i}', NULL, NULL"
+            f" FROM generate_series({i * 100 + 1}, {i * 100 + 100}) g",
+            f"UPDATE customers SET name = 'tx{i}' WHERE id <= 10",
+        )
+    env.caught_up()
+    env.replay("--transactional", "--batch", "7")
+    assert_equal(env, "orders", "id")
+    assert_equal(env, "customers", "id")
+    with psycopg.connect(env.target_dsn, autocommit=True) as conn:
+        # Every target transaction ended on a source transaction boundary: the stored
+        # position is a whole transaction's last change.
+        row = conn.execute(
+            "SELECT changes FROM cdc_replay.progress WHERE connector = %s", (env.name,)
+        ).fetchone()
+    assert row is not None
+
+
+def test_a_transactional_replay_needs_transaction_metadata(env: Env) -> None:
+    env.start()
+    env.sql("INSERT INTO orders VALUES (1, 1, 1, 'x', NULL, NULL)")
+    env.caught_up()
+    result = env.replay("--transactional", check=False)
+    assert result.returncode == 2
+    assert "provide_transaction_metadata" in result.stderr
+
+
+def test_a_replay_declared_in_the_connector_file_follows_in_cdc_run(env: Env) -> None:
+    import yaml
+
+    connector_file = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(connector_file.read_text())
+    connector["replays"] = [{"name": "svc", "target_dsn": env.target_dsn}]
+    connector_file.write_text(yaml.safe_dump(connector))
+    env.start()
+    env.sql("INSERT INTO customers VALUES (600, 'followed', NULL, 1, NULL)")
+    wait_until(
+        lambda: (
+            target_has(env.target_dsn, "public.customers")
+            and table_text(env.target_dsn, "customers", "id")
+            == table_text(env.dsn, "customers", "id")
+        ),
+        what="the declared replay to apply the change",
+    )
