@@ -67,11 +67,13 @@ class ReplayState:
         tables: dict[tuple[str, str], tuple[Target, bytes]],
         position: tuple[int, int] | None,
         changes: int,
+        commit_ts_us: int | None = None,
     ) -> None:
         self.offsets = offsets
         self.tables = tables  # (schema, table) -> (where it lives, its schema event)
         self.position = position
         self.changes = changes
+        self.commit_ts_us = commit_ts_us  # of the last applied change
 
 
 class TargetDatabase:
@@ -133,13 +135,16 @@ class TargetDatabase:
                 )
             }
             row = self._conn.execute(
-                f"SELECT lsn, seq, changes FROM {STATE_SCHEMA}.progress WHERE connector = %s",
+                f"SELECT lsn, seq, changes, commit_ts_us FROM {STATE_SCHEMA}.progress"
+                " WHERE connector = %s",
                 (c,),
             ).fetchone()
         except psycopg.Error as exc:
             raise target_error("reading the replay state", exc) from exc
-        position = None if row is None else (int(row[0]), int(row[1]))
-        return ReplayState(offsets, tables, position, 0 if row is None else int(row[2]))
+        if row is None:
+            return ReplayState(offsets, tables, None, 0)
+        ts = None if row[3] is None else int(row[3])
+        return ReplayState(offsets, tables, (int(row[0]), int(row[1])), int(row[2]), ts)
 
     def reset(self, targets: Iterable[Target]) -> None:
         """Forget the connector's replay and drop its tables (``--rebuild``)."""

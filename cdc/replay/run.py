@@ -350,13 +350,18 @@ class Replay:
 
     def _check_until(self, state: ReplayState) -> None:
         until = self._request.until
-        if until is None or until.lsn is None or state.position is None:
+        if until is None or state.position is None:
             return
-        if state.position[0] > until.lsn:
+        past = (until.lsn is not None and state.position[0] > until.lsn) or (
+            until.ts_us is not None
+            and state.commit_ts_us is not None
+            and state.commit_ts_us > until.ts_us
+        )
+        if past:
             raise CdcError(
-                f"the target already holds changes after LSN {until.lsn} (it is at"
-                f" {state.position[0]}): a point-in-time replay needs an empty target, or"
-                " --rebuild to drop the replayed tables first"
+                f"the target already holds changes after the --until point (it is at commit"
+                f" LSN {state.position[0]}): a point-in-time replay needs an empty target,"
+                " or --rebuild to drop the replayed tables first"
             )
 
     # --- control topics ----------------------------------------------------------------
