@@ -221,6 +221,8 @@ def _find_connector(connectors: list[ConnectorConfig], name: str) -> ConnectorCo
               help="Commit whole source transactions only (needs provide_transaction_metadata).")
 @click.option("--rebuild", is_flag=True,
               help="Drop the tables this connector's replay created in the target, start over.")
+@click.option("--from-compacted", is_flag=True,
+              help="Load an empty target from the compacted topics first, then follow.")
 @click.option("--batch", "batch_changes", type=click.IntRange(min=1), default=20_000,
               show_default=True, help="Changes per target transaction.")
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS, case_sensitive=False), default=None)
@@ -235,6 +237,7 @@ def replay(  # noqa: PLR0917 - one parameter per option
     follow: bool,
     transactional: bool,
     rebuild: bool,
+    from_compacted: bool,
     batch_changes: int,
     log_level: str | None,
     config_path: Path,
@@ -271,6 +274,7 @@ def replay(  # noqa: PLR0917 - one parameter per option
             follow=follow,
             transactional=transactional,
             rebuild=rebuild,
+            from_compacted=from_compacted,
             batch_changes=batch_changes,
         )
     except ConfigError as exc:

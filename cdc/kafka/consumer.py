@@ -15,7 +15,7 @@ interpret records (``cdc.replay.records``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, NamedTuple, cast
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
@@ -24,7 +24,7 @@ from cdc.errors import SinkError
 from cdc.kafka.errors import kafka_error
 from cdc.kafka.topics import ADMIN_TIMEOUT_S, KafkaAdmin
 
-__all__ = ["ConsumedRecord", "PartitionReader", "TopicTail"]
+__all__ = ["ConsumedRecord", "PartitionReader", "PartitionScan", "TopicTail"]
 
 Partition = tuple[str, int]
 
@@ -221,3 +221,95 @@ class TopicTail:
                     )
                 )
         return out
+
+
+class PartitionScan:
+    """One partition at a time, for a replay's bootstrap from a compacted topic: read a
+    partition to its end in chunks, or find the first record after a source position."""
+
+    def __init__(self, admin: KafkaAdmin, *, group_id: str) -> None:
+        self._admin = admin
+        self._consumer = admin.consumer(group_id, **_settings())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def read(self, topic: str, partition: int, end: int) -> Iterable[list[ConsumedRecord]]:
+        """Chunks of the partition's records, from its start up to ``end``."""
+        if end <= 0:
+            return
+        try:
+            self._consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+            reached = 0
+            while reached < end:
+                chunk: list[ConsumedRecord] = []
+                for m in cast(list[Any], self._consumer.consume(num_messages=_BATCH, timeout=1)):
+                    error = m.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            reached = max(reached, m.offset())
+                            continue
+                        raise kafka_error(error, f"reading topic {topic!r}", topic=topic)
+                    reached = max(reached, m.offset() + 1)
+                    if m.offset() < end:
+                        chunk.append(
+                            ConsumedRecord(
+                                topic, partition, m.offset(), m.key(), m.value(), m.headers()
+                            )
+                        )
+                if chunk:
+                    yield chunk
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading topic {topic!r}", topic=topic) from exc
+        finally:
+            self._consumer.unassign()
+
+    def first_after(
+        self,
+        topic: str,
+        partition: int,
+        end: int,
+        position_of: Callable[[ConsumedRecord], tuple[int, int]],
+        position: tuple[int, int],
+    ) -> int:
+        """The offset of the partition's first record after ``position`` (``end`` if
+        none): a binary search, each probe one fetch, since a partition's records are
+        in source order."""
+        low, high, found = 0, end, end
+        try:
+            while low < high:
+                middle = (low + high) // 2
+                record = self._first_from(topic, partition, middle, end)
+                if record is None:
+                    high = middle  # nothing readable in [middle, end)
+                elif position_of(record) <= position:
+                    low = record.offset + 1
+                else:
+                    found = record.offset
+                    high = middle
+        finally:
+            self._consumer.unassign()
+        return found
+
+    def _first_from(
+        self, topic: str, partition: int, offset: int, end: int
+    ) -> ConsumedRecord | None:
+        """The first committed record at or after ``offset`` and before ``end``."""
+        try:
+            self._consumer.assign([TopicPartition(topic, partition, offset)])
+            deadline = time.monotonic() + 4 * ADMIN_TIMEOUT_S
+            while time.monotonic() < deadline:
+                for m in cast(list[Any], self._consumer.consume(num_messages=1, timeout=1)):
+                    error = m.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            return None
+                        raise kafka_error(error, f"reading topic {topic!r}", topic=topic)
+                    if m.offset() >= end:
+                        return None
+                    return ConsumedRecord(
+                        topic, partition, m.offset(), m.key(), m.value(), m.headers()
+                    )
+        except KafkaException as exc:
+            raise kafka_error(exc, f"reading topic {topic!r}", topic=topic) from exc
+        raise SinkError(f"timed out reading topic {topic!r} at offset {offset}", topic=topic)

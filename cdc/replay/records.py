@@ -29,6 +29,7 @@ __all__ = [
     "RecordError",
     "TableId",
     "parse_change",
+    "position_from_headers",
 ]
 
 # The daemon's position headers (docs/events.md): commit LSN and index in the transaction.
@@ -84,6 +85,13 @@ class Change:
     @property
     def position(self) -> tuple[int, int]:
         return (self.lsn, self.seq)
+
+
+def position_from_headers(
+    headers: list[tuple[str, bytes | None]] | None,
+) -> tuple[int | None, int | None]:
+    """``(cdc.lsn, cdc.seq)`` of a record (None where a header is missing)."""
+    return _headers(headers)
 
 
 def _headers(headers: list[tuple[str, bytes | None]] | None) -> tuple[int | None, int | None]:

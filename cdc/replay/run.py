@@ -38,6 +38,7 @@ from cdc.positions import StoredPosition
 from cdc.postgres.target import ReplayState, TargetDatabase
 from cdc.protocol.values import ValueOptions
 from cdc.replay.batch import ApplyError, TableBatch
+from cdc.replay.bootstrap import TableTopics, bootstrap_from_compacted
 from cdc.replay.ddl import Target, alter_table, create_table, create_types
 from cdc.replay.fetch import Fetcher
 from cdc.replay.ordering import ChangeQueue, Until
@@ -82,6 +83,7 @@ class ReplayRequest:
     follow: bool = False
     transactional: bool = False
     rebuild: bool = False
+    from_compacted: bool = False  # load the compacted topics first, then follow
     batch_changes: int = DEFAULT_BATCH_CHANGES
 
 
@@ -123,6 +125,9 @@ class _Shapes:
 
     def versions(self, table: TableId) -> list[TableShape]:
         return [e[2] for e in self._by_table.get(table, ())]
+
+    def raw(self, table: TableId, version: int) -> bytes:
+        return next(e[3] for e in self._by_table[table] if e[1] == version)
 
     def database(self) -> str | None:
         for entries in self._by_table.values():
@@ -280,6 +285,8 @@ class Replay:
                 state = target.load_state()
                 target.reset(t for t, _ in state.tables.values())
             state = target.load_state()
+            if request.from_compacted:
+                state = self._bootstrap(admin, target, tables, state)
             self._check_until(state)
             self._applied = dict(state.tables)
             self._position = state.position
@@ -301,6 +308,53 @@ class Replay:
             if control is not None:
                 control.close()
             target.close()
+
+    def _bootstrap(
+        self,
+        admin: KafkaAdmin,
+        target: TargetDatabase,
+        tables: Sequence[TableId],
+        state: ReplayState,
+    ) -> ReplayState:
+        """``--from-compacted``: load the compacted topics into an empty target."""
+        if state.offsets or state.tables:
+            raise ConfigError(
+                "--from-compacted loads an empty target: this one already holds a replay of"
+                f" connector {self._cfg.name!r}; leave the option out to continue it, or add"
+                " --rebuild to start over"
+            )
+        database = self._shapes.database() or ""
+        plans: list[TableTopics] = []
+        for table in tables:
+            versions = self._shapes.versions(table)
+            if not versions:
+                continue  # no shape: the retention replay says so if it has changes
+            name = ".".join(table)
+            raw = self._shapes.raw(table, versions[-1].version)
+            plans.append(
+                TableTopics(
+                    table,
+                    versions,
+                    raw,
+                    retention=self._topics.retention_topic(
+                        self._cfg.name, database, table[0], table[1]
+                    ),
+                    compacted=self._topics.compacted_topic(
+                        self._cfg.name, database, table[0], table[1]
+                    ),
+                    target=Target(*_table_id(self._request.mapping.get(name, name))),
+                )
+            )
+        toast = self._cfg.toast
+        bootstrap_from_compacted(
+            admin,
+            target,
+            plans,
+            options=self._options,
+            placeholder=toast.placeholder if toast.mode == "placeholder" else None,
+            group_id=f"cdc-replay-{self._cfg.name}",
+        )
+        return target.load_state()
 
     def _select_tables(self) -> list[TableId]:
         wanted: list[TableId] | None = None

@@ -448,3 +448,28 @@ def test_a_replay_declared_in_the_connector_file_follows_in_cdc_run(env: Env) ->
         ),
         what="the declared replay to apply the change",
     )
+
+
+def test_a_replay_from_the_compacted_topics_continues_on_the_retention_topics_exactly(
+    env: Env,
+) -> None:
+    """--from-compacted loads the latest row per key, then the retention topics continue
+    right after each compacted partition's last change: nothing missed (the final rows
+    equal), nothing applied twice (only the keyless table's changes, which have no
+    compacted topic, and the later changes are applied from the retention topics)."""
+    env.start()
+    env.sql("INSERT INTO orders SELECT g, 1, g, 'new', NULL, NULL FROM generate_series(1, 100) g")
+    env.sql("UPDATE orders SET status = 'paid' WHERE id <= 60")
+    env.sql("DELETE FROM orders WHERE id > 90")
+    env.sql("INSERT INTO audit_log VALUES (NULL, 'a'), (NULL, 'b'), (NULL, 'c')")
+    env.caught_up()
+    first = env.replay("--from-compacted")
+    assert "replayed 3 changes" in first.stdout, first.stdout + first.stderr
+    assert_equal(env, "orders", "id")
+    assert_equal(env, "customers", "id")
+    assert_equal(env, "audit_log", "t::text")
+    env.sql("UPDATE orders SET status = 'shipped' WHERE id <= 5")
+    env.caught_up()
+    second = env.replay()
+    assert "replayed 5 changes" in second.stdout, second.stdout
+    assert_equal(env, "orders", "id")
