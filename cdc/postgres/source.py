@@ -44,10 +44,12 @@ MIN_SERVER_VERSION = 100000
 # The event key of the table ``c`` (pg_class), as text[]: the replica-identity index's
 # columns under REPLICA IDENTITY USING INDEX, else the primary key's (also under FULL and
 # NOTHING, where pgoutput's key flags would mark every column or none); '{}' for neither.
-# One rule for the stream and the snapshots, so their records have the same keys.
+# One rule for the stream and the snapshots, so their records have the same keys: the
+# key's columns in table column order, as pgoutput's key flags give them (a primary key
+# declared (b, a) on columns a, b is keyed {"a": ..., "b": ...} everywhere).
 EVENT_KEY_COLUMNS_SQL = sql.SQL("""
     coalesce((
-      SELECT array_agg(a.attname::text ORDER BY k.ord)
+      SELECT array_agg(a.attname::text ORDER BY a.attnum)
       FROM pg_index i
       CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
@@ -282,29 +284,13 @@ class ReplicationSource:
         """The setup connection, for catalog lookups from this connector's thread."""
         return self._require_sql()
 
-    def format_types(self, types: list[tuple[int, int]]) -> list[str]:
-        """SQL names of (type OID, modifier) pairs, e.g. ``numeric(12,2)``: for the
-        schema-change events, so consumers need not know OIDs."""
-        if not types:
-            return []
-        conn = self._require_sql()
-        try:
-            rows = conn.execute(
-                "SELECT format_type(t.oid, t.mod) FROM unnest(%s::oid[], %s::int[])"
-                " WITH ORDINALITY AS t(oid, mod, ord) ORDER BY t.ord",
-                ([oid for oid, _ in types], [mod for _, mod in types]),
-            ).fetchall()
-        except psycopg.Error as exc:
-            raise source_error("reading type names", exc) from exc
-        return [str(r[0]) for r in rows]
-
     def key_columns(self, schema: str, table: str) -> tuple[str, ...]:
         """The primary key of one table, for a table that appears after start-up."""
         conn = self._require_sql()
         try:
             row = conn.execute(
                 """
-                SELECT coalesce(array_agg(a.attname ORDER BY k.ord), '{}')
+                SELECT coalesce(array_agg(a.attname ORDER BY a.attnum), '{}')
                 FROM pg_index i
                 JOIN pg_class c ON c.oid = i.indrelid
                 JOIN pg_namespace n ON n.oid = c.relnamespace
