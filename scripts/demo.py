@@ -8,8 +8,9 @@ workload of inserts, updates (one changes a primary key) and deletes on top, man
 on snapshotted rows, then reads both topics back and prints them: the snapshot, a few
 retention events, the compacted state per key, and whether what Kafka holds equals the
 tables. Then it builds a "new service" database from the log alone (``cdc replay``) and
-proves it equals the legacy tables (``cdc verify --target-dsn``). It stops the daemon with SIGTERM (it
-flushes and confirms), then the servers, and removes the folder unless ``--keep DIR``.
+proves it equals the legacy tables (``cdc verify --target-dsn``). It stops the daemon with
+SIGTERM (it flushes and confirms), then the servers, and removes the folder unless
+``--keep DIR``.
 
 Exit status: 0 when everything matched, 1 when something did not, 2 when the demo could
 not run (a server or the daemon did not start), 130 after Ctrl-C.
