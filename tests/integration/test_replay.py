@@ -503,3 +503,20 @@ def test_a_key_declared_in_another_order_than_its_columns_is_one_key_everywhere(
             assert {orjson.dumps(m.key) for m in records} == {b'{"a":1,"b":2}'}
         finally:
             daemon.stop_quietly()
+
+
+def test_verify_passes_after_a_replay_and_names_a_key_changed_by_hand(env: Env) -> None:
+    env.start()
+    for statement in WORKLOAD:
+        env.sql(statement)
+    env.caught_up()
+    env.replay()
+    files = ["--config", str(env.config), "--connectors", str(env.connectors)]
+    verify = [sys.executable, "-m", "cdc", "verify", env.name, "--target-dsn", env.target_dsn]
+    passed = subprocess.run([*verify, *files], capture_output=True, text=True, check=False)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    with psycopg.connect(env.target_dsn, autocommit=True) as conn:
+        conn.execute("UPDATE orders SET status = 'tampered' WHERE id = 2")
+    failed = subprocess.run([*verify, *files], capture_output=True, text=True, check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert '{"id":"2"}: status' in failed.stdout, failed.stdout
