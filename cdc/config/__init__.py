@@ -37,6 +37,7 @@ from pydantic import (
 
 from cdc.config.files import config_error, load_model, read_config_file, yaml_type
 from cdc.errors import ConfigError
+from cdc.protocol.values import ValueOptions
 
 __all__ = [
     "TEMPLATE_PLACEHOLDERS",
@@ -425,6 +426,18 @@ class ValuesConfig(_Model):
     # A value that cannot be converted exactly: stop the connector (naming table, column,
     # type and LSN), or publish its PostgreSQL text form and count it.
     on_conversion_error: Literal["stop", "text"] = "stop"
+
+    def options(self) -> ValueOptions:
+        """These settings as the value converters take them (daemon, replay and verify
+        must read values with the same ones)."""
+        return ValueOptions(
+            decimal_handling=self.decimal_handling,
+            binary_handling=self.binary_handling,
+            time_precision=self.time_precision,
+            interval_handling=self.interval_handling,
+            hstore_handling=self.hstore_handling,
+            on_conversion_error=self.on_conversion_error,
+        )
 
 
 class MessagesConfig(_Model):

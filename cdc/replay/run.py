@@ -193,18 +193,6 @@ def request_for(
     )
 
 
-def value_options(connector: ConnectorConfig) -> ValueOptions:
-    values = connector.values
-    return ValueOptions(
-        decimal_handling=values.decimal_handling,
-        binary_handling=values.binary_handling,
-        time_precision=values.time_precision,
-        interval_handling=values.interval_handling,
-        hstore_handling=values.hstore_handling,
-        on_conversion_error=values.on_conversion_error,
-    )
-
-
 class Replay:
     """One run of ``cdc replay`` (or one replay declared in a connector file)."""
 
@@ -220,7 +208,7 @@ class Replay:
         self._stop = stop or threading.Event()
         self._progress = progress
         self._log = structlog.get_logger("cdc.replay").bind(connector=self._cfg.name)
-        self._options = value_options(self._cfg)
+        self._options = self._cfg.values.options()
         self._topics = self._cfg.effective_topics(request.daemon)
         self._shapes = _Shapes()
         self._tables: dict[TableId, _Table] = {}

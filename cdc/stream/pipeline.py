@@ -38,7 +38,7 @@ from cdc.postgres.source import ReplicationSource, ServerInfo, protocol_version_
 from cdc.protocol.messages import Relation, ReplicaIdentity
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.typeinfo import TypeInfo
-from cdc.protocol.values import ConversionStats, ValueOptions
+from cdc.protocol.values import ConversionStats
 from cdc.snapshots.control import SnapshotControl
 from cdc.snapshots.incremental import IncrementalDriver
 from cdc.snapshots.state import STATE_KEY
@@ -86,15 +86,7 @@ class ConnectorPipeline:
         self._log = structlog.get_logger("cdc.pipeline").bind(
             connector=connector.name, slot=connector.slot
         )
-        values = connector.values
-        self._value_options = ValueOptions(
-            decimal_handling=values.decimal_handling,
-            binary_handling=values.binary_handling,
-            time_precision=values.time_precision,
-            interval_handling=values.interval_handling,
-            hstore_handling=values.hstore_handling,
-            on_conversion_error=values.on_conversion_error,
-        )
+        self._value_options = connector.values.options()
         self._stats = ConversionStats()
         self._labels = {"connector": connector.name}
         self._max_records = max(1, connector.max_in_flight_events) * RECORDS_PER_EVENT

@@ -28,7 +28,6 @@ from cdc.kafka.topics import KafkaAdmin
 from cdc.lsn import format_lsn
 from cdc.postgres.snapshot_reader import KeyValues, TableShape
 from cdc.postgres.verify_reader import ChunkDigest, VerifyReader
-from cdc.protocol.values import ValueOptions
 from cdc.verify.compare import CatchUp, RowOutcome, TableReport, Throttle, VerifyReport
 
 __all__ = [
@@ -94,15 +93,7 @@ class LegacyTables:
         self.chunk_rows = connector.snapshot.chunk_rows
         self.keys_per_read = min(KEYS_PER_READ, self.chunk_rows)
         self._throttle = Throttle(connector.snapshot.max_rows_per_second)
-        values = connector.values
-        self.value_options = ValueOptions(
-            decimal_handling=values.decimal_handling,
-            binary_handling=values.binary_handling,
-            time_precision=values.time_precision,
-            interval_handling=values.interval_handling,
-            hstore_handling=values.hstore_handling,
-            on_conversion_error=values.on_conversion_error,
-        )
+        self.value_options = connector.values.options()
 
     # --- reads ------------------------------------------------------------------------
 
