@@ -208,23 +208,56 @@ def _find_connector(connectors: list[ConnectorConfig], name: str) -> ConnectorCo
 
 @cli.command()
 @click.argument("connector")
-@click.option("--target-dsn", required=True, envvar="CDC_TARGET_DSN", show_envvar=True,
-              help="The new service's PostgreSQL database (libpq DSN).")
-@click.option("--table", "tables", multiple=True,
-              help="schema.table to replay (repeatable); default: every table in the log.")
-@click.option("--map", "mappings", multiple=True, metavar="SCHEMA.TABLE=SCHEMA.TABLE",
-              help="Write a legacy table under another name in the target (repeatable).")
-@click.option("--until", default=None, metavar="LSN|TIMESTAMP",
-              help="Rebuild as of this commit: an LSN (16/B374D848) or an ISO-8601 time.")
+@click.option(
+    "--target-dsn",
+    required=True,
+    envvar="CDC_TARGET_DSN",
+    show_envvar=True,
+    help="The new service's PostgreSQL database (libpq DSN).",
+)
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    help="schema.table to replay (repeatable); default: every table in the log.",
+)
+@click.option(
+    "--map",
+    "mappings",
+    multiple=True,
+    metavar="SCHEMA.TABLE=SCHEMA.TABLE",
+    help="Write a legacy table under another name in the target (repeatable).",
+)
+@click.option(
+    "--until",
+    default=None,
+    metavar="LSN|TIMESTAMP",
+    help="Rebuild as of this commit: an LSN (16/B374D848) or an ISO-8601 time.",
+)
 @click.option("--follow", is_flag=True, help="Keep applying new changes until SIGTERM.")
-@click.option("--transactional", is_flag=True,
-              help="Commit whole source transactions only (needs provide_transaction_metadata).")
-@click.option("--rebuild", is_flag=True,
-              help="Drop the tables this connector's replay created in the target, start over.")
-@click.option("--from-compacted", is_flag=True,
-              help="Load an empty target from the compacted topics first, then follow.")
-@click.option("--batch", "batch_changes", type=click.IntRange(min=1), default=20_000,
-              show_default=True, help="Changes per target transaction.")
+@click.option(
+    "--transactional",
+    is_flag=True,
+    help="Commit whole source transactions only (needs provide_transaction_metadata).",
+)
+@click.option(
+    "--rebuild",
+    is_flag=True,
+    help="Drop the tables this connector's replay created in the target, start over.",
+)
+@click.option(
+    "--from-compacted",
+    is_flag=True,
+    help="Load an empty target from the compacted topics first, then follow.",
+)
+@click.option(
+    "--batch",
+    "batch_changes",
+    type=click.IntRange(min=1),
+    default=20_000,
+    show_default=True,
+    help="Changes per target transaction.",
+)
 @click.option("--log-level", type=click.Choice(_LOG_LEVELS, case_sensitive=False), default=None)
 @_config_option
 @_connectors_option

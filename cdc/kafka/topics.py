@@ -172,8 +172,7 @@ class KafkaAdmin:
                 request_timeout=ADMIN_TIMEOUT_S,
             )
             return {
-                (tp.topic, tp.partition): future.result().offset
-                for tp, future in futures.items()
+                (tp.topic, tp.partition): future.result().offset for tp, future in futures.items()
             }
         except KafkaException as exc:
             raise kafka_error(exc, "reading the end offsets of topics") from exc
