@@ -26,7 +26,7 @@ import orjson
 import psycopg
 
 from cdc.postgres.errors import target_error
-from cdc.replay.batch import ApplyError, TableWrites
+from cdc.replay.batch import ApplyError, TableWrites, copy_value
 from cdc.replay.ddl import Target, ident
 
 __all__ = ["STATE_SCHEMA", "ReplayState", "TargetDatabase"]
@@ -222,7 +222,7 @@ class TargetDatabase:
                     f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS SELECT {cols}"
                     f" FROM {target.sql} WITH NO DATA"
                 )
-                self._copy(stage, columns, writes.upserts)
+                self._copy_lines(stage, columns, writes.upserts)
                 others = [c for c in columns if c not in key_columns]
                 action = (
                     "DO UPDATE SET "
@@ -350,32 +350,17 @@ class TargetDatabase:
     def _copy(
         self, table: str, columns: Sequence[str], rows: Sequence[tuple[str | None, ...]]
     ) -> None:
-        """``COPY`` text rows in (text format, built here: cheaper than per-row adaptation)."""
+        """``COPY`` rows of text values in."""
+        self._copy_lines(table, columns, ["\t".join(map(copy_value, row)) for row in rows])
+
+    def _copy_lines(self, table: str, columns: Sequence[str], lines: Sequence[str]) -> None:
+        """``COPY`` lines already in COPY's text format in (``cdc.replay.batch`` builds
+        them: cheaper than psycopg's per-value adaptation), a chunk per write."""
         cols = ", ".join(ident(c) for c in columns)
         with self._conn.cursor().copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
-            chunk: list[str] = []
-            size = 0
-            for row in rows:
-                line = "\t".join(_NULL if v is None else _escape(v) for v in row)
-                chunk.append(line)
-                size += len(line)
-                if size > _COPY_CHUNK:
-                    chunk.append("")
-                    copy.write("\n".join(chunk))
-                    chunk, size = [], 0
-            if chunk:
-                chunk.append("")
-                copy.write("\n".join(chunk))
+            for start in range(0, len(lines), _COPY_LINES):
+                copy.write("\n".join(lines[start : start + _COPY_LINES]) + "\n")
 
 
-_NULL: Final = "\\N"
-# COPY's buffer per write: large enough to amortise the call, small enough to stream.
-_COPY_CHUNK: Final = 1 << 20
-_SPECIAL: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _escape(value: str) -> str:
-    """A value in COPY's text format (backslash, tab, newline, carriage return escaped)."""
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_SPECIAL)
-    return value
+# COPY lines per write: large enough to amortise the call, small enough to stream.
+_COPY_LINES: Final = 5_000

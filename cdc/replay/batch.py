@@ -15,12 +15,27 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from cdc.errors import CdcError
 from cdc.replay.records import Change, ChangeKind
 
-__all__ = ["ApplyError", "KeylessOp", "TableBatch", "TableWrites"]
+__all__ = ["ApplyError", "KeylessOp", "TableBatch", "TableWrites", "copy_value"]
+
+# COPY's text format (PostgreSQL docs, COPY, "Text Format"): NULL is \N; backslash, tab,
+# newline and carriage return inside a value are backslash escapes.
+_NULL: Final = "\\N"
+_SPECIAL: Final = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_value(value: str | None) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return _NULL
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_SPECIAL)
+    return value
+
 
 TextConverter = Callable[[Any], str | None]
 
@@ -37,7 +52,7 @@ class ApplyError(CdcError):
 class TableWrites:
     """What one flush writes into one target table."""
 
-    upserts: list[tuple[str | None, ...]] = field(default_factory=list)  # whole rows
+    upserts: list[str] = field(default_factory=list)  # whole rows, as COPY text lines
     deletes: list[tuple[str | None, ...]] = field(default_factory=list)  # key values
     # Rows with unchanged-TOAST columns: by the tuple of columns to keep.
     partial: dict[tuple[str, ...], list[tuple[str | None, ...]]] = field(default_factory=dict)
@@ -166,6 +181,8 @@ class TableBatch:
         out = TableWrites()
         columns = self.columns
         pairs = tuple(zip(columns, self._converters, strict=True))
+        upserts_append = out.upserts.append
+        join = "\t".join
         for key, state in self._rows.items():
             if state is None:
                 values = self._keys.get(key)
@@ -184,14 +201,15 @@ class TableBatch:
                 continue
             row, missing = state
             get = row.get
-            text = tuple([conv(get(c)) for c, conv in pairs])
             if missing:
+                text = tuple([conv(get(c)) for c, conv in pairs])
                 kept = tuple(c for c in columns if c not in missing)
                 out.partial.setdefault(kept, []).append(
                     tuple(t for c, t in zip(columns, text, strict=True) if c not in missing)
                 )
             else:
-                out.upserts.append(text)
+                # Straight to COPY's text format: one string per row, no tuple between.
+                upserts_append(join([copy_value(conv(get(c))) for c, conv in pairs]))
         for insert, row, _lsn in self._keyless:
             text = tuple([conv(row.get(c)) for c, conv in pairs])
             out.keyless.append(KeylessOp(insert, text))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cdc.replay.batch import ApplyError, TableBatch
+from cdc.replay.batch import ApplyError, TableBatch, copy_value
 from cdc.replay.ddl import DdlError, Target, alter_table, create_table, create_types
 from cdc.replay.ordering import ChangeQueue, Until
 from cdc.replay.records import Change, ChangeKind, RecordError, parse_change
@@ -230,7 +230,7 @@ def test_the_last_change_of_a_key_wins() -> None:
     b = batch()
     b.add(change("c", key=1, row={"id": 1, "v": "a"}))
     b.add(change("u", key=1, row={"id": 1, "v": "b"}))
-    assert b.writes().upserts == [("1", "b")]
+    assert b.writes().upserts == ["1\tb"]
 
 
 def test_a_delete_after_an_insert_leaves_a_delete() -> None:
@@ -246,7 +246,7 @@ def test_an_unchanged_toast_value_is_filled_from_the_same_batch() -> None:
     b.add(change("c", key=1, row={"id": 1, "v": "big"}))
     b.add(change("u", key=1, row={"id": 1, "v": "__debezium_unavailable_value"},
                  unavailable=["v"]))  # fmt: skip
-    assert b.writes().upserts == [("1", "big")]
+    assert b.writes().upserts == ["1\tbig"]
 
 
 def test_an_unchanged_toast_value_not_in_the_batch_becomes_a_partial_update() -> None:
@@ -262,6 +262,12 @@ def test_an_unchanged_toast_value_of_a_deleted_row_is_refused() -> None:
     b.add(change("d", key=1))
     with pytest.raises(ApplyError, match="deleted"):
         b.add(change("u", key=1, row={"id": 1, "v": "x"}, unavailable=["v"]))
+
+
+def test_copy_values_escape_what_copy_text_format_needs() -> None:
+    assert [copy_value(v) for v in (None, "a\\b", "t\tn\nr\r", "plain")] == [
+        "\\N", "a\\\\b", "t\\tn\\nr\\r", "plain",
+    ]  # fmt: skip
 
 
 # --- DDL ------------------------------------------------------------------------------
