@@ -536,3 +536,36 @@ def test_shipped_config_files_are_valid() -> None:
     assert daemon_config.kafka.bootstrap_servers == "127.0.0.1:9092"
     assert daemon_config.topics.replication_factor == 1
     assert "inventory" in [c.name for c in connectors]
+
+
+# --------------------------------------------------------------------------- replays
+
+
+def test_a_declared_replay_reads_its_target_dsn_from_the_environment() -> None:
+    cfg = connector(
+        MINIMAL_CONNECTOR
+        + "replays:\n  - name: svc\n    target_dsn: postgresql://svc:${SVC_PW}@new/db\n"
+        + "    map: {orders: svc.orders}\n",
+        env={"SVC_PW": "s3cret"},
+    )
+    (replay,) = cfg.replays
+    assert replay.target_dsn.get_secret_value() == "postgresql://svc:s3cret@new/db"
+    assert dict(replay.map) == {"public.orders": "svc.orders"}
+    assert "s3cret" not in repr(cfg)
+
+
+def test_a_transactional_replay_needs_transaction_metadata() -> None:
+    error = connector_error(
+        MINIMAL_CONNECTOR
+        + "replays:\n  - {name: svc, target_dsn: 'dbname=x', transactional: true}\n"
+    )
+    assert "provide_transaction_metadata" in str(error)
+
+
+def test_replay_names_are_unique_per_connector() -> None:
+    error = connector_error(
+        MINIMAL_CONNECTOR
+        + "replays:\n  - {name: svc, target_dsn: 'dbname=x'}\n"
+        + "  - {name: svc, target_dsn: 'dbname=y'}\n"
+    )
+    assert "used twice" in str(error)
