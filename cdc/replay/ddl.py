@@ -27,6 +27,7 @@ __all__ = [
     "create_table",
     "create_types",
     "ident",
+    "literal",
     "qualified",
 ]
 
@@ -123,7 +124,7 @@ def create_types(definitions: Iterable[Any]) -> list[str]:
         name = qualified(d["schema"], d["name"])
         body: str | None = None
         if kind == "e":
-            labels = ", ".join(_literal(label) for label in d.get("labels") or ())
+            labels = ", ".join(literal(label) for label in d.get("labels") or ())
             body = f"CREATE TYPE {name} AS ENUM ({labels})"
         elif kind == "c":
             attributes = ", ".join(
@@ -145,13 +146,13 @@ def create_types(definitions: Iterable[Any]) -> list[str]:
             continue  # arrays and multiranges come with their element or range type
         statements.append(f"CREATE SCHEMA IF NOT EXISTS {ident(d['schema'])}")
         statements.append(
-            f"DO $cdc$ BEGIN IF to_regtype({_literal(name)}) IS NULL THEN {body}; END IF; END $cdc$"
+            f"DO $cdc$ BEGIN IF to_regtype({literal(name)}) IS NULL THEN {body}; END IF; END $cdc$"
         )
         if kind == "e":
             # Labels added since (ALTER TYPE ... ADD VALUE in the legacy database) land at
             # the end: only the sort order of a label added BEFORE another can differ.
             statements.extend(
-                f"ALTER TYPE {name} ADD VALUE IF NOT EXISTS {_literal(label)}"
+                f"ALTER TYPE {name} ADD VALUE IF NOT EXISTS {literal(label)}"
                 for label in d.get("labels") or ()
             )
     return statements
@@ -229,7 +230,8 @@ def alter_table(previous: ShapeLike, shape: ShapeLike, target: Target) -> list[s
     return statements
 
 
-def _literal(text: str) -> str:
+def literal(text: str) -> str:
+    """A quoted SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 

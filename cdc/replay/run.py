@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import orjson
 import structlog
@@ -36,10 +36,11 @@ from cdc.kafka.topics import KafkaAdmin, state_topic_name
 from cdc.lsn import parse_lsn
 from cdc.positions import StoredPosition
 from cdc.postgres.target import ReplayState, TargetDatabase
+from cdc.protocol.typeinfo import TypeInfo
 from cdc.protocol.values import ValueOptions
 from cdc.replay.batch import ApplyError, TableBatch
 from cdc.replay.bootstrap import TableTopics, bootstrap_from_compacted
-from cdc.replay.ddl import Target, alter_table, create_table, create_types
+from cdc.replay.ddl import Target, alter_table, create_table, create_types, literal, qualified
 from cdc.replay.fetch import Fetcher
 from cdc.replay.ordering import ChangeQueue, Until
 from cdc.replay.records import Change, ChangeKind, TableId
@@ -165,8 +166,16 @@ class _Table:
         self.shape = shape
         self.raw = raw
         infos = type_infos(shape)
+        # Enum labels a change uses that the type's definition did not list (ALTER TYPE
+        # ... ADD VALUE makes no new schema version): added before the batch commits.
+        self.new_labels: set[tuple[str, str]] = set()
         converters = [
-            text_converter_for(c.type_oid, c.type_modifier, options, types=infos, column=c.name)
+            self._watch_labels(
+                text_converter_for(
+                    c.type_oid, c.type_modifier, options, types=infos, column=c.name
+                ),
+                infos.get(c.type_oid),
+            )
             for c in shape.columns
         ]
         self.batch = TableBatch(
@@ -175,6 +184,32 @@ class _Table:
             key_columns=shape.key_columns,
             converters=converters,
         )
+
+    def _watch_labels(
+        self, convert: Callable[[Any], str | None], info: TypeInfo | None
+    ) -> Callable[[Any], str | None]:
+        if info is None or info.kind != "e":
+            return convert
+        known = set(info.labels)
+        name = qualified(info.namespace, info.name)
+        new = self.new_labels
+
+        def watched(value: Any) -> str | None:
+            if value is not None and value not in known:
+                known.add(value)
+                new.add((name, value))
+            return convert(value)
+
+        return watched
+
+    def label_statements(self) -> list[str]:
+        """``ALTER TYPE ... ADD VALUE`` for the labels seen since the last call."""
+        statements = [
+            f"ALTER TYPE {name} ADD VALUE IF NOT EXISTS {literal(label)}"
+            for name, label in sorted(self.new_labels)
+        ]
+        self.new_labels.clear()
+        return statements
 
 
 def request_for(
@@ -631,6 +666,9 @@ class Replay:
             last = change
         for table in self._tables.values():
             self._flush(unit, table)
+            labels = table.label_statements()
+            if labels:  # committed before the batch's transaction, which uses them
+                unit.run_outside(labels, what=f"adding enum labels for {table.target.sql}")
         if last is not None:
             self._position = last.position
         offsets = self._offsets(queue, fetcher, partitions)

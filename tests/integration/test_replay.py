@@ -520,3 +520,37 @@ def test_verify_passes_after_a_replay_and_names_a_key_changed_by_hand(env: Env) 
     failed = subprocess.run([*verify, *files], capture_output=True, text=True, check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert '{"id":"2"}: status' in failed.stdout, failed.stdout
+
+
+def test_an_enum_label_added_without_a_new_schema_version_is_added_to_the_target(
+    postgres_server: Any, kafka_server: Any, tmp_path: Path
+) -> None:
+    """ALTER TYPE ... ADD VALUE changes no table shape, so no schema event lists the new
+    label; the replay adds it to the target's type before the rows that use it."""
+    schema = (
+        "CREATE TYPE mood AS ENUM ('sad', 'ok');"
+        "CREATE TABLE feelings (id int PRIMARY KEY, m mood);"
+        "INSERT INTO feelings VALUES (1, 'sad')"
+    )
+    admin_dsn = postgres_server.dsn()
+    with scratch_database(postgres_server, "rpe", schema) as (name, dsn):
+        target = unique_name("target")
+        create_database(admin_dsn, target)
+        connector = {"name": name, "postgres": {"dsn": dsn}, "slot": name, "publication": name,
+                     "tables": ["public.feelings"]}  # fmt: skip
+        config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
+        env = Env(name, dsn, postgres_server.dsn(dbname=target), name, config, connectors,
+                  tmp_path / "daemon.log")  # fmt: skip
+        try:
+            env.start()
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("ALTER TYPE mood ADD VALUE 'happy'")
+            env.sql("INSERT INTO feelings VALUES (2, 'happy')", "UPDATE feelings SET m = 'ok'"
+                    " WHERE id = 1")  # fmt: skip
+            env.caught_up()
+            env.replay()
+            assert_equal(env, "feelings", "id")
+        finally:
+            for daemon in env.daemons:
+                daemon.stop_quietly()
+            drop_database(admin_dsn, target)
