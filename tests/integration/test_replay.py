@@ -554,3 +554,21 @@ def test_an_enum_label_added_without_a_new_schema_version_is_added_to_the_target
             for daemon in env.daemons:
                 daemon.stop_quietly()
             drop_database(admin_dsn, target)
+
+
+def test_a_connector_with_in_band_schema_events_replays_equal(env: Env) -> None:
+    """schema_changes: inband puts the schema events into the retention topics' partitions
+    themselves; the replay reads them there, in order with the data."""
+    import yaml
+
+    connector_file = env.connectors / f"{env.name}.yaml"
+    connector = yaml.safe_load(connector_file.read_text())
+    connector["schema_changes"] = "inband"
+    connector_file.write_text(yaml.safe_dump(connector))
+    env.start()
+    env.sql("INSERT INTO orders VALUES (1, 1, 1.50, 'new', NULL, NULL)")
+    env.sql("ALTER TABLE orders ADD COLUMN note text", "UPDATE orders SET note = 'n' WHERE id = 1")
+    env.caught_up()
+    env.replay()
+    assert_equal(env, "orders", "id")
+    assert_equal(env, "customers", "id")
