@@ -74,6 +74,16 @@ class Where:
     def bad(self, value: object, expected: str) -> ReplayValueError:
         return self.refuse(f"the event holds {_shorten(value)}, not {expected}; {_SAME_SETTINGS}")
 
+    def other(self, value: JsonValue, expected: str, *, fallback: bool) -> str | None:
+        """A value that is not of the mode's JSON type: SQL NULL, the daemon's text
+        fallback (``on_conversion_error: text`` writes PostgreSQL's text as a string,
+        passed through when ``fallback``), or else refused."""
+        if value is None:
+            return None
+        if fallback and type(value) is str:
+            return value
+        raise self.bad(value, expected)
+
 
 # --- Numbers, booleans, text, bytea --------------------------------------------------------
 #
@@ -85,9 +95,7 @@ def text_input(w: Where, fallback: bool, expected: str = "a string") -> TextConv
     def convert(value: JsonValue) -> str | None:
         if type(value) is str:
             return value
-        if value is None:
-            return None
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=False)
 
     return convert
 
@@ -96,11 +104,7 @@ def integer_input(w: Where, fallback: bool) -> TextConverter:
     def convert(value: JsonValue) -> str | None:
         if type(value) is int:
             return str(value)
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, "an integer")
+        return w.other(value, "an integer", fallback=fallback)
 
     return convert
 
@@ -133,11 +137,7 @@ def boolean_input(w: Where, fallback: bool, true: str, false: str) -> TextConver
             return true
         if value is False:
             return false
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, "true or false")
+        return w.other(value, "true or false", fallback=fallback)
 
     return convert
 
@@ -156,9 +156,7 @@ def numeric_string_input(w: Where, fallback: bool) -> TextConverter:
     def convert(value: JsonValue) -> str | None:
         if type(value) is str:
             return names(value, value)
-        if value is None:
-            return None
-        raise w.bad(value, "a decimal string (decimal_handling: string)")
+        return w.other(value, "a decimal string (decimal_handling: string)", fallback=False)
 
     return convert
 
@@ -193,9 +191,7 @@ def decimal_fixed_input(w: Where, fallback: bool, scale: int, what: str) -> Text
                 if fallback:
                     return value
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=False)
 
     return convert
 
@@ -213,11 +209,7 @@ def decimal_variable_input(w: Where, fallback: bool) -> TextConverter:
                 return _decimal_text(_unscaled(encoded), scale)
             except ValueError:
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return convert
 
@@ -233,9 +225,7 @@ def bytea_input(w: Where, fallback: bool, handling: str) -> TextConverter:
         def from_hex(value: JsonValue) -> str | None:
             if type(value) is str:
                 return "\\x" + value
-            if value is None:
-                return None
-            raise w.bad(value, expected)
+            return w.other(value, expected, fallback=False)
 
         return from_hex
     url_safe = handling == "base64-url-safe"
@@ -251,9 +241,7 @@ def bytea_input(w: Where, fallback: bool, handling: str) -> TextConverter:
                 return "\\x" + _a2b_base64(value, strict_mode=True).hex()
             except _Base64Error:
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        raise w.bad(value, f"{expected} (no {wrong!r})")
+        return w.other(value, f"{expected} (no {wrong!r})", fallback=False)
 
     return from_base64
 
@@ -282,11 +270,7 @@ def point_input(w: Where, fallback: bool) -> TextConverter:
                 return f"({_coordinate(value['x'])},{_coordinate(value['y'])})"
             except (KeyError, ValueError):
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return convert
 
@@ -325,11 +309,7 @@ def postgis_input(w: Where, fallback: bool) -> TextConverter:
                 return _ewkb_hex(value)
             except (KeyError, ValueError, OverflowError):
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return convert
 
@@ -345,11 +325,7 @@ def vector_input(w: Where, fallback: bool) -> TextConverter:
                 return "[" + ",".join([_vector_element(v) for v in value]) + "]"
             except ValueError:
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return convert
 
@@ -395,9 +371,7 @@ def hstore_input(w: Where, fallback: bool, handling: str) -> TextConverter:
                     return _hstore_text(pairs)
                 except ValueError:
                     raise w.bad(value, expected) from None
-            if value is None:
-                return None
-            raise w.bad(value, expected)
+            return w.other(value, expected, fallback=False)
 
         return from_json
     expected = "the hstore as an object (hstore_handling: map)"
@@ -408,10 +382,6 @@ def hstore_input(w: Where, fallback: bool, handling: str) -> TextConverter:
                 return _hstore_text(value)
             except ValueError:
                 raise w.bad(value, expected) from None
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return from_map

@@ -12,6 +12,7 @@ are, except Java's signed and year-0 years. Interval strings need no work (their
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Final
 
@@ -130,11 +131,7 @@ def time_input(w: Where, fallback: bool, us_per_unit: int) -> TextConverter:
             if 0 <= us <= _US_PER_DAY:
                 return _clock_text(*divmod(us, 1_000_000))
             raise w.bad(value, f"{expected} (0 to 24:00:00)")
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return convert
 
@@ -187,9 +184,7 @@ def timestamptz_input(w: Where, fallback: bool) -> TextConverter:
             day, bc = _pg_date(m)
             clock = _pg_clock(m)
             return f"{day} {clock}+00 BC" if bc else f"{day} {clock}+00"
-        if value is None:
-            return None
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=False)
 
     return convert
 
@@ -200,51 +195,53 @@ def timetz_input(w: Where, fallback: bool) -> TextConverter:
     def convert(value: JsonValue) -> str | None:
         if type(value) is str:
             return value[:-1] + "+00" if value[-1:] == "Z" else value
-        if value is None:
-            return None
-        raise w.bad(value, "a ZonedTime string")
+        return w.other(value, "a ZonedTime string", fallback=False)
 
     return convert
+
+
+def _iso_input(
+    w: Where,
+    fallback: bool,
+    expected: str,
+    pattern: re.Pattern[str],
+    render: Callable[[re.Match[str]], str],
+) -> TextConverter:
+    """A ``time_precision: isostring`` value: PostgreSQL reads it as it is, unless it
+    has Java's year forms (``+10000``, ``-0043`` BC), which ``pattern``/``render`` turn
+    into PostgreSQL's."""
+
+    def convert(value: JsonValue) -> str | None:
+        if type(value) is str:
+            if not _needs_rewrite(value) or value == "-infinity":
+                return value
+            m = pattern.fullmatch(value)
+            if m is None:
+                if fallback:
+                    return value
+                raise w.bad(value, expected)
+            return render(m)
+        return w.other(value, expected, fallback=False)
+
+    return convert
+
+
+def _date_from_java(m: re.Match[str]) -> str:
+    day, bc = _pg_date(m)
+    return f"{day} BC" if bc else day
+
+
+def _timestamp_from_java(m: re.Match[str]) -> str:
+    day, bc = _pg_date(m)
+    clock = _pg_clock(m)
+    return f"{day} {clock} BC" if bc else f"{day} {clock}"
 
 
 def iso_date_input(w: Where, fallback: bool) -> TextConverter:
     expected = "an ISO date string (time_precision: isostring)"
-
-    def convert(value: JsonValue) -> str | None:
-        if type(value) is str:
-            if not _needs_rewrite(value) or value == "-infinity":
-                return value
-            m = _JAVA_DATE_RE.fullmatch(value)
-            if m is None:
-                if fallback:
-                    return value
-                raise w.bad(value, expected)
-            day, bc = _pg_date(m)
-            return f"{day} BC" if bc else day
-        if value is None:
-            return None
-        raise w.bad(value, expected)
-
-    return convert
+    return _iso_input(w, fallback, expected, _JAVA_DATE_RE, _date_from_java)
 
 
 def iso_timestamp_input(w: Where, fallback: bool) -> TextConverter:
     expected = "an ISO timestamp string (time_precision: isostring)"
-
-    def convert(value: JsonValue) -> str | None:
-        if type(value) is str:
-            if not _needs_rewrite(value) or value == "-infinity":
-                return value
-            m = _JAVA_TIMESTAMP_RE.fullmatch(value)
-            if m is None:
-                if fallback:
-                    return value
-                raise w.bad(value, expected)
-            day, bc = _pg_date(m)
-            clock = _pg_clock(m)
-            return f"{day} {clock} BC" if bc else f"{day} {clock}"
-        if value is None:
-            return None
-        raise w.bad(value, expected)
-
-    return convert
+    return _iso_input(w, fallback, expected, _JAVA_TIMESTAMP_RE, _timestamp_from_java)

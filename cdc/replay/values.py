@@ -206,11 +206,7 @@ def _record(attributes: tuple[tuple[str, _Built], ...], w: Where, fallback: bool
                 else:
                     parts.append('"' + text.replace('"', '""').replace("\\", "\\\\") + '"')
             return "(" + ",".join(parts) + ")"
-        if value is None:
-            return None
-        if fallback and type(value) is str:
-            return value
-        raise w.bad(value, expected)
+        return w.other(value, expected, fallback=fallback)
 
     return _Built(convert)
 
