@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,20 +134,24 @@ def assert_equal(env: Env, table: str, order: str) -> None:
     assert table_text(env.target_dsn, table, order) == table_text(env.dsn, table, order)
 
 
-@pytest.fixture
-def env(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[Env]:
+@contextmanager
+def replay_env(
+    postgres_server: Any,
+    kafka_server: Any,
+    tmp_path: Path,
+    *,
+    prefix: str,
+    schema: str,
+    tables: list[str],
+) -> Iterator[Env]:
+    """A legacy database with ``schema``, its connector files, and an empty target
+    database; the daemons the test started are stopped and the target dropped after."""
     admin_dsn = postgres_server.dsn()
-    with scratch_database(postgres_server, "rp", SCHEMA) as (name, dsn):
+    with scratch_database(postgres_server, prefix, schema) as (name, dsn):
         target = unique_name("target")
         create_database(admin_dsn, target)
-        connector = {
-            "name": name,
-            "postgres": {"dsn": dsn},
-            "slot": name,
-            "publication": name,
-            "tables": ["public.customers", "public.orders", "public.audit_log"],
-            "status_interval_seconds": 1,
-        }
+        connector = {"name": name, "postgres": {"dsn": dsn}, "slot": name, "publication": name,
+                     "tables": tables, "status_interval_seconds": 1}  # fmt: skip
         config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
         environment = Env(
             name, dsn, postgres_server.dsn(dbname=target), name, config, connectors,
@@ -158,6 +163,15 @@ def env(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[Env
             for daemon in environment.daemons:
                 daemon.stop_quietly()
             drop_database(admin_dsn, target)
+
+
+@pytest.fixture
+def env(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[Env]:
+    tables = ["public.customers", "public.orders", "public.audit_log"]
+    with replay_env(
+        postgres_server, kafka_server, tmp_path, prefix="rp", schema=SCHEMA, tables=tables
+    ) as environment:
+        yield environment
 
 
 WORKLOAD: list[str] = [
@@ -316,23 +330,11 @@ def golden_env(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Itera
     from tests.integration.test_types import ROWS
     from tests.integration.test_types import SCHEMA as GOLDEN_SCHEMA
 
-    admin_dsn = postgres_server.dsn()
-    with scratch_database(postgres_server, "rpg", GOLDEN_SCHEMA + ROWS) as (name, dsn):
-        target = unique_name("target")
-        create_database(admin_dsn, target)
-        connector = {"name": name, "postgres": {"dsn": dsn}, "slot": name, "publication": name,
-                     "tables": ["public.golden"], "status_interval_seconds": 1}  # fmt: skip
-        config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
-        environment = Env(
-            name, dsn, postgres_server.dsn(dbname=target), name, config, connectors,
-            tmp_path / "daemon.log",
-        )  # fmt: skip
-        try:
-            yield environment
-        finally:
-            for daemon in environment.daemons:
-                daemon.stop_quietly()
-            drop_database(admin_dsn, target)
+    with replay_env(
+        postgres_server, kafka_server, tmp_path,
+        prefix="rpg", schema=GOLDEN_SCHEMA + ROWS, tables=["public.golden"],
+    ) as environment:  # fmt: skip
+        yield environment
 
 
 def test_every_golden_type_round_trips_through_snapshot_stream_and_replay(
@@ -532,28 +534,18 @@ def test_an_enum_label_added_without_a_new_schema_version_is_added_to_the_target
         "CREATE TABLE feelings (id int PRIMARY KEY, m mood);"
         "INSERT INTO feelings VALUES (1, 'sad')"
     )
-    admin_dsn = postgres_server.dsn()
-    with scratch_database(postgres_server, "rpe", schema) as (name, dsn):
-        target = unique_name("target")
-        create_database(admin_dsn, target)
-        connector = {"name": name, "postgres": {"dsn": dsn}, "slot": name, "publication": name,
-                     "tables": ["public.feelings"]}  # fmt: skip
-        config, connectors = write_config(tmp_path, kafka_server.bootstrap_servers, [connector])
-        env = Env(name, dsn, postgres_server.dsn(dbname=target), name, config, connectors,
-                  tmp_path / "daemon.log")  # fmt: skip
-        try:
-            env.start()
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("ALTER TYPE mood ADD VALUE 'happy'")
-            env.sql("INSERT INTO feelings VALUES (2, 'happy')", "UPDATE feelings SET m = 'ok'"
-                    " WHERE id = 1")  # fmt: skip
-            env.caught_up()
-            env.replay()
-            assert_equal(env, "feelings", "id")
-        finally:
-            for daemon in env.daemons:
-                daemon.stop_quietly()
-            drop_database(admin_dsn, target)
+    with replay_env(
+        postgres_server, kafka_server, tmp_path,
+        prefix="rpe", schema=schema, tables=["public.feelings"],
+    ) as env:  # fmt: skip
+        env.start()
+        with psycopg.connect(env.dsn, autocommit=True) as conn:
+            conn.execute("ALTER TYPE mood ADD VALUE 'happy'")
+        env.sql("INSERT INTO feelings VALUES (2, 'happy')", "UPDATE feelings SET m = 'ok'"
+                " WHERE id = 1")  # fmt: skip
+        env.caught_up()
+        env.replay()
+        assert_equal(env, "feelings", "id")
 
 
 def test_a_connector_with_in_band_schema_events_replays_equal(env: Env) -> None:
