@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cdc.replay.records import Change, ChangeKind
@@ -70,10 +69,6 @@ class ChangeQueue:
 
     def __len__(self) -> int:
         return self._size
-
-    @property
-    def watermark(self) -> tuple[int, int] | None:
-        return self._watermark
 
     def set_watermark(self, position: tuple[int, int]) -> None:
         """The daemon's committed position: every record before it is visible."""
@@ -157,10 +152,14 @@ class ChangeQueue:
             if queue and self._due(queue[0]):
                 nxt = queue[0]
                 heapq.heappush(heap, (nxt.lsn, nxt.seq, nxt.offset, tp))
-        if self._transactional and not self._whole(out, tx_start, current_lsn):
-            self._put_back(out[tx_start:])
-            del out[tx_start:]
-            self.finished = False  # the cut fell inside a transaction: not yet at --until
+        if self._transactional:
+            if not self._whole(out, tx_start, current_lsn):
+                self._put_back(out[tx_start:])
+                del out[tx_start:]
+                self.finished = False  # the cut fell inside a transaction: not yet --until
+            # Every transaction handed out is whole: its END count is done with.
+            for lsn in {c.lsn for c in out if c.transaction_id is not None}:
+                self._expected.pop(lsn, None)
         self._size -= len(out)
         return out
 
@@ -179,11 +178,3 @@ class ChangeQueue:
         """Return popped changes to the front of their queues (queues stay prefixes)."""
         for change in reversed(changes):
             self._queues[(change.topic, change.partition)].appendleft(change)
-
-    def partitions(self) -> Iterator[Partition]:
-        return iter(self._queues)
-
-    def forget(self, commit_lsns: Iterator[int]) -> None:
-        """Drop the END counts of applied transactions (bounded memory)."""
-        for lsn in commit_lsns:
-            self._expected.pop(lsn, None)

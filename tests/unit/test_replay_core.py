@@ -344,3 +344,15 @@ def test_extension_types_create_their_extension_once() -> None:
         {"kind": "b", "schema": "public", "name": "_hstore", "extension": "hstore"},
     ])  # fmt: skip
     assert statements == ['CREATE EXTENSION IF NOT EXISTS "hstore"']
+
+
+def test_a_transaction_handed_out_whole_drops_its_end_count() -> None:
+    """END counts are kept only until their transaction is taken: a following replay's
+    memory does not grow with the transactions it has applied."""
+    queue = ChangeQueue(ordered=True, transactional=True)
+    queue.add(change(lsn=100, seq=0, tx="7:100"))
+    queue.expect(100, 1)
+    queue.expect(200, 1)  # not read yet
+    queue.set_watermark((1000, 0))
+    assert [c.lsn for c in queue.take(10)] == [100]
+    assert queue._expected == {200: 1}
