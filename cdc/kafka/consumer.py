@@ -67,7 +67,6 @@ class PartitionReader:
         self._admin = admin
         self._consumer = admin.consumer(group_id, **_settings())
         self._assigned: list[Partition] = []
-        self._paused: set[Partition] = set()
         # Where each partition was assigned from (the fetch thread starts its view here).
         self.next: dict[Partition, int] = {}
 
@@ -108,24 +107,10 @@ class PartitionReader:
         except KafkaException as exc:
             raise kafka_error(exc, "assigning a new table's partitions") from exc
         self._assigned.extend(todo)
-        for tp, offset in todo.items():
-            if offset is not None:
-                self.next[tp] = offset
 
     def end_offsets(self, partitions: Iterable[Partition] | None = None) -> dict[Partition, int]:
         """Each partition's end (the last stable offset: read_committed), asked now."""
         return self._admin.end_offsets(self._assigned if partitions is None else partitions)
-
-    def pause(self, partitions: Iterable[Partition]) -> None:
-        todo = [tp for tp in partitions if tp not in self._paused]
-        if todo:
-            self._consumer.pause([TopicPartition(t, p) for t, p in todo])
-            self._paused.update(todo)
-
-    def resume_all(self) -> None:
-        if self._paused:
-            self._consumer.resume([TopicPartition(t, p) for t, p in self._paused])
-            self._paused.clear()
 
     def read(self, timeout: float) -> tuple[list[ConsumedRecord], dict[Partition, int]]:
         """The records fetched so far (at most a batch), waiting up to ``timeout``, and

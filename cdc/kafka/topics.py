@@ -110,13 +110,10 @@ class KafkaAdmin:
 
     def partitions(self, topic: str) -> int:
         """How many partitions ``topic`` has (for records written to every partition)."""
-        try:
-            metadata = self._admin.list_topics(topic, timeout=ADMIN_TIMEOUT_S).topics.get(topic)
-        except KafkaException as exc:
-            raise kafka_error(exc, f"reading the metadata of topic {topic!r}", topic=topic) from exc
-        if metadata is None or metadata.error is not None or not metadata.partitions:
+        numbers = self.partition_ids(topic)
+        if numbers is None:
             raise SinkError(f"topic {topic!r} has no partitions visible to cdc", topic=topic)
-        return len(metadata.partitions)
+        return len(numbers)
 
     def partition_ids(self, topic: str) -> list[int] | None:
         """The topic's partition numbers, or None when it does not exist (yet)."""

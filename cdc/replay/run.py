@@ -113,9 +113,14 @@ class _Shapes:
 
     def __init__(self) -> None:
         self._by_table: dict[TableId, list[tuple[int, int, TableShape, bytes]]] = {}
+        self._database: str | None = None
 
     def add(self, value: bytes) -> TableShape:
         shape = parse_schema_event(value)
+        if self._database is None:
+            db = (orjson.loads(value).get("source") or {}).get("db")
+            if isinstance(db, str):
+                self._database = db
         entries = self._by_table.setdefault((shape.schema, shape.table), [])
         if not any(v == shape.version for _, v, _, _ in entries):
             bisect.insort(entries, (shape.lsn, shape.version, shape, value), key=lambda e: e[:2])
@@ -131,12 +136,8 @@ class _Shapes:
         return next(e[3] for e in self._by_table[table] if e[1] == version)
 
     def database(self) -> str | None:
-        for entries in self._by_table.values():
-            source = orjson.loads(entries[0][3]).get("source") or {}
-            db = source.get("db")
-            if isinstance(db, str):
-                return db
-        return None
+        """The legacy database's name (``source.db``), for topic templates using it."""
+        return self._database
 
     def shape_for(self, change: Change) -> tuple[TableShape, bytes]:
         entries = self._by_table.get(change.table)
@@ -671,8 +672,7 @@ class Replay:
                 unit.run_outside(labels, what=f"adding enum labels for {table.target.sql}")
         if last is not None:
             self._position = last.position
-        offsets = self._offsets(queue, fetcher, partitions)
-        changed = {tp: o for tp, o in offsets.items() if saved.get(tp) != o}
+        changed = self._changed_offsets(queue, fetcher, partitions, saved)
         unit.save(
             changed, self._position, None if last is None else last.commit_ts_us, total + applied
         )
@@ -689,8 +689,7 @@ class Replay:
         saved: dict[tuple[str, int], int],
         total: int,
     ) -> None:
-        offsets = self._offsets(queue, fetcher, partitions)
-        changed = {tp: o for tp, o in offsets.items() if saved.get(tp) != o}
+        changed = self._changed_offsets(queue, fetcher, partitions, saved)
         if changed:
             unit = Unit()
             unit.save(changed, self._position, None, total)
@@ -698,19 +697,25 @@ class Replay:
             saved.update(changed)
 
     @staticmethod
-    def _offsets(
-        queue: ChangeQueue, fetcher: Fetcher, partitions: list[tuple[str, int]]
+    def _changed_offsets(
+        queue: ChangeQueue,
+        fetcher: Fetcher,
+        partitions: list[tuple[str, int]],
+        saved: Mapping[tuple[str, int], int],
     ) -> dict[tuple[str, int], int]:
-        """Where each partition continues: its first change not applied, or what was read."""
+        """Where each partition continues (its first change not applied, or what was
+        read), for the partitions where that differs from what was stored."""
         offsets: dict[tuple[str, int], int] = {}
         for tp in partitions:
             head = queue.head(tp)
             if head is not None:
-                offsets[tp] = head.offset
+                offset = head.offset
             else:
-                reached = max(fetcher.next.get(tp, -1), fetcher.eof.get(tp, -1))
-                if reached >= 0:
-                    offsets[tp] = reached
+                offset = max(fetcher.next.get(tp, -1), fetcher.eof.get(tp, -1))
+                if offset < 0:
+                    continue
+            if saved.get(tp) != offset:
+                offsets[tp] = offset
         return offsets
 
     def _table(self, target: Unit, change: Change) -> _Table:
