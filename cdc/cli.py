@@ -171,17 +171,12 @@ def snapshot(
     the data; progress shows in its logs (snapshot_started, snapshot_progress).
     """
     _daemon, connectors = _load(config_path, connectors_dir)
-    found = [c for c in connectors if c.name == connector]
-    if not found:
-        names = ", ".join(c.name for c in connectors)
-        click.echo(f"cdc: no connector named {connector!r} (there are: {names})", err=True)
-        raise SystemExit(EXIT_CONFIG_ERROR)
-    wanted = [t if "." in t else f"public.{t}" for t in tables]
+    target = _find_connector(connectors, connector)
+    wanted = _qualified_tables(tables)
     # Imported here so the other commands never load the I/O edges.
     from cdc.errors import CdcError  # noqa: PLC0415
     from cdc.postgres.signals import request_snapshot  # noqa: PLC0415
 
-    target = found[0]
     try:
         how = request_snapshot(
             target.postgres.dsn.get_secret_value(),
@@ -195,6 +190,11 @@ def snapshot(
         f"snapshot of {', '.join(wanted) or 'every published table'} requested for"
         f" {connector} ({how}); the daemon logs snapshot_started when it begins"
     )
+
+
+def _qualified_tables(tables: tuple[str, ...]) -> list[str]:
+    """``--table`` values as ``schema.table`` (``orders`` means ``public.orders``)."""
+    return [t if "." in t else f"public.{t}" for t in tables]
 
 
 def _find_connector(connectors: list[ConnectorConfig], name: str) -> ConnectorConfig:
@@ -301,7 +301,7 @@ def replay(  # noqa: PLR0917 - one parameter per option
             connector=found,
             daemon=daemon,
             target_dsn=target_dsn,
-            tables=tuple(t if "." in t else f"public.{t}" for t in tables) or None,
+            tables=tuple(_qualified_tables(tables)) or None,
             mapping=mapping,
             until=None if until is None else parse_until(until),
             follow=follow,
