@@ -15,15 +15,24 @@ mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
   the last record consumed back from both topics;
 - latency: commit -> consumed from Kafka, p50/p99, at a steady offered 10,000 rows/s;
 - the daemon's CPU seconds per 100,000 events and its peak RSS;
+- large transaction (``--large-tx-rows``, 1,000,000 by default, 0 skips it): the daemon's
+  peak RSS after streaming one transaction of 1,000 rows, then after one of that many
+  rows, and their ratio (flat memory: no per-transaction buffering);
 and once, raw: pg_recvlogical (pgoutput, same publication) reading the same changes to
 /dev/null. Rates are also given as ratios to the raw rate of the same run (absolute
 figures on a shared machine vary by +-30 % from run to run).
 
 The consumers read ``read_committed`` (what a consumer of an exactly_once topic must do),
-so the latency is commit -> visible. Consumption time bounds acknowledgement time from
-above, so the rates are conservative. Each phase checks itself before it reports a rate:
-every row must be on both topics, once per key on the retention topic in exactly_once
-mode; otherwise the phase reports an error instead of numbers.
+so the latency is commit -> visible, measured per record from the commit timestamp in
+its envelope to the moment the consumer holds it (not interpolated from histograms).
+Before any phase, the broker is warmed up: a transactional producer writes and a consumer
+reads back 200,000 records, so the JVM has compiled its hot paths and the transaction
+coordinator is loaded, as on any broker that has been running for a while (on a broker
+started seconds before, the first phase would otherwise measure the JVM's warm-up).
+Consumption time bounds acknowledgement time from above, so the rates are conservative.
+Each phase checks itself before it reports a rate: every row must be on both topics, once
+per key on the retention topic in exactly_once mode; otherwise the phase reports an error
+instead of numbers.
 """
 
 from __future__ import annotations
@@ -45,8 +54,8 @@ from typing import Any
 import orjson
 import psycopg
 import yaml
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from cdc.testing import free_port
 from cdc.testing.kafka import start_kafka
@@ -136,6 +145,37 @@ class TopicCounter(threading.Thread):
                 if count >= self.target and name not in self.done_at:
                     self.done_at[name] = now
         consumer.close()
+
+
+def _warm_up(bootstrap: str, records: int = 200_000) -> None:
+    """Write and read back ``records`` transactional records: the broker's JIT and its
+    transaction coordinator are warm before anything is measured."""
+    topic = "bench-warm-up"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 6, 1)]).values():
+        future.result()
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "transactional.id": "bench-warm-up",
+            "compression.type": "lz4",
+            "linger.ms": 5,
+            "batch.size": 1_000_000,
+        }
+    )
+    producer.init_transactions(60)
+    value = b"x" * 700
+    counter = TopicCounter(bootstrap, [topic], records)
+    counter.start()
+    producer.begin_transaction()
+    for i in range(records):
+        producer.produce(topic, value, b"%d" % i, headers=[("h", b"1")])
+        if i % 20_000 == 19_999:
+            producer.commit_transaction(60)
+            producer.begin_transaction()
+    producer.commit_transaction(60)
+    counter.join(120)
+    counter.stop.set()
 
 
 def _ensure_topics(bootstrap: str, topics: list[str], timeout: float = 60) -> None:
@@ -410,6 +450,42 @@ def _latency(pg: Any, kafka: Any, base: Path, mode: str) -> dict[str, Any]:
     }
 
 
+def _large_transaction(pg: Any, kafka: Any, base: Path, mode: str, rows: int) -> dict[str, Any]:
+    """Peak RSS after a 1,000-row transaction, then after one of ``rows`` rows."""
+    name = f"large_{mode}"
+    dsn = pg.dsn(dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(TABLE)
+    daemon = DaemonProcess(base / name, kafka.bootstrap_servers, dsn, name, delivery=mode)
+    topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
+    _ensure_topics(kafka.bootstrap_servers, topics)
+    _wait_streaming(dsn, name)
+    small = 1_000
+    counter = TopicCounter(kafka.bootstrap_servers, topics, small + rows)
+    counter.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _insert(conn, 1, small)
+        while min(counter.counts.values()) < small:
+            time.sleep(0.05)
+        rss_small = daemon.peak_rss_mb()
+        committed = time.time()
+        _insert(conn, small + 1, rows)
+    counter.join(600)
+    counter.stop.set()
+    error = _check(counter, small + rows, mode)
+    rss_large = daemon.peak_rss_mb()
+    daemon.stop()
+    if error:
+        return {"large_tx_error": error}
+    return {
+        "large_tx_rows": rows,
+        "large_tx_rows_per_s": round(rows / (max(counter.done_at.values()) - committed)),
+        "large_tx_peak_rss_mb_after_1k_rows_tx": round(rss_small, 1),
+        "large_tx_peak_rss_mb_after_large_tx": round(rss_large, 1),
+        "large_tx_rss_ratio": round(rss_large / rss_small, 2),
+    }
+
+
 def _raw_rate(pg: Any, rows: int, tx_rows: int) -> float:
     """pg_recvlogical reading the same kind of changes to /dev/null: events/s."""
     dsn = pg.dsn(dbname="raw")
@@ -439,13 +515,16 @@ def run(
     base: Path,
     profile: Path | None = None,
     modes: tuple[str, ...] = ("at_least_once", "exactly_once"),
+    large_tx_rows: int = 1_000_000,
 ) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
     try:
         with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-            for db in ("raw", *(f"{p}_{m}" for m in modes for p in ("backlog", "live", "latency"))):
+            phases = ("backlog", "live", "latency", "large")
+            for db in ("raw", *(f"{p}_{m}" for m in modes for p in phases)):
                 conn.execute(f"CREATE DATABASE {db}")
+        _warm_up(kafka.bootstrap_servers)
         raw = _raw_rate(pg, rows, tx_rows)
         result: dict[str, Any] = {
             "bench": "e2e",
@@ -461,6 +540,8 @@ def run(
                 **_live(pg, kafka, base, mode, rows, tx_rows),
                 **_latency(pg, kafka, base, mode),
             }
+            if large_tx_rows:
+                figures.update(_large_transaction(pg, kafka, base, mode, large_tx_rows))
             for phase in ("backlog", "live"):
                 if f"{phase}_events_per_s" in figures:
                     figures[f"{phase}_ratio_to_raw"] = round(
@@ -477,6 +558,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--tx-rows", type=int, default=1_000)
+    parser.add_argument(
+        "--large-tx-rows",
+        type=int,
+        default=1_000_000,
+        help="rows of the large-transaction phase (0 skips it)",
+    )
     parser.add_argument("--keep", type=Path, help="keep service data and logs in this folder")
     parser.add_argument(
         "--profile", type=Path, help="write a py-spy profile of the backlog run to this file"
@@ -491,11 +578,13 @@ def main() -> None:
     modes = ("at_least_once", "exactly_once") if args.modes == "both" else (args.modes,)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.tx_rows, args.keep, args.profile, modes)
+        result = run(args.rows, args.tx_rows, args.keep, args.profile, modes, args.large_tx_rows)
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.tx_rows, Path(tmp), args.profile, modes)
+            result = run(
+                args.rows, args.tx_rows, Path(tmp), args.profile, modes, args.large_tx_rows
+            )
     print(orjson.dumps(result).decode(), flush=True)
 
 
