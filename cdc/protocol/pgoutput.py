@@ -24,6 +24,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Final
 
+from cdc import native
 from cdc.errors import ProtocolError
 from cdc.protocol.messages import (
     UNCHANGED_TOAST,
@@ -100,11 +101,12 @@ _BINARY = ord("b")
 _LOOKUP_ERRORS = (struct.error, IndexError, ValueError)  # ValueError: also bad UTF-8
 
 
-def _read_tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
+def _read_tuple_py(data: bytes, pos: int) -> tuple[TupleData, int]:
     """Read a TupleData at ``pos``; return it and the offset after it.
 
     A text value longer than the message yields a short slice and an end offset past the
     message: the caller's final length check rejects it (cheaper than checking each value).
+    The reference for the compiled ``decode_tuple``, and the path of every failure.
     """
     (ncols,) = _unpack_u16(data, pos)
     pos += 2
@@ -135,6 +137,26 @@ def _read_tuple(data: bytes, pos: int) -> tuple[TupleData, int]:
                 offset=pos,
             )
     return tuple(values), pos
+
+
+def _read_tuple_native(data: bytes, pos: int) -> tuple[TupleData, int]:
+    """``_read_tuple_py`` by the compiled core (``cdc.native``), equal on every input.
+
+    On any failure (running off the end, bad UTF-8, an unknown kind) the Python reader
+    runs again on the same bytes, so the exception, its message and the offset that
+    ``decode`` reports from the traceback are exactly the Python path's; failures are
+    rare, so reading twice costs nothing that matters.
+    """
+    try:
+        return _native_decode_tuple(data, pos, UNCHANGED_TOAST)  # type: ignore[misc]
+    except _NATIVE_TUPLE_ERRORS:
+        pass
+    return _read_tuple_py(data, pos)
+
+
+_native_decode_tuple: Final = native.decode_tuple
+_NATIVE_TUPLE_ERRORS: Final = (ValueError, IndexError)  # UnicodeDecodeError is a ValueError
+_read_tuple: Final = _read_tuple_py if _native_decode_tuple is None else _read_tuple_native
 
 
 def _read_string(data: bytes, pos: int) -> tuple[str, int]:

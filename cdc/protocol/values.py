@@ -470,6 +470,11 @@ class RowConverter:
             names.append(info.qualified_name if info is not None else type_name(c.type_oid))
         self._type_names = tuple(names)
 
+    @property
+    def converters(self) -> tuple[Converter | None, ...]:
+        """Each column's converter in column order (``cdc.native`` maps them to kinds)."""
+        return tuple(convert for _, convert in self._pairs)
+
     def convert(self, values: TupleData) -> dict[str, JsonValue]:
         """One row as a dict in column order.
 
