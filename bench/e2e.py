@@ -18,6 +18,10 @@ mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
 - large transaction (``--large-tx-rows``, 1,000,000 by default, 0 skips it): the daemon's
   peak RSS after streaming one transaction of 1,000 rows, then after one of that many
   rows, and their ratio (flat memory: no per-transaction buffering);
+- Kafka alone: the backlog's records, read back and produced again as they are (same keys,
+  values, headers and partitions; the daemon's producer settings; transactions of 50,000
+  records in exactly_once) to fresh topics, and counted by the same consumer: the rate
+  this machine's broker and consumer allow with no PostgreSQL and no daemon work at all;
 and once, raw: pg_recvlogical (pgoutput, same publication) reading the same changes to
 /dev/null. Rates are also given as ratios to the raw rate of the same run (absolute
 figures on a shared machine vary by +-30 % from run to run).
@@ -57,6 +61,7 @@ import yaml
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from cdc.kafka.client import PRODUCER_DEFAULTS, PRODUCER_REQUIRED
 from cdc.testing import free_port
 from cdc.testing.kafka import start_kafka
 from cdc.testing.postgres import find_postgres_bin_dir, start_postgres
@@ -450,6 +455,92 @@ def _latency(pg: Any, kafka: Any, base: Path, mode: str) -> dict[str, Any]:
     }
 
 
+def _read_all(bootstrap: str, topics: list[str], count: int) -> list[tuple[Any, ...]]:
+    """Every record of ``topics`` (``count`` per topic): (topic index, partition, key,
+    value, headers)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-read-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+        }
+    )
+    assignments = []
+    for wanted in topics:
+        meta = consumer.list_topics(wanted, timeout=30).topics[wanted]
+        assignments += [TopicPartition(wanted, p, 0) for p in meta.partitions]
+    consumer.assign(assignments)
+    records: list[tuple[Any, ...]] = []
+    deadline = time.monotonic() + 300
+    while len(records) < count * len(topics) and time.monotonic() < deadline:
+        for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+            if msg.error() is None:
+                index = topics.index(msg.topic() or "")
+                records.append((index, msg.partition(), msg.key(), msg.value(), msg.headers()))
+    consumer.close()
+    records.sort(key=lambda r: r[0])  # retention records first, as in a daemon's unit
+    return records
+
+
+def _kafka_only(kafka: Any, source_topics: list[str], mode: str, rows: int) -> dict[str, Any]:
+    """The backlog's records produced again with nothing else to do: the ceiling."""
+    bootstrap = kafka.bootstrap_servers
+    records = _read_all(bootstrap, source_topics, rows)
+    if len(records) != 2 * rows:
+        return {"kafka_only_error": f"read {len(records)} records back, not {2 * rows}"}
+    # Interleave the two topics per event, as the daemon produces them.
+    retention, compacted = records[:rows], records[rows:]
+    by_key = {r[2]: r for r in compacted}
+    stamp = time.time_ns()
+    topics = [f"kafka-only-{stamp}", f"kafka-only-{stamp}.latest"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(t, 6, 1) for t in topics]).values():
+        future.result()
+    settings: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        **PRODUCER_DEFAULTS,
+        **PRODUCER_REQUIRED,
+    }
+    exactly_once = mode == "exactly_once"
+    if exactly_once:
+        settings["transactional.id"] = f"bench-kafka-only-{stamp}"
+    producer = Producer(settings)
+    if exactly_once:
+        producer.init_transactions(60)
+    counter = TopicCounter(bootstrap, topics, rows)
+    counter.start()
+    time.sleep(1)  # the consumer is assigned before the clock starts
+    started = time.time()
+    if exactly_once:
+        producer.begin_transaction()
+    produce = producer.produce
+    produced = 0
+    for _, partition, key, value, headers in retention:
+        twin = by_key[key]
+        produce(topics[0], value, key, partition=partition, headers=headers)
+        produce(topics[1], twin[3], key, partition=twin[1], headers=twin[4])
+        produced += 2
+        if produced % 50_000 == 0:
+            if exactly_once:
+                producer.commit_transaction(60)
+                producer.begin_transaction()
+            else:
+                producer.poll(0)
+        while len(producer) >= 40_000:
+            producer.poll(0.001)
+    if exactly_once:
+        producer.commit_transaction(60)
+    producer.flush(60)
+    counter.join(300)
+    counter.stop.set()
+    error = _check(counter, rows, mode)
+    if error:
+        return {"kafka_only_error": error}
+    return {"kafka_only_events_per_s": round(rows / (max(counter.done_at.values()) - started))}
+
+
 def _large_transaction(pg: Any, kafka: Any, base: Path, mode: str, rows: int) -> dict[str, Any]:
     """Peak RSS after a 1,000-row transaction, then after one of ``rows`` rows."""
     name = f"large_{mode}"
@@ -535,18 +626,25 @@ def run(
             "raw_pg_recvlogical_events_per_s": round(raw),
         }
         for mode in modes:
+            backlog_topics = [f"backlog_{mode}.public.bench", f"backlog_{mode}.public.bench.latest"]
             figures = {
                 **_backlog(pg, kafka, base, mode, rows, tx_rows, profile),
+                **_kafka_only(kafka, backlog_topics, mode, rows),
                 **_live(pg, kafka, base, mode, rows, tx_rows),
                 **_latency(pg, kafka, base, mode),
             }
             if large_tx_rows:
                 figures.update(_large_transaction(pg, kafka, base, mode, large_tx_rows))
-            for phase in ("backlog", "live"):
+            for phase in ("backlog", "backlog_streaming", "live"):
                 if f"{phase}_events_per_s" in figures:
                     figures[f"{phase}_ratio_to_raw"] = round(
                         figures[f"{phase}_events_per_s"] / raw, 3
                     )
+                    if "kafka_only_events_per_s" in figures:
+                        figures[f"{phase}_ratio_to_kafka_only"] = round(
+                            figures[f"{phase}_events_per_s"] / figures["kafka_only_events_per_s"],
+                            3,
+                        )
             result[mode] = figures
         return result
     finally:

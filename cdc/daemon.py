@@ -12,6 +12,7 @@ others go on; the daemon exits 1 when no connector is left running.
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -33,6 +34,10 @@ BACKOFF_INITIAL_S = 1.0
 BACKOFF_MAX_S = 60.0
 # A connector that streamed this long before failing starts its backoff afresh.
 BACKOFF_RESET_AFTER_S = 120.0
+# The cyclic collector's young-generation threshold while streaming. Every event makes a
+# few short-lived, acyclic dicts and tuples that reference counting frees at once; at
+# Python's default (700 allocations) the collector scans them hundreds of times a second.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 def is_retryable(error: CdcError) -> bool:
@@ -169,6 +174,11 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
             log.error("no_connector_enabled")
             return 1
         log.info("daemon_started", connectors=[r.connector_name for r in runners])
+        # What exists now (modules, config, clients) lives as long as the process: frozen,
+        # the collector never walks it again, so a full collection costs microseconds
+        # instead of a ~15 ms pause in the middle of the stream (the latency's p99).
+        gc.freeze()
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
         for runner in runners:
             runner.start()
         while not stop.is_set() and any(r.is_alive() for r in runners):
