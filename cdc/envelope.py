@@ -77,7 +77,7 @@ from typing import Final, NamedTuple, Protocol
 
 import orjson
 
-from cdc import __version__
+from cdc import __version__, native
 from cdc.errors import ConversionError
 from cdc.protocol.messages import (
     UNCHANGED_TOAST,
@@ -115,6 +115,8 @@ __all__ = [
 ]
 
 _dumps: Final = orjson.dumps
+_Fragment: Final = orjson.Fragment
+_NativeUnsupported: Final = native.NativeUnsupported
 
 # Only values at least this long are remembered for ``toast.mode: fill``: PostgreSQL
 # moves values out of line (and then leaves them out of UPDATEs that do not change them)
@@ -200,6 +202,11 @@ class TxContext:
 
 Row = dict[str, JsonValue]
 
+# A converted row: the dict (Python path), or from the native encoder (cdc.native) its
+# JSON as a Fragment for the envelope, the same bytes for the compacted record, and the
+# key's JSON. Only TableEncoder sees the tuple form; its public methods take and give rows.
+_Image = Row | tuple[orjson.Fragment, bytes, bytes]
+
 
 class TableEncoder:
     """Everything about one table that does not change per event, computed once.
@@ -214,6 +221,7 @@ class TableEncoder:
         "_key_indexes",
         "_key_names",
         "_name",
+        "_native",
         "_qualified",
         "_read_headers",
         "_rows",
@@ -271,6 +279,12 @@ class TableEncoder:
         self.has_key = bool(self.key_columns)
         self._key_names = self.key_columns
         self._key_indexes = tuple(names.index(k) for k in self.key_columns)
+        # The compiled encoder of this table's rows, when it converts every column's kind
+        # exactly (cdc.native); None: the Python path. A row it refuses (a value it cannot
+        # convert exactly) takes the Python path too, which gives the exact error.
+        self._native = native.row_encoder(
+            relation.columns, self._rows.converters, self._key_indexes, placeholder
+        )
         # Old tuples of kind "K" hold only the replica identity columns; the key can be
         # read from them only if it is part of the identity (always so by default).
         identity = {c.name for c in relation.columns if c.is_key}
@@ -321,13 +335,17 @@ class TableEncoder:
     def _event(  # noqa: PLR0917 - private and hot: positional arguments are cheapest
         self,
         op: str,
-        before: Row | None,
-        after: Row | None,
+        before: _Image | None,
+        after: _Image | None,
         source: Row,
         now_us: int,
         unavailable: list[str] | None = None,
         transaction: Row | None = None,
     ) -> bytes:
+        if isinstance(before, tuple):
+            before = before[0]
+        if isinstance(after, tuple):
+            after = after[0]
         event: dict[str, object] = {
             "before": before,
             "after": after,
@@ -388,10 +406,30 @@ class TableEncoder:
         order = tx.order
         return None if order is None else order(self._qualified)
 
-    def _key(self, row: Row) -> bytes:
+    def _key(self, row: _Image) -> bytes:
+        if isinstance(row, tuple):
+            return row[2]
         return _dumps({name: row[name] for name in self._key_names})
 
-    def _convert(self, values: TupleData, lsn: int) -> Row:
+    @staticmethod
+    def _value(row: _Image) -> bytes:
+        """The compacted record's value: the row's JSON."""
+        if isinstance(row, tuple):
+            return row[1]
+        return _dumps(row)
+
+    def _convert(self, values: TupleData, lsn: int) -> _Image:
+        encode = self._native
+        if encode is not None:
+            try:
+                row, key = encode(values)
+            except _NativeUnsupported:
+                pass  # the Python path gives the exact value or error
+            else:
+                return (_Fragment(row), row, key)
+        return self._convert_py(values, lsn)
+
+    def _convert_py(self, values: TupleData, lsn: int) -> Row:
         try:
             return self._rows.convert(values)
         except ConversionError as exc:
@@ -438,7 +476,7 @@ class TableEncoder:
             self._remember(message.new, key)
         return [
             Record(self.retention_topic, key, value, headers),
-            Record(self.compacted_topic, key, _dumps(after), headers),
+            Record(self.compacted_topic, key, self._value(after), headers),
         ]
 
     def update(
@@ -487,7 +525,7 @@ class TableEncoder:
                 self._remember(new, key)
             return [
                 Record(self.retention_topic, key, value, headers),
-                Record(self.compacted_topic, key, _dumps(after), headers),
+                Record(self.compacted_topic, key, self._value(after), headers),
             ]
         if message.old_kind == "K":
             self._check_old_key(lsn)
@@ -526,7 +564,7 @@ class TableEncoder:
                     self._event("u", before, after, source, now_us, unavailable, self._order(tx)),
                     headers,
                 ),
-                Record(self.compacted_topic, key, _dumps(after), headers),
+                Record(self.compacted_topic, key, self._value(after), headers),
             ]
         # Two events: the d is ordered (and published) before the c.
         deleted = self._event("d", before, None, source, now_us, None, self._order(tx))
@@ -535,7 +573,7 @@ class TableEncoder:
             Record(self.retention_topic, old_key, deleted, headers),
             Record(self.compacted_topic, old_key, None, headers),
             Record(self.retention_topic, key, created, headers),
-            Record(self.compacted_topic, key, _dumps(after), headers),
+            Record(self.compacted_topic, key, self._value(after), headers),
         ]
 
     def delete(
@@ -569,11 +607,11 @@ class TableEncoder:
         after = self._convert(values, lsn)
         if self._toast is not None:
             self._remember(values, self._key(after))
-        return self.read_row(after, tx, lsn, now_us, snapshot)
+        return self._read_row(after, tx, lsn, now_us, snapshot)
 
     def row(self, values: TupleData, lsn: int) -> Row:
         """The converted row (the ``after`` image) of a snapshot read, e.g. to hold it."""
-        return self._convert(values, lsn)
+        return self._convert_py(values, lsn)
 
     def key(self, row: Row) -> bytes | None:
         """The record key of a converted row; None for a table without key columns."""
@@ -588,6 +626,11 @@ class TableEncoder:
         consistent point of an initial snapshot, the HIGH watermark's commit of a chunk)
         and ``cdc.seq`` = ``SNAPSHOT_SEQ``; its ``transaction`` block is null (a snapshot
         read belongs to no source transaction)."""
+        return self._read_row(after, tx, lsn, now_us, snapshot)
+
+    def _read_row(
+        self, after: _Image, tx: TxContext, lsn: int, now_us: int, snapshot: str
+    ) -> list[Record]:
         value = self._event("r", None, after, self._source(tx, lsn, snapshot), now_us)
         cached = self._read_headers
         if cached is None or cached[0] is not tx:
@@ -601,7 +644,7 @@ class TableEncoder:
         key = self._key(after)
         return [
             Record(self.retention_topic, key, value, headers),
-            Record(self.compacted_topic, key, _dumps(after), headers),
+            Record(self.compacted_topic, key, self._value(after), headers),
         ]
 
     def truncate(
