@@ -9,7 +9,14 @@ Measures, with PostgreSQL and Kafka beside the daemon on this machine:
   row on both topics (the daemon's ``snapshot_finished``), and the wall time from the
   daemon's start to that point;
 - incremental snapshot of the same table while streaming (``cdc snapshot``), rows/s;
-- the daemon's peak RSS over both.
+- the daemon's peak RSS over both;
+- raw: the same table read by ``COPY ... TO STDOUT`` into this process, in the same run,
+  and the snapshot's rate as a ratio to it (absolute figures on a shared machine vary by
+  +-30 % from run to run).
+
+The broker is warmed up first (``bench.e2e._warm_up``). Before a rate is printed, both
+topics are read back ``read_committed``: every row's key must be there, once on the
+retention topic; otherwise an error is printed instead of numbers.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from bench.e2e import INSERT, TABLE, DaemonProcess
+from bench.e2e import INSERT, TABLE, DaemonProcess, TopicCounter, _warm_up
 from cdc.testing.kafka import start_kafka
 from cdc.testing.postgres import start_postgres
 
@@ -45,6 +52,34 @@ def _wait_for(log: Path, event: str, count: int, timeout: float) -> dict[str, An
     raise RuntimeError(f"no {event} #{count} in {timeout}s; see {log}")
 
 
+def _raw_copy_rate(dsn: str) -> float:
+    """Rows/s of ``COPY (SELECT * FROM bench) TO STDOUT`` read as raw blocks."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = 0
+        started = time.perf_counter()
+        with conn.cursor().copy("COPY (SELECT * FROM bench) TO STDOUT") as copy:
+            for block in copy:
+                rows += bytes(block).count(b"\n")
+        return rows / (time.perf_counter() - started)
+
+
+def _check(bootstrap: str, topics: list[str], rows: int) -> str | None:
+    """Why the numbers cannot be trusted, or None: every key on both topics, and once
+    on the retention topic."""
+    counter = TopicCounter(bootstrap, topics, rows)
+    counter.start()
+    counter.join(600)
+    counter.stop.set()
+    if len(counter.done_at) < len(topics):
+        return f"not every row arrived: {counter.counts} of {rows}"
+    if len(counter.keys) != rows:
+        return f"{len(counter.keys)} distinct keys on the retention topic, not {rows}"
+    repeated = sum(1 for n in counter.keys.values() if n > 1)
+    if repeated:
+        return f"{repeated} keys appear more than once on the retention topic"
+    return None
+
+
 def run(
     rows: int, workers: int, chunk_rows: int, base: Path, delivery: str = "exactly_once"
 ) -> dict[str, Any]:
@@ -57,6 +92,8 @@ def run(
             for first in range(1, rows + 1, 100_000):
                 conn.execute(INSERT, (first, min(rows, first + 99_999)))
             conn.execute("ANALYZE bench")
+        _warm_up(kafka.bootstrap_servers)
+        raw = _raw_copy_rate(dsn)
         name = "snap"
         started = time.monotonic()
         daemon = DaemonProcess(
@@ -70,6 +107,11 @@ def run(
         log = base / name / f"{name}.log"
         finished = _wait_for(log, "snapshot_finished", 1, 1800)
         wall = time.monotonic() - started
+        topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
+        error = _check(kafka.bootstrap_servers, topics, rows)
+        if error:
+            daemon.stop()
+            return {"bench": "snapshot", "error": error}
         result: dict[str, Any] = {
             "bench": "snapshot",
             "delivery": delivery,
@@ -78,7 +120,9 @@ def run(
             "chunk_rows": chunk_rows,
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "raw_copy_rows_per_s": round(raw),
             "initial_rows_per_s": finished["rows_per_s"],
+            "initial_ratio_to_raw": round(finished["rows_per_s"] / raw, 3),
             "initial_seconds": finished["seconds"],
             "initial_wall_seconds_from_daemon_start": round(wall, 2),
             "initial_peak_rss_mb": round(daemon.peak_rss_mb(), 1),
