@@ -32,6 +32,7 @@ __all__ = [
     "NativeUnsupported",
     "RowEncode",
     "TupleDecode",
+    "column_kinds",
     "decode_tuple",
     "native_core_active",
     "native_core_status",
@@ -118,6 +119,19 @@ def _kind(column: Column, converter: Converter | None) -> int | None:
     return None
 
 
+def column_kinds(
+    columns: Sequence[Column], converters: Sequence[Converter | None]
+) -> list[int] | None:
+    """The native kind code of each column, or None if a column has none."""
+    kinds = []
+    for column, converter in zip(columns, converters, strict=True):
+        kind = _kind(column, converter)
+        if kind is None:
+            return None
+        kinds.append(kind)
+    return kinds
+
+
 def row_encoder(
     columns: Sequence[Column],
     converters: Sequence[Converter | None],
@@ -135,12 +149,9 @@ def row_encoder(
     names = [c.name for c in columns]
     if len(set(names)) != len(names) or len(set(key_indexes)) != len(key_indexes):
         return None
-    kinds = []
-    for column, converter in zip(columns, converters, strict=True):
-        kind = _kind(column, converter)
-        if kind is None:
-            return None
-        kinds.append(kind)
+    kinds = column_kinds(columns, converters)
+    if kinds is None:
+        return None
     encoder = _MODULE.RowEncoder(
         kinds, names, list(key_indexes), orjson.dumps(unchanged_toast), UNCHANGED_TOAST
     )
