@@ -20,6 +20,7 @@ __all__ = [
     "encode_standby_status",
     "parse_copy_data",
     "pg_us_to_unix_us",
+    "split_xlog_data",
     "unix_us_to_pg_us",
 ]
 
@@ -83,6 +84,22 @@ def parse_copy_data(data: bytes | memoryview) -> XLogData | PrimaryKeepalive:
         "or b'k' (keepalive); is the server speaking the streaming replication protocol?",
         offset=0,
     )
+
+
+_unpack_wal_positions = struct.Struct(">QQ").unpack_from
+
+
+def split_xlog_data(data: bytes | memoryview) -> tuple[int, int, bytes] | None:
+    """The hot path of ``parse_copy_data``: an XLogData message as ``(wal_start, wal_end,
+    payload)``, without building an ``XLogData``; None for anything else (a keepalive, or
+    a message too short to be one), which ``parse_copy_data`` then parses or rejects."""
+    if len(data) <= _XLOG_DATA_OFFSET or data[0] != _XLOG_DATA:
+        return None
+    wal_start, wal_end = _unpack_wal_positions(data, 1)
+    payload = data[_XLOG_DATA_OFFSET:]
+    if isinstance(payload, memoryview):
+        return wal_start, wal_end, payload.tobytes()
+    return wal_start, wal_end, payload
 
 
 def encode_standby_status(

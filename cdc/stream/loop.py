@@ -31,7 +31,12 @@ from cdc.lsn import format_lsn
 from cdc.positions import Position
 from cdc.protocol.messages import PrimaryKeepalive, Relation
 from cdc.protocol.pgoutput import PgoutputDecoder
-from cdc.protocol.replication import encode_standby_status, parse_copy_data, unix_us_to_pg_us
+from cdc.protocol.replication import (
+    encode_standby_status,
+    parse_copy_data,
+    split_xlog_data,
+    unix_us_to_pg_us,
+)
 from cdc.stream.router import (
     ChangeRouter,
     Effect,
@@ -169,6 +174,7 @@ class StreamLoop:
         sink = self._sink
         router = self._router
         read = source.read
+        split = split_xlog_data
         decode = self._decoder.decode
         feed = router.feed
         publish = sink.publish
@@ -185,14 +191,17 @@ class StreamLoop:
                 # sleep until the server sends something.
                 source.wait(ACK_WAIT_S if sink.pending else IDLE_WAIT_S)
                 continue
-            message = parse_copy_data(data)
-            if message.__class__ is PrimaryKeepalive:
-                self._keepalive(message)
-                continue
-            self.server_wal_end = message.wal_end
-            lsn = message.wal_start  # type: ignore[union-attr]
-            self.received = max(self.received, lsn)
-            msg = decode(message.data)  # type: ignore[union-attr]
+            xlog = split(data)
+            if xlog is None:  # a keepalive (or a malformed message, which this raises on)
+                message = parse_copy_data(data)
+                if isinstance(message, PrimaryKeepalive):
+                    self._keepalive(message)
+                    continue
+                xlog = (message.wal_start, message.wal_end, bytes(message.data))
+            lsn, self.server_wal_end, payload = xlog
+            if lsn > self.received:
+                self.received = lsn
+            msg = decode(payload)
             if msg.__class__ is Relation:
                 router.relation(msg, self._relation_info(msg))
                 continue

@@ -367,11 +367,14 @@ class ChangeRouter:
             )
         index = self._index
         self._index = index + 1
-        identity = Position(self._order_lsn, index)
+        order_lsn = self._order_lsn
+        if self._resume is None and self._toast is None:  # the hot path: no identity needed
+            return tx, Position(order_lsn, index + 1), False
+        identity = Position(order_lsn, index)
         published = self._published(identity)
         if self._toast is not None:
             self._toast.at(identity)
-        return tx, Position(self._order_lsn, index + 1), published
+        return tx, Position(order_lsn, index + 1), published
 
     def _headers(self) -> Headers:
         """The position headers of the message ``_unit`` just numbered (its identity)."""

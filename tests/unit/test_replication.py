@@ -17,6 +17,7 @@ from cdc.protocol.replication import (
     encode_standby_status,
     parse_copy_data,
     pg_us_to_unix_us,
+    split_xlog_data,
     unix_us_to_pg_us,
 )
 
@@ -123,3 +124,26 @@ def test_golden_frames_from_postgresql_parse() -> None:
         "send_time": keepalive.send_time,
         "reply_requested": keepalive.reply_requested,
     }
+
+
+@given(st.one_of(xlog_data, keepalives), st.booleans())
+def test_split_xlog_data_agrees_with_parse_copy_data(
+    message: XLogData | PrimaryKeepalive, as_memoryview: bool
+) -> None:
+    frame = encode_copy_data(message)
+    data = memoryview(frame) if as_memoryview else frame
+    split = split_xlog_data(data)
+    if isinstance(message, XLogData) and message.data:
+        assert split == (message.wal_start, message.wal_end, message.data)
+        assert type(split[2]) is bytes
+    else:
+        assert split is None  # parse_copy_data's to handle: a keepalive or an empty XLogData
+
+
+@given(st.binary(max_size=40))
+def test_split_xlog_data_never_raises_and_leaves_the_rest_to_parse_copy_data(data: bytes) -> None:
+    split = split_xlog_data(data)
+    if split is not None:
+        parsed = parse_copy_data(data)
+        assert isinstance(parsed, XLogData)
+        assert split == (parsed.wal_start, parsed.wal_end, parsed.data)
