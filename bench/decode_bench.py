@@ -16,6 +16,7 @@ import struct
 import sys
 import time
 
+from cdc.native import native_core_status
 from cdc.protocol.messages import Column, Relation, ReplicaIdentity, XLogData
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.replication import parse_copy_data
@@ -97,6 +98,7 @@ def main() -> None:
                 "frame_and_decode_per_s": round(n / best_framed),
                 "python": platform.python_version(),
                 "implementation": sys.implementation.name,
+                "core": native_core_status(),  # native, or python (CDC_NATIVE=0 / not built)
             }
         )
     )

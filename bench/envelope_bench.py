@@ -19,6 +19,7 @@ import time
 import orjson
 
 from cdc.envelope import SEQ_HEADERS, EnvelopeEncoder, TxContext, lsn_header
+from cdc.native import native_core_status
 from cdc.protocol.messages import Column, Insert, Relation, ReplicaIdentity, Update
 from cdc.protocol.values import ValueOptions
 from cdc.stream.transactions import TransactionOrder
@@ -114,6 +115,7 @@ def main() -> None:
             {
                 "bench": "envelope_encode",
                 "python": sys.version.split()[0],
+                "core": native_core_status(),  # native, or python (CDC_NATIVE=0 / not built)
                 "transaction_metadata": metadata,
                 "columns": len(RELATION.columns),
                 "records_per_event": len(records),
