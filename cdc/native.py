@@ -2,7 +2,9 @@
 
 The one job: decide once, at import, whether the compiled hot paths (the ``cdc_native``
 extension module, built from ``native/`` by ``scripts/bootstrap``) are used, and build its
-``RowEncoder`` for a table when every column has a kind it converts exactly. The Python
+``RowEncoder`` for a table: the converters it has twins of (integers, booleans, text,
+numeric as a string, date/time/timestamp/timestamptz) run compiled, every other one is
+called from the compiled loop and its value written by ``orjson.dumps``. The Python
 code stays the reference: the compiled functions equal it byte for byte on what they
 accept and refuse (raise) everything else, which then takes the Python path; without the
 module, or with ``CDC_NATIVE=0`` in the environment, only the Python path runs.
@@ -102,7 +104,11 @@ _TIMESTAMPTZ_KIND: Final = 10  # + the number of fractional digits, 0..6
 _ZONED_TIMESTAMP: Final = "_zoned_timestamp.<locals>.convert"
 
 
-def _kind(column: Column, converter: Converter | None) -> int | None:
+# Any other converter: RowEncoder calls it and writes its value with orjson.dumps.
+_PYTHON: Final = 100
+
+
+def _kind(column: Column, converter: Converter | None) -> int:
     if converter is None:
         return _TEXT
     kind = _KINDS.get(converter)
@@ -116,20 +122,12 @@ def _kind(column: Column, converter: Converter | None) -> int | None:
         # temporal.timestamptz_converter's width, from the same type modifier.
         typmod = column.type_modifier
         return _TIMESTAMPTZ_KIND + (typmod if 0 <= typmod <= 6 else 6)
-    return None
+    return _PYTHON
 
 
-def column_kinds(
-    columns: Sequence[Column], converters: Sequence[Converter | None]
-) -> list[int] | None:
-    """The native kind code of each column, or None if a column has none."""
-    kinds = []
-    for column, converter in zip(columns, converters, strict=True):
-        kind = _kind(column, converter)
-        if kind is None:
-            return None
-        kinds.append(kind)
-    return kinds
+def column_kinds(columns: Sequence[Column], converters: Sequence[Converter | None]) -> list[int]:
+    """The native kind code of each column (100: its Python converter is called)."""
+    return [_kind(c, f) for c, f in zip(columns, converters, strict=True)]
 
 
 def row_encoder(
@@ -140,9 +138,9 @@ def row_encoder(
 ) -> RowEncode | None:
     """The native ``encode(values) -> (row JSON, key JSON)`` of a table, or None.
 
-    None when the native core is off, a column's converter has no native kind, or names
-    repeat (a dict would merge them). ``encode`` raises ``NativeUnsupported`` for a row
-    it cannot convert exactly.
+    None when the native core is off or names repeat (a dict would merge them).
+    ``encode`` raises ``NativeUnsupported`` for a row it cannot convert exactly, a
+    converter's failure included: the Python path then gives the exact error.
     """
     if _MODULE is None:
         return None
@@ -150,10 +148,15 @@ def row_encoder(
     if len(set(names)) != len(names) or len(set(key_indexes)) != len(key_indexes):
         return None
     kinds = column_kinds(columns, converters)
-    if kinds is None:
-        return None
+    called = [f if k == _PYTHON else None for k, f in zip(kinds, converters, strict=True)]
     encoder = _MODULE.RowEncoder(
-        kinds, names, list(key_indexes), orjson.dumps(unchanged_toast), UNCHANGED_TOAST
+        kinds,
+        names,
+        list(key_indexes),
+        orjson.dumps(unchanged_toast),
+        UNCHANGED_TOAST,
+        called,
+        orjson.dumps,
     )
     encode: RowEncode = encoder.encode
     return encode

@@ -116,6 +116,9 @@ enum Kind {
     Time { millis: bool },
     /// `temporal._zoned_timestamp(width)`.
     Timestamptz { width: usize },
+    /// Any other converter: called from here, its value written by `orjson.dumps`
+    /// (orjson writes a value nested in a dict exactly as alone).
+    Python,
 }
 
 impl Kind {
@@ -130,7 +133,10 @@ impl Kind {
             6 => Kind::Timestamp { millis: true },
             7 => Kind::Time { millis: false },
             8 => Kind::Time { millis: true },
-            10..=16 => Kind::Timestamptz { width: (code - 10) as usize },
+            10..=16 => Kind::Timestamptz {
+                width: (code - 10) as usize,
+            },
+            100 => Kind::Python,
             _ => return Err(PyValueError::new_err(format!("unknown column kind {code}"))),
         })
     }
@@ -178,6 +184,7 @@ impl Kind {
             Kind::Timestamp { millis } => temporal::timestamp(out, text, millis),
             Kind::Time { millis } => temporal::time(out, text, millis),
             Kind::Timestamptz { width } => temporal::timestamptz(out, text, width),
+            Kind::Python => unreachable!("Python kinds are converted by RowEncoder::encode"),
         }
     }
 }
@@ -193,6 +200,9 @@ struct RowEncoder {
     keys: Vec<(Vec<u8>, usize)>,
     placeholder: Vec<u8>,
     unchanged: Py<PyAny>,
+    /// The converter of each `Kind::Python` column (None for the others).
+    converters: Vec<Option<Py<PyAny>>>,
+    dumps: Option<Py<PyAny>>,
 }
 
 fn field(name: &str) -> Vec<u8> {
@@ -206,19 +216,41 @@ fn field(name: &str) -> Vec<u8> {
 impl RowEncoder {
     /// Args: `kinds` (one code per column), `names` (unique column names), `key_indexes`
     /// (positions of the key columns, in key order), `placeholder` (the JSON bytes of an
-    /// unchanged TOASTed value) and `unchanged` (the object standing for one in a tuple).
+    /// unchanged TOASTed value), `unchanged` (the object standing for one in a tuple) and,
+    /// for columns of kind 100, `converters` (their Python converter, None elsewhere) and
+    /// `dumps` (`orjson.dumps`).
     #[new]
+    #[pyo3(signature = (kinds, names, key_indexes, placeholder, unchanged, converters=None, dumps=None))]
     fn new(
         kinds: Vec<u32>,
         names: Vec<String>,
         key_indexes: Vec<usize>,
         placeholder: Vec<u8>,
         unchanged: Py<PyAny>,
+        converters: Option<Vec<Option<Py<PyAny>>>>,
+        dumps: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if kinds.len() != names.len() || key_indexes.iter().any(|&i| i >= names.len()) {
-            return Err(PyValueError::new_err("kinds, names and key indexes disagree"));
+            return Err(PyValueError::new_err(
+                "kinds, names and key indexes disagree",
+            ));
         }
-        let kinds = kinds.into_iter().map(Kind::from_code).collect::<PyResult<Vec<_>>>()?;
+        let kinds = kinds
+            .into_iter()
+            .map(Kind::from_code)
+            .collect::<PyResult<Vec<_>>>()?;
+        let converters = converters.unwrap_or_else(|| kinds.iter().map(|_| None).collect());
+        let python_ok = converters.len() == kinds.len()
+            && kinds
+                .iter()
+                .zip(&converters)
+                .all(|(kind, converter)| matches!(kind, Kind::Python) == converter.is_some())
+            && (dumps.is_some() || !kinds.iter().any(|k| matches!(k, Kind::Python)));
+        if !python_ok {
+            return Err(PyValueError::new_err(
+                "kind 100 columns need a converter (and dumps), the others None",
+            ));
+        }
         let fields = names
             .iter()
             .enumerate()
@@ -229,7 +261,15 @@ impl RowEncoder {
             })
             .collect();
         let keys = key_indexes.iter().map(|&i| (field(&names[i]), i)).collect();
-        Ok(RowEncoder { kinds, fields, keys, placeholder, unchanged })
+        Ok(RowEncoder {
+            kinds,
+            fields,
+            keys,
+            placeholder,
+            unchanged,
+            converters,
+            dumps,
+        })
     }
 
     /// `(orjson.dumps(row), orjson.dumps({key: row[key]...}))` of one tuple.
@@ -252,7 +292,29 @@ impl RowEncoder {
         for (i, value) in values.iter().enumerate() {
             out.extend_from_slice(&self.fields[i]);
             let start = out.len();
-            if let Ok(text) = value.cast_exact::<PyString>() {
+            if let (Kind::Python, Some(convert), true) = (
+                self.kinds[i],
+                &self.converters[i],
+                value.is_exact_instance_of::<PyString>(),
+            ) {
+                // The converter's error (or orjson's) is not ours to report: the Python
+                // path runs the row again and raises it with the column's context.
+                let dumps = self.dumps.as_ref().expect("checked in new").bind(py);
+                let json = match convert
+                    .bind(py)
+                    .call1((&value,))
+                    .and_then(|v| dumps.call1((v,)))
+                {
+                    Ok(json) => json,
+                    // KeyboardInterrupt, SystemExit...: not a conversion failure, never lost.
+                    Err(err) if !err.is_instance_of::<PyException>(py) => return Err(err),
+                    Err(_) => return Err(Unsupported::new_err("converter failed")),
+                };
+                let Ok(json) = json.cast_into::<PyBytes>() else {
+                    return Err(Unsupported::new_err("dumps gave no bytes"));
+                };
+                out.extend_from_slice(json.as_bytes());
+            } else if let Ok(text) = value.cast_exact::<PyString>() {
                 // A str that is not valid UTF-8 (lone surrogates) fails here: orjson
                 // refuses it too, and the Python path raises its error.
                 let Ok(text) = text.to_str() else {
