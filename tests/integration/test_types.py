@@ -16,6 +16,7 @@ import orjson
 import psycopg
 import pytest
 
+from cdc import native
 from cdc.postgres.catalog import TypeCatalog
 from cdc.postgres.snapshot_reader import SnapshotReader
 from cdc.postgres.source import SESSION_OPTIONS
@@ -23,6 +24,7 @@ from cdc.protocol.messages import Insert, Relation, TupleData
 from cdc.protocol.pgoutput import PgoutputDecoder
 from cdc.protocol.values import (
     _ARRAY_ELEMENTS,
+    UNAVAILABLE_VALUE_PLACEHOLDER,
     ConversionStats,
     JsonValue,
     RowConverter,
@@ -217,6 +219,51 @@ def test_every_type_converts_to_its_golden_json(database: str) -> None:
             check_golden(f"types_{mode}", converted)
             if mode == "default":
                 assert stats.text_fallbacks == 0
+
+
+def test_golden_json_holds_on_the_compiled_path(database: str) -> None:
+    """The native RowEncoder (what TableEncoder runs when cdc_native is built) gives each
+    golden row's exact bytes, and its key's, in every mode. It refuses exactly the rows
+    with a text fallback (on_conversion_error: text), which take the Python path by design.
+    Without the compiled core this is skipped, except under CI=true, where it fails (the
+    rule of tests/unit/test_native.py).
+    """
+    if not native.native_core_active():
+        status = native.native_core_status()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the compiled core is not active ({status}): CI must test it")
+        pytest.skip(f"the compiled core is not active ({status}); scripts/bootstrap builds it")
+    relation, tuples = capture(database)
+    key_indexes = [i for i, c in enumerate(relation.columns) if c.is_key]
+    key_names = [relation.columns[i].name for i in key_indexes]
+    with psycopg.connect(database, autocommit=True, options=SESSION_OPTIONS) as conn:
+        catalog = TypeCatalog(conn)
+        for mode, options in MODES.items():
+            stats = ConversionStats()
+            rows = RowConverter(relation.columns, options, types=catalog.lookup, stats=stats)
+            encode = native.row_encoder(
+                relation.columns, rows.converters, key_indexes, UNAVAILABLE_VALUE_PLACEHOLDER
+            )
+            assert encode is not None, mode
+            golden = orjson.loads((GOLDEN_DIR / f"types_{mode}.json").read_bytes())
+            encoded: list[int] = []
+            refused: list[int] = []
+            fell_back: list[int] = []
+            for values, expected in zip(tuples, golden, strict=True):
+                before = stats.text_fallbacks
+                rows.convert(values)
+                if stats.text_fallbacks != before:
+                    fell_back.append(expected["id"])
+                try:
+                    row_json, key_json = encode(values)
+                except native.NativeUnsupported:
+                    refused.append(expected["id"])
+                    continue
+                encoded.append(expected["id"])
+                assert orjson.dumps(expected) == row_json, (mode, expected["id"])
+                assert orjson.dumps({k: expected[k] for k in key_names}) == key_json
+            assert (mode, fell_back) == (mode, refused)
+            assert encoded, mode  # not vacuous: some rows of every mode ran compiled
 
 
 def test_copy_text_gives_the_same_json_as_pgoutput(database: str) -> None:
