@@ -207,6 +207,21 @@ Row = dict[str, JsonValue]
 # key's JSON. Only TableEncoder sees the tuple form; its public methods take and give rows.
 _Image = Row | tuple[orjson.Fragment, bytes, bytes]
 
+# Stands for the LSN while a transaction's source block is serialised once (see
+# TableEncoder._source_parts); characters orjson writes as they are.
+_LSN_MARKER: Final = "~cdc-lsn-7f3a~"
+# The "op" member of each kind of event, as orjson writes it.
+_OP_FIELDS: Final = {op: b',"op":"%s"' % op.encode() for op in ("c", "u", "d", "r", "t")}
+
+
+def _image_json(image: _Image | None) -> bytes:
+    """A row image's JSON: null, the native encoder's bytes, or the dict serialised."""
+    if image is None:
+        return b"null"
+    if isinstance(image, tuple):
+        return image[1]
+    return _dumps(image)
+
 
 class TableEncoder:
     """Everything about one table that does not change per event, computed once.
@@ -226,6 +241,7 @@ class TableEncoder:
         "_read_headers",
         "_rows",
         "_schema",
+        "_source_template",
         "_table",
         "_toast",
         "_toastable",
@@ -298,6 +314,11 @@ class TableEncoder:
         self._qualified = qualified
         # The headers of snapshot reads, with the TxContext they were built for.
         self._read_headers: tuple[TxContext, Headers] | None = None
+        # The source block of the current transaction (and snapshot kind), split where
+        # the LSN goes: (tx, snapshot, parts or None).
+        self._source_template: tuple[TxContext, str, tuple[bytes, bytes, bytes] | None] | None = (
+            None
+        )
         # Columns whose values can be TOASTed out of line (variable length, not the key).
         self._toastable = tuple(
             (i, c.name)
@@ -310,7 +331,38 @@ class TableEncoder:
 
     # -- building blocks --------------------------------------------------------------
 
-    def _source(self, tx: TxContext, lsn: int, snapshot: str = "false") -> Row:
+    def _source(self, tx: TxContext, lsn: int, snapshot: str = "false") -> bytes:
+        """The ``source`` block's JSON: the transaction's template (built once per
+        transaction and table) with the event's LSN put in its two places."""
+        template = self._source_template
+        if template is None or template[0] is not tx or template[1] != snapshot:
+            template = self._source_template = (tx, snapshot, self._source_parts(tx, snapshot))
+        parts = template[2]
+        if parts is None:  # a name holds the marker: serialise the whole block
+            return _dumps(self._source_dict(tx, lsn, snapshot))
+        digits = b"%d" % lsn
+        return parts[0] + digits + parts[1] + digits + parts[2]
+
+    def _source_parts(self, tx: TxContext, snapshot: str) -> tuple[bytes, bytes, bytes] | None:
+        """``source`` as orjson writes it, split where the LSN goes: once inside
+        ``sequence``, once as ``lsn``. None if a name or value contains the marker (the
+        caller then serialises each block whole: same bytes, slower)."""
+        marker = _LSN_MARKER
+        block = self._source_dict(tx, 0, snapshot)
+        last = tx.last_commit_lsn
+        block["sequence"] = f'[null,"{marker}"]' if last is None else f'["{last}","{marker}"]'
+        block["lsn"] = marker
+        text = _dumps(block)
+        pieces = text.split(marker.encode())
+        if len(pieces) != 3 or not pieces[2].startswith(b'",'):
+            return None
+        # pieces[1] ends with the opening quote of the marker-as-string in "lsn": drop it,
+        # and the closing quote that starts pieces[2]: the LSN is a number there.
+        if not pieces[1].endswith(b'"'):
+            return None
+        return pieces[0], pieces[1][:-1], pieces[2][1:]
+
+    def _source_dict(self, tx: TxContext, lsn: int, snapshot: str) -> Row:
         ts_us = tx.commit_ts_us
         last = tx.last_commit_lsn
         return {
@@ -337,30 +389,31 @@ class TableEncoder:
         op: str,
         before: _Image | None,
         after: _Image | None,
-        source: Row,
+        source: bytes,
         now_us: int,
         unavailable: list[str] | None = None,
         transaction: Row | None = None,
     ) -> bytes:
-        if isinstance(before, tuple):
-            before = before[0]
-        if isinstance(after, tuple):
-            after = after[0]
-        event: dict[str, object] = {
-            "before": before,
-            "after": after,
-            "source": source,
-            "transaction": transaction,
-            "op": op,
-            "ts_ms": now_us // 1000,
-            "ts_us": now_us,
-            "ts_ns": now_us * 1000,
-        }
+        """The event's JSON, assembled as orjson would write the dict ``{"before",
+        "after", "source", "transaction", "op", "ts_ms", "ts_us", "ts_ns"[,
+        "unavailable_columns"]}``: the row images and the source block are JSON already."""
+        tail = b'%s,"ts_ms":%d,"ts_us":%d,"ts_ns":%d' % (
+            _OP_FIELDS[op],
+            now_us // 1000,
+            now_us,
+            now_us * 1000,
+        )
         if unavailable:
             # Columns whose value PostgreSQL did not send (unchanged TOAST) and that hold
             # the placeholder: a consumer must keep its previous value of them.
-            event["unavailable_columns"] = unavailable
-        return _dumps(event)
+            tail += b',"unavailable_columns":' + _dumps(unavailable)
+        return b'{"before":%s,"after":%s,"source":%s,"transaction":%s%s}' % (
+            _image_json(before),
+            _image_json(after),
+            source,
+            b"null" if transaction is None else _dumps(transaction),
+            tail,
+        )
 
     def large_values(self, values: TupleData) -> dict[str, str] | None:
         """``toast.mode: fill``: the large values of a row, to remember (None otherwise)."""

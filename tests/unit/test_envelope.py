@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cdc import __version__
 from cdc.envelope import (
@@ -601,3 +603,95 @@ def test_snapshot_reads_belong_to_no_transaction() -> None:
     records = encoder().table(ITEMS).read(("1", "x", "1.00"), tx, 90, NOW_US, "incremental")
     assert _transaction(records) == [None]
     assert order.tables == []
+
+
+# --- the source block and the event assembled from JSON pieces ------------------------
+
+names = st.text(st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
+    ["~cdc-lsn-7f3a~", 'a"b', "back\\slash", '~cdc-lsn-7f3a~"0"']
+)
+lsns = st.integers(0, 2**64 - 1)
+
+
+@given(
+    connector=names,
+    database=names,
+    schema=names,
+    table=names,
+    xid=st.none() | st.integers(0, 2**32 - 1),
+    last=st.none() | lsns,
+    commit_ts_us=st.integers(0, 9 * 10**15),
+    snapshot=st.sampled_from(["false", "true", "first", "last", "incremental"]),
+    lsn_list=st.lists(lsns, min_size=1, max_size=3),
+)
+def test_source_block_is_the_dict_orjson_would_write(
+    connector: str,
+    database: str,
+    schema: str,
+    table: str,
+    xid: int | None,
+    last: int | None,
+    commit_ts_us: int,
+    snapshot: str,
+    lsn_list: list[int],
+) -> None:
+    rel = Relation(
+        xid=None,
+        oid=1,
+        namespace=schema,
+        name=table,
+        replica_identity=ReplicaIdentity.DEFAULT,
+        columns=(Column(1, "id", 20, -1),),
+    )
+    table_encoder = EnvelopeEncoder(
+        connector=connector,
+        database=database,
+        retention_topic=lambda s, t: "r",
+        compacted_topic=lambda s, t: "c",
+        options=ValueOptions(),
+    ).table(rel)
+    tx = TxContext(xid=xid, commit_lsn=1, commit_ts_us=commit_ts_us, last_commit_lsn=last)
+    for lsn in lsn_list:  # the template is reused within the transaction
+        expected = orjson.dumps(table_encoder._source_dict(tx, lsn, snapshot))
+        assert table_encoder._source(tx, lsn, snapshot) == expected
+
+
+@given(
+    op=st.sampled_from(["c", "u", "d", "r", "t"]),
+    before=st.none() | st.dictionaries(names, st.integers(-(2**63), 2**63 - 1) | names, max_size=3),
+    after=st.none() | st.dictionaries(names, st.integers(-(2**63), 2**63 - 1) | names, max_size=3),
+    now_us=st.integers(0, 9 * 10**15),
+    unavailable=st.none() | st.lists(names, max_size=2),
+    transaction=st.none()
+    | st.fixed_dictionaries(
+        {
+            "id": names,
+            "total_order": st.integers(1, 99),
+            "data_collection_order": st.integers(1, 10**9),
+        }
+    ),
+)
+def test_event_is_the_dict_orjson_would_write(
+    op: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    now_us: int,
+    unavailable: list[str] | None,
+    transaction: dict[str, Any] | None,
+) -> None:
+    table_encoder = encoder().table(ITEMS)
+    source_json = table_encoder._source(TX, LSN)
+    event: dict[str, Any] = {
+        "before": before,
+        "after": after,
+        "source": orjson.loads(source_json),
+        "transaction": transaction,
+        "op": op,
+        "ts_ms": now_us // 1000,
+        "ts_us": now_us,
+        "ts_ns": now_us * 1000,
+    }
+    if unavailable:
+        event["unavailable_columns"] = unavailable
+    built = table_encoder._event(op, before, after, source_json, now_us, unavailable, transaction)
+    assert built == orjson.dumps(event)
