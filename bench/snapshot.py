@@ -81,7 +81,12 @@ def _check(bootstrap: str, topics: list[str], rows: int) -> str | None:
 
 
 def run(
-    rows: int, workers: int, chunk_rows: int, base: Path, delivery: str = "exactly_once"
+    rows: int,
+    workers: int,
+    chunk_rows: int,
+    base: Path,
+    delivery: str = "exactly_once",
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     pg = start_postgres(base / "pg")
     kafka = start_kafka(base / "kafka")
@@ -103,6 +108,7 @@ def run(
             name,
             snapshot={"mode": "initial", "max_workers": workers, "chunk_rows": chunk_rows},
             delivery=delivery,
+            profile=profile,
         )
         log = base / name / f"{name}.log"
         finished = _wait_for(log, "snapshot_finished", 1, 1800)
@@ -156,14 +162,21 @@ def main() -> None:
     parser.add_argument(
         "--delivery", choices=["exactly_once", "at_least_once"], default="exactly_once"
     )
+    parser.add_argument(
+        "--profile", type=Path, help="write a py-spy profile of the daemon to this file"
+    )
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        result = run(args.rows, args.workers, args.chunk_rows, args.keep, args.delivery)
+        result = run(
+            args.rows, args.workers, args.chunk_rows, args.keep, args.delivery, args.profile
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="cdc-bench-") as tmp:
             os.chmod(tmp, 0o755)
-            result = run(args.rows, args.workers, args.chunk_rows, Path(tmp), args.delivery)
+            result = run(
+                args.rows, args.workers, args.chunk_rows, Path(tmp), args.delivery, args.profile
+            )
     print(orjson.dumps(result).decode(), flush=True)
 
 
