@@ -24,6 +24,7 @@ from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig, ReplayConfig
 from cdc.errors import CdcError, ConfigError
 from cdc.logging import redact_dsn
+from cdc.native import native_core_status
 from cdc.status import BOARD, start_status_server
 from cdc.stream.pipeline import ConnectorPipeline
 
@@ -173,7 +174,11 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
         if not runners:
             log.error("no_connector_enabled")
             return 1
-        log.info("daemon_started", connectors=[r.connector_name for r in runners])
+        log.info(
+            "daemon_started",
+            connectors=[r.connector_name for r in runners],
+            core=native_core_status(),
+        )
         # What exists now (modules, config, clients) lives as long as the process: frozen,
         # the collector never walks it again, so a full collection costs microseconds
         # instead of a ~15 ms pause in the middle of the stream (the latency's p99).
