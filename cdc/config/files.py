@@ -2,12 +2,14 @@
 
 Its one job is the file-format side of :mod:`cdc.config`: parse YAML rejecting duplicate
 keys, interpolate ``${NAME}``, ``${NAME:-default}`` and ``$${`` (a literal ``${``) from an
-environment mapping into string values, and turn a pydantic ``ValidationError`` into one
+environment mapping, and ``${file:/path}`` from a file (a Kubernetes or Docker secret),
+into string values, and turn a pydantic ``ValidationError`` into one
 :class:`~cdc.errors.ConfigError` naming the file, the dotted key and what is expected. It
 knows no model of its own; :mod:`cdc.config` defines those.
 
-No I/O except :func:`read_config_file`, which reads one file. This module must not log or
-print, and no message it produces may echo a value (a value may be a password).
+No I/O except :func:`read_config_file` and :func:`read_secret_file`, which read one file
+each. This module must not log or print, and no message it produces may echo a value (a
+value may be a password).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import difflib
 import inspect
 import re
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
@@ -32,14 +34,18 @@ __all__ = [
     "load_model",
     "parse_yaml",
     "read_config_file",
+    "read_secret_file",
     "yaml_type",
 ]
 
 _ENV_REFERENCE = re.compile(
     r"(?P<escape>\$\$\{)"
+    r"|\$\{file:(?P<file>/[^}]+)\}"
     r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>(?:(?!\$\{)[^}])*))?\}"
     r"|(?P<invalid>\$\{)"
 )
+
+SecretReader = Callable[[str], str]
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -129,35 +135,56 @@ def format_key(loc: Sequence[int | str]) -> str | None:
 
 
 def interpolate_env(
-    value: Any, env: Mapping[str, str], source: str, loc: tuple[int | str, ...]
+    value: Any,
+    env: Mapping[str, str],
+    source: str,
+    loc: tuple[int | str, ...],
+    read_secret: SecretReader | None = None,
 ) -> Any:
-    """Replace ``${NAME}``, ``${NAME:-default}`` and ``$${`` in every string of ``value``.
+    """Replace ``${NAME}``, ``${NAME:-default}``, ``${file:/path}`` and ``$${`` in every
+    string of ``value``.
 
     Runs after YAML parsing so a secret full of YAML-special characters is taken verbatim.
+    ``read_secret`` reads a ``${file:...}`` reference (``read_secret_file`` by default).
 
     Raises:
-        ConfigError: a malformed ``${`` or an unset variable without a default, with the
-            dotted key path ``loc`` leads to.
+        ConfigError: a malformed ``${``, an unset variable without a default, or a secret
+            file that cannot be read, with the dotted key path ``loc`` leads to.
     """
+    reader = read_secret_file if read_secret is None else read_secret
     if isinstance(value, str):
-        return _interpolate_string(value, env, source, loc) if "${" in value else value
+        return _interpolate_string(value, env, source, loc, reader) if "${" in value else value
     if isinstance(value, dict):
-        return {key: interpolate_env(item, env, source, (*loc, key)) for key, item in value.items()}
+        return {
+            key: interpolate_env(item, env, source, (*loc, key), reader)
+            for key, item in value.items()
+        }
     if isinstance(value, list):
-        return [interpolate_env(item, env, source, (*loc, i)) for i, item in enumerate(value)]
+        return [
+            interpolate_env(item, env, source, (*loc, i), reader) for i, item in enumerate(value)
+        ]
     return value
 
 
 def _interpolate_string(
-    text: str, env: Mapping[str, str], source: str, loc: tuple[int | str, ...]
+    text: str,
+    env: Mapping[str, str],
+    source: str,
+    loc: tuple[int | str, ...],
+    read_secret: SecretReader,
 ) -> str:
     def replace(match: re.Match[str]) -> str:
         if match["escape"]:
             return "${"
+        if match["file"]:
+            try:
+                return read_secret(match["file"])
+            except ConfigError as exc:
+                raise ConfigError(str(exc), source=source, key=format_key(loc)) from None
         if match["invalid"]:
             raise ConfigError(
-                "invalid ${...} reference; write ${NAME} or ${NAME:-default}, "
-                "and $${ for a literal ${",
+                "invalid ${...} reference; write ${NAME}, ${NAME:-default} or"
+                " ${file:/absolute/path}, and $${ for a literal ${",
                 source=source,
                 key=format_key(loc),
             )
@@ -178,6 +205,35 @@ def _interpolate_string(
         )
 
     return _ENV_REFERENCE.sub(replace, text)
+
+
+def read_secret_file(path: str) -> str:
+    """The text of a secret file (``${file:/run/secrets/pg_password}``), without the one
+    trailing newline that ``echo`` and most secret tools leave (``\\n`` or ``\\r\\n``).
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not UTF-8 (the message names the
+            path, never the content).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"secret file {path} not found; mount the secret there, or fix the"
+            " ${file:...} reference"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read secret file {path} ({exc.strerror}); check its permissions"
+            " for the user cdc runs as"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"secret file {path} is not UTF-8 text") from None
+    if text.endswith("\r\n"):
+        return text[:-2]
+    if text.endswith("\n"):
+        return text[:-1]
+    return text
 
 
 def _nested_model(annotation: Any) -> type[BaseModel] | None:

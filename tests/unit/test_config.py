@@ -302,6 +302,29 @@ def test_env_reference_in_list_reports_index() -> None:
     assert error.key == "tables[1]"
 
 
+def test_file_references_read_a_secret_file_without_its_trailing_newline(tmp_path: Path) -> None:
+    secret = tmp_path / "pg_password"
+    secret.write_text("s3cr#t: {x}\n", encoding="utf-8")  # as `echo` and kubectl leave it
+    config = connector(
+        f"name: inventory\npostgres:\n  dsn: 'postgresql://cdc:${{file:{secret}}}@db/x'\n"
+    )
+    assert config.postgres.dsn.get_secret_value() == "postgresql://cdc:s3cr#t: {x}@db/x"
+
+
+def test_a_missing_secret_file_names_the_path_and_key_not_a_value(tmp_path: Path) -> None:
+    missing = tmp_path / "absent"
+    error = connector_error(
+        f"name: inventory\npostgres:\n  dsn: 'postgresql://cdc:${{file:{missing}}}@db/x'\n"
+    )
+    assert (error.source, error.key) == ("inventory.yaml", "postgres.dsn")
+    assert f"secret file {missing} not found" in str(error)
+
+
+def test_a_relative_secret_path_is_refused() -> None:
+    error = daemon_error("kafka:\n  bootstrap_servers: '${file:secrets/b}'\n")
+    assert "${file:/absolute/path}" in str(error)
+
+
 def test_malformed_env_reference_is_an_error() -> None:
     error = daemon_error("kafka:\n  bootstrap_servers: '${B'\n")
     assert "invalid ${...} reference" in str(error)
