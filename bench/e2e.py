@@ -18,8 +18,9 @@ mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
   CPU per event from the moment its slot is active (every thread: librdkafka's too), and
   its peak RSS;
 - large transaction (``--large-tx-rows``, 1,000,000 by default, 0 skips it): the daemon's
-  peak RSS after streaming one transaction of 1,000 rows, then after one of that many
-  rows, and their ratio (flat memory: no per-transaction buffering);
+  peak RSS after streaming one transaction of 1,000 rows, then one of a tenth of that many
+  rows, then one of that many, and the ratios (flat memory: no per-transaction
+  buffering; the tenth shows what a full-speed stream costs whatever its size);
 - Kafka alone: the backlog's records, read back and produced again as they are (same keys,
   values, headers and partitions; the daemon's producer settings; transactions of 50,000
   records in exactly_once) to fresh topics, and counted by the same consumer: the rate
@@ -558,19 +559,25 @@ def _large_transaction(pg: Any, kafka: Any, base: Path, mode: str, rows: int) ->
     topics = [f"{name}.public.bench", f"{name}.public.bench.latest"]
     _ensure_topics(kafka.bootstrap_servers, topics)
     _wait_streaming(dsn, name)
-    small = 1_000
-    counter = TopicCounter(kafka.bootstrap_servers, topics, small + rows)
+    small, medium = 1_000, max(1, rows // 10)
+    counter = TopicCounter(kafka.bootstrap_servers, topics, small + medium + rows)
     counter.start()
     with psycopg.connect(dsn, autocommit=True) as conn:
         _insert(conn, 1, small)
         while min(counter.counts.values()) < small:
             time.sleep(0.05)
         rss_small = daemon.peak_rss_mb()
+        # A tenth of the large one, at full speed too: memory that grows with the
+        # transaction's size would show between this one and the large one.
+        _insert(conn, small + 1, medium)
+        while min(counter.counts.values()) < small + medium:
+            time.sleep(0.05)
+        rss_medium = daemon.peak_rss_mb()
         committed = time.time()
-        _insert(conn, small + 1, rows)
+        _insert(conn, small + medium + 1, rows)
     counter.join(600)
     counter.stop.set()
-    error = _check(counter, small + rows, mode)
+    error = _check(counter, small + medium + rows, mode)
     rss_large = daemon.peak_rss_mb()
     daemon.stop()
     if error:
@@ -579,8 +586,10 @@ def _large_transaction(pg: Any, kafka: Any, base: Path, mode: str, rows: int) ->
         "large_tx_rows": rows,
         "large_tx_rows_per_s": round(rows / (max(counter.done_at.values()) - committed)),
         "large_tx_peak_rss_mb_after_1k_rows_tx": round(rss_small, 1),
+        "large_tx_peak_rss_mb_after_tenth_tx": round(rss_medium, 1),
         "large_tx_peak_rss_mb_after_large_tx": round(rss_large, 1),
         "large_tx_rss_ratio": round(rss_large / rss_small, 2),
+        "large_tx_rss_ratio_to_tenth": round(rss_large / rss_medium, 2),
     }
 
 
