@@ -71,14 +71,15 @@ puts both records on one topic and marks a key change with ``__debezium.oldkey``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol
 
 import orjson
 
 from cdc import __version__, native
-from cdc.errors import ConversionError
+from cdc.errors import ConfigError, ConversionError
+from cdc.masking import Mask, TableControls
 from cdc.protocol.messages import (
     UNCHANGED_TOAST,
     Delete,
@@ -232,9 +233,11 @@ class TableEncoder:
 
     __slots__ = (
         "_db",
+        "_dropped",
         "_key_in_old",
         "_key_indexes",
         "_key_names",
+        "_masks",
         "_name",
         "_native",
         "_qualified",
@@ -267,6 +270,7 @@ class TableEncoder:
         placeholder: str = UNAVAILABLE_VALUE_PLACEHOLDER,
         types: TypeResolver | None = None,
         stats: ConversionStats | None = None,
+        controls: TableControls | None = None,
     ) -> None:
         self.relation = relation
         self.retention_topic = retention_topic
@@ -295,11 +299,19 @@ class TableEncoder:
         self.has_key = bool(self.key_columns)
         self._key_names = self.key_columns
         self._key_indexes = tuple(names.index(k) for k in self.key_columns)
+        # Data controls (cdc.masking): columns the publication still sends but must not be
+        # published (a server or table where the column list is not pushed down), and
+        # masks, applied to the converted values before anything is serialised.
+        self._dropped, self._masks = _controls_of(controls, names, self.key_columns, qualified)
         # The compiled encoder of this table's rows, when it converts every column's kind
         # exactly (cdc.native); None: the Python path. A row it refuses (a value it cannot
         # convert exactly) takes the Python path too, which gives the exact error.
-        self._native = native.row_encoder(
-            relation.columns, self._rows.converters, self._key_indexes, placeholder
+        self._native = (
+            None
+            if self._dropped or self._masks
+            else native.row_encoder(
+                relation.columns, self._rows.converters, self._key_indexes, placeholder
+            )
         )
         # Old tuples of kind "K" hold only the replica identity columns; the key can be
         # read from them only if it is part of the identity (always so by default).
@@ -450,7 +462,12 @@ class TableEncoder:
 
     def _unavailable(self, new: TupleData) -> list[str]:
         names = self._rows.names
-        missing = [names[i] for i, value in enumerate(new) if value is UNCHANGED_TOAST]
+        dropped = self._dropped
+        missing = [
+            names[i]
+            for i, value in enumerate(new)
+            if value is UNCHANGED_TOAST and names[i] not in dropped
+        ]
         self.unavailable_count += len(missing)
         return missing
 
@@ -484,7 +501,7 @@ class TableEncoder:
 
     def _convert_py(self, values: TupleData, lsn: int) -> Row:
         try:
-            return self._rows.convert(values)
+            row = self._rows.convert(values)
         except ConversionError as exc:
             raise ConversionError(
                 f"{exc} (at LSN {lsn})",
@@ -493,6 +510,13 @@ class TableEncoder:
                 type_name=exc.type_name,
                 lsn=lsn,
             ) from exc
+        for name in self._dropped:
+            del row[name]
+        for index, name, mask in self._masks:
+            # The unchanged-TOAST placeholder is not a value: it stays as it is.
+            if values[index] is not UNCHANGED_TOAST:
+                row[name] = mask(row[name])
+        return row
 
     def _check_old_key(self, lsn: int) -> None:
         if not self._key_in_old:
@@ -714,6 +738,38 @@ class TableEncoder:
         )
 
 
+def _controls_of(
+    controls: TableControls | None,
+    names: Sequence[str],
+    key_columns: Sequence[str],
+    table: str,
+) -> tuple[frozenset[str], tuple[tuple[int, str, Mask], ...]]:
+    """The columns a table's encoder drops and the masks it applies (by column index).
+
+    Raises:
+        ConfigError: a key column would be dropped or masked (the record key).
+    """
+    if controls is None:
+        return frozenset(), ()
+    present = set(names)
+    dropped = frozenset(n for n in names if not controls.keeps(n))
+    for column in key_columns:
+        if column in dropped or column in controls.masks:
+            # Checked at start too (TableControls.check); a key that changed since is
+            # refused here, never published without (or with a masked) record key.
+            raise ConfigError(
+                f"column {column!r} of table {table} is part of its key (the record key of"
+                " both topics): it cannot be excluded or masked",
+                key=f"table_options.{table}",
+            )
+    masks = tuple(
+        (names.index(name), name, mask)
+        for name, mask in controls.masks.items()
+        if name in present and name not in dropped
+    )
+    return dropped, masks
+
+
 class EnvelopeEncoder:
     """Encodes the changes of one connector; keeps one ``TableEncoder`` per Relation.
 
@@ -727,11 +783,14 @@ class EnvelopeEncoder:
             identity columns the Relation message flags. Needed for REPLICA IDENTITY FULL
             tables, where PostgreSQL flags every column: the edge looks up the primary key
             (``pg_index.indisprimary``) so the key is the primary key, as in Debezium.
+        controls: ``"schema.table"`` -> its column list and masks (``cdc.masking``);
+            a table with columns to drop or mask is encoded on the Python path.
     """
 
     __slots__ = (
         "_compacted_topic",
         "_connector",
+        "_controls",
         "_database",
         "_key_columns",
         "_options",
@@ -756,8 +815,10 @@ class EnvelopeEncoder:
         placeholder: str = UNAVAILABLE_VALUE_PLACEHOLDER,
         types: TypeResolver | None = None,
         stats: ConversionStats | None = None,
+        controls: Mapping[str, TableControls] | None = None,
     ) -> None:
         self._connector = connector
+        self._controls = controls or {}
         self._toast = toast
         self._placeholder = placeholder
         self._types = types
@@ -792,6 +853,7 @@ class EnvelopeEncoder:
             placeholder=self._placeholder,
             types=self._types,
             stats=self._stats,
+            controls=self._controls.get(f"{schema}.{name}"),
         )
         self._tables[relation.oid] = encoder
         return encoder

@@ -41,6 +41,7 @@ from cdc.protocol.values import ValueOptions
 
 __all__ = [
     "TEMPLATE_PLACEHOLDERS",
+    "ColumnSelection",
     "ConnectorConfig",
     "DaemonConfig",
     "ExactlyOnceConfig",
@@ -52,6 +53,7 @@ __all__ = [
     "PostgresConfig",
     "ReplayConfig",
     "SnapshotConfig",
+    "TableOptions",
     "ToastConfig",
     "TopicsConfig",
     "TopicsOverride",
@@ -566,6 +568,10 @@ _SLOT_RULE = (
 )
 
 
+# An HMAC key shorter than this is guessable by brute force over the hashed values.
+_MIN_MASKING_KEY_BYTES = 16
+
+
 class ReplayConfig(_Model):
     """A replay that ``cdc run`` keeps following: the connector's topics applied to a
     new service's database (docs/replay.md). ``cdc replay`` runs one from the shell."""
@@ -583,6 +589,69 @@ class ReplayConfig(_Model):
     enabled: bool = True
 
 
+class ColumnSelection(_Model):
+    """Which columns of a table are published: ``include`` (only these) or ``exclude``
+    (all but these), never both."""
+
+    include: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
+    exclude: tuple[Annotated[str, Field(min_length=1)], ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ColumnSelection:
+        if self.include is not None and self.exclude is not None:
+            raise ValueError(
+                "give include (only these columns) or exclude (all but these), not both"
+            )
+        if self.include is None and self.exclude is None:
+            raise ValueError("give include (only these columns) or exclude (all but these)")
+        for names in (self.include, self.exclude):
+            if names is not None and len(set(names)) != len(names):
+                raise ValueError("a column is listed twice")
+        if self.include is not None and not self.include:
+            raise ValueError("include lists no column: list at least the key columns")
+        return self
+
+
+class TableOptions(_Model):
+    """What of one table leaves the database (docs/configuration.md#data-controls)."""
+
+    columns: ColumnSelection | None = None
+    # A SQL boolean expression over the table's columns, PostgreSQL's publication row
+    # filter (15+): rows for which it is not true are never decoded, sent or snapshotted.
+    # Only PostgreSQL evaluates it; where it cannot be pushed down cdc refuses to start.
+    where: Annotated[str, Field(min_length=1)] | None = None
+    # column -> hash (keyed HMAC-SHA256, hex) | redact (a fixed string).
+    mask: dict[Annotated[str, Field(min_length=1)], Literal["hash", "redact"]] = Field(
+        default_factory=dict
+    )
+
+    @field_validator("where")
+    @classmethod
+    def _one_expression(cls, value: str | None) -> str | None:
+        if value is not None and (";" in value or not value.strip()):
+            raise ValueError(
+                "must be one SQL boolean expression (no ';'), e.g. \"country <> 'XX'\""
+            )
+        return None if value is None else value.strip()
+
+    @model_validator(mode="after")
+    def _masked_columns_published(self) -> TableOptions:
+        columns = self.columns
+        for column in self.mask:
+            if columns is not None and columns.exclude is not None and column in columns.exclude:
+                raise ValueError(f"column {column!r} is both excluded and masked: choose one")
+            if (
+                columns is not None
+                and columns.include is not None
+                and column not in columns.include
+            ):
+                raise ValueError(
+                    f"column {column!r} is masked but not in columns.include: include it,"
+                    " or drop the mask"
+                )
+        return self
+
+
 class ConnectorConfig(_Model):
     """One connector: one PostgreSQL database, one slot, one publication."""
 
@@ -591,6 +660,13 @@ class ConnectorConfig(_Model):
     slot: str
     publication: str
     tables: tuple[Annotated[str, AfterValidator(_check_table)], ...] | None = None
+    # Per table: column lists, a row filter, masks (docs/configuration.md#data-controls).
+    table_options: dict[Annotated[str, AfterValidator(_check_table)], TableOptions] = Field(
+        default_factory=dict
+    )
+    # The key of the hash mask (HMAC-SHA256); e.g. ${file:/run/secrets/mask_key}. Keep it
+    # the same forever: a new key gives every value a new hash, and joins across time break.
+    masking_key: SecretStr | None = None
     topics: TopicsOverride = Field(default_factory=TopicsOverride)
     create_slot: bool = True
     create_publication: bool = True
@@ -631,6 +707,31 @@ class ConnectorConfig(_Model):
             data.setdefault("slot", derived)
             data.setdefault("publication", derived)
         return data
+
+    @model_validator(mode="after")
+    def _check_table_options(self) -> ConnectorConfig:
+        for table, options in self.table_options.items():
+            if self.tables is not None and table not in self.tables:
+                raise ValueError(
+                    f"table_options: {table} is not in tables: add it there, or remove its options"
+                )
+            if table in (self.snapshot.signal_table, self.outbox.table):
+                raise ValueError(
+                    f"table_options: {table} is the signal or outbox table, which is not"
+                    " published as a table"
+                )
+            if "hash" in options.mask.values() and self.masking_key is None:
+                raise ValueError(
+                    f"table_options: {table} hashes a column, which needs masking_key (e.g."
+                    " masking_key: ${file:/run/secrets/mask_key})"
+                )
+        key = self.masking_key
+        if key is not None and len(key.get_secret_value().encode()) < _MIN_MASKING_KEY_BYTES:
+            raise ValueError(
+                f"masking_key must be at least {_MIN_MASKING_KEY_BYTES} bytes (e.g. 32 random"
+                " bytes as hex: openssl rand -hex 32)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_replays(self) -> ConnectorConfig:
