@@ -19,6 +19,9 @@ __all__ = [
     "LAG_BYTES",
     "LAST_COMMIT_TIMESTAMP",
     "RECEIVED_LSN",
+    "SLOT_RETAINED_WAL_BYTES",
+    "SLOT_SAFE_WAL_SIZE_BYTES",
+    "SLOT_WAL_STATUS",
     "SNAPSHOT_ROWS",
     "TEXT_FALLBACKS",
     "TOAST_UNAVAILABLE",
@@ -78,4 +81,22 @@ TOAST_UNAVAILABLE = Counter(
     "cdc_toast_unavailable_values",
     "Unchanged TOASTed values published as the placeholder (not sent, not remembered)",
     ["connector"],
+)
+SLOT_RETAINED_WAL_BYTES = Gauge(
+    "cdc_slot_retained_wal_bytes",
+    "WAL the server keeps for the connector's slot (pg_current_wal_lsn() - restart_lsn),"
+    " read every wal_retention.check_interval_seconds",
+    ["connector"],
+)
+SLOT_SAFE_WAL_SIZE_BYTES = Gauge(
+    "cdc_slot_safe_wal_size_bytes",
+    "WAL that can still be written before PostgreSQL invalidates the slot"
+    " (pg_replication_slots.safe_wal_size; absent when max_slot_wal_keep_size is unlimited)",
+    ["connector"],
+)
+SLOT_WAL_STATUS = Gauge(
+    "cdc_slot_wal_status",
+    "1 for the slot's current pg_replication_slots.wal_status (reserved, extended,"
+    " unreserved, lost), 0 for the others (PostgreSQL 13+)",
+    ["connector", "status"],
 )

@@ -58,6 +58,7 @@ __all__ = [
     "TopicsConfig",
     "TopicsOverride",
     "ValuesConfig",
+    "WalRetentionConfig",
     "load_connector_config_text",
     "load_daemon_config_text",
     "load_files",
@@ -480,6 +481,65 @@ class ExactlyOnceConfig(_Model):
     max_records: Annotated[int, Field(ge=1)] = 50_000
 
 
+_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]i?B|B)?\s*", re.I)
+_SIZE_UNITS = {
+    "b": 1,
+    **{f"{p}b": 1000**i for i, p in enumerate("kmgt", 1)},
+    **{f"{p}ib": 1024**i for i, p in enumerate("kmgt", 1)},
+}
+
+
+def _parse_size(value: Any) -> Any:
+    """A size in bytes: an integer, or a string such as ``"1 GiB"`` or ``"500MB"``."""
+    if isinstance(value, bool):
+        # pydantic turns only ValueError (not TypeError) into a validation error.
+        raise ValueError(  # noqa: TRY004
+            'must be a size in bytes or a string such as "1 GiB", not a boolean'
+        )
+    if isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        if match is None:
+            raise ValueError(
+                f"{value!r} is not a size: write bytes (1073741824) or a number with"
+                ' B, kB, MB, GB, TB, KiB, MiB, GiB or TiB ("1 GiB")'
+            )
+        return int(match[1]) * _SIZE_UNITS[(match[2] or "b").lower()]
+    return value
+
+
+_Size = Annotated[int, BeforeValidator(_parse_size), Field(ge=1)]
+
+
+class WalRetentionConfig(_Model):
+    """How much WAL the connector's slot may hold back on the legacy server
+    (docs/operations.md#retained-wal): PostgreSQL keeps every WAL segment from the slot's
+    ``restart_lsn`` on, so a stuck connector (Kafka down) fills the legacy disk."""
+
+    # Above this, cdc_slot_retained_wal_bytes is worth an alert and a warning is logged
+    # (once when crossing, then every 10 minutes while above); null: never warn.
+    warn_bytes: _Size | None = 1024**3
+    # Above this the connector stops (fatal, not retried) so a DBA can act before the
+    # disk fills; null (the default): never stop, PostgreSQL's max_slot_wal_keep_size
+    # is then the only limit.
+    stop_bytes: _Size | None = None
+    # How often the slot's retained WAL is read (one catalog query), also while Kafka
+    # is waited for.
+    check_interval_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _stop_above_warn(self) -> WalRetentionConfig:
+        if (
+            self.warn_bytes is not None
+            and self.stop_bytes is not None
+            and self.stop_bytes < self.warn_bytes
+        ):
+            raise ValueError(
+                f"stop_bytes ({self.stop_bytes}) is below warn_bytes ({self.warn_bytes}):"
+                " the warning must come before the stop; raise stop_bytes or lower warn_bytes"
+            )
+        return self
+
+
 class ToastConfig(_Model):
     """Unchanged TOASTed values, which PostgreSQL leaves out of UPDATEs (docs/events.md)."""
 
@@ -694,6 +754,8 @@ class ConnectorConfig(_Model):
     # lost, some repeated after a crash (docs/delivery.md).
     delivery: Literal["exactly_once", "at_least_once"] = "exactly_once"
     exactly_once: ExactlyOnceConfig = Field(default_factory=ExactlyOnceConfig)
+    # The slot's retained WAL: a metric, a warning, and an opt-in stop (docs/operations.md).
+    wal_retention: WalRetentionConfig = Field(default_factory=WalRetentionConfig)
     # Replays `cdc run` follows next to the connector (docs/replay.md).
     replays: tuple[ReplayConfig, ...] = ()
     enabled: bool = True

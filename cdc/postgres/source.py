@@ -15,11 +15,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.pq import DiagnosticField
+from psycopg.pq import DiagnosticField, TransactionStatus
 
 from cdc.errors import SlotError, SourceError
 from cdc.lsn import format_lsn, parse_lsn
 from cdc.postgres.errors import source_error
+from cdc.stream.wal_guard import SlotWal
 
 __all__ = [
     "EVENT_KEY_COLUMNS_SQL",
@@ -373,6 +374,36 @@ class ReplicationSource:
             created=True,
             snapshot_name=result[2] if export_snapshot else None,
         )
+
+    def slot_wal(self, server_version: int) -> SlotWal | None:
+        """What the server says about the slot's retained WAL (one catalog query): the
+        bytes from its ``restart_lsn`` to the server's position, and on PostgreSQL 13+
+        ``wal_status`` and ``safe_wal_size``. None when the slot is gone (the stream says
+        why) or the catalog connection is busy (try again later).
+
+        Raises:
+            SourceError: retryable when the connection was lost (the stream's business:
+                the connector restarts); not retryable when only the query failed (the
+                caller may simply try again at its next interval).
+        """
+        conn = self._require_sql()
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            return None
+        columns = "wal_status, safe_wal_size" if server_version >= 130000 else "NULL, NULL"
+        try:
+            row = conn.execute(
+                "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, "  # noqa: S608
+                + columns
+                + " FROM pg_replication_slots WHERE slot_name = %s",
+                (self.slot,),
+            ).fetchone()
+        except psycopg.Error as exc:
+            error = source_error(f"reading the retained WAL of slot {self.slot!r}", exc)
+            error.retryable = conn.broken or conn.closed
+            raise error from exc
+        if row is None:
+            return None
+        return SlotWal(retained_bytes=row[0], wal_status=row[1], safe_wal_size=row[2])
 
     # --- streaming ------------------------------------------------------------------
 

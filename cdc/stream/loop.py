@@ -113,6 +113,7 @@ class StreamLoop:
         log: Any,
         timings: StreamTimings | None = None,
         start_lsn: int = 0,
+        watch: Callable[[], None] | None = None,
     ) -> None:
         """Args:
         source: the replication stream, started.
@@ -132,6 +133,9 @@ class StreamLoop:
         log: the connector's bound logger.
         timings: intervals and timeouts.
         start_lsn: where the stream started (the slot's confirmed LSN).
+        watch: also called while the sink waits for Kafka (``periodic`` is not): checks
+            that matter most then, such as the WAL the slot holds back; it keeps its own
+            interval, so it must cost nothing when not due.
         """
         self._source = source
         self._decoder = decoder
@@ -150,6 +154,7 @@ class StreamLoop:
         self._last_status = 0.0
         self._last_sent_confirmed = -1
         self._drain_deadline: float | None = None
+        self._watch = watch
         sink.on_wait = self._while_waiting
 
     # --- the loop -----------------------------------------------------------------------
@@ -256,6 +261,8 @@ class StreamLoop:
         """Called by the sink while it waits for Kafka: the slot keeps hearing from us,
         and a stop ends the wait (``at_least_once``: after the drain timeout)."""
         self._send_status(force=False, heartbeat=True)
+        if self._watch is not None:
+            self._watch()
         if self._stop.is_set() and self._may_stop():
             raise Stopped
 

@@ -26,11 +26,12 @@ import structlog
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig
 from cdc.envelope import EnvelopeEncoder, TableEncoder
-from cdc.errors import SinkError, Stopped
+from cdc.errors import SinkError, SourceError, Stopped
 from cdc.kafka.sink import POSITION_KEY, KafkaSink
 from cdc.kafka.state import MARKER_KEY, read_state
 from cdc.kafka.topics import KafkaAdmin, TableTopics
 from cdc.lsn import format_lsn
+from cdc.masking import data_controls
 from cdc.positions import CommitPolicy, Position, StoredPosition
 from cdc.postgres.catalog import TypeCatalog
 from cdc.postgres.snapshot_reader import TableShape
@@ -66,6 +67,13 @@ from cdc.stream.schema_changes import (
 from cdc.stream.schema_history import SchemaHistory
 from cdc.stream.toast_store import ToastStore
 from cdc.stream.transactions import TransactionTopic, transaction_topic_name
+from cdc.stream.wal_guard import (
+    WalGuard,
+    WalLevel,
+    format_bytes,
+    retained_wal_advice,
+    stop_error,
+)
 
 __all__ = ["ConnectorPipeline"]
 
@@ -87,6 +95,7 @@ class ConnectorPipeline:
             connector=connector.name, slot=connector.slot
         )
         self._value_options = connector.values.options()
+        self._controls = data_controls(connector)  # table_options (cdc.masking)
         self._stats = ConversionStats()
         self._labels = {"connector": connector.name}
         self._max_records = max(1, connector.max_in_flight_events) * RECORDS_PER_EVENT
@@ -105,6 +114,8 @@ class ConnectorPipeline:
         self._router: ChangeRouter | None = None
         self._encoder: EnvelopeEncoder | None = None
         self._partitions: dict[str, int] = {}
+        self._wal_guard: WalGuard | None = None
+        self._server_version = 0
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -143,6 +154,9 @@ class ConnectorPipeline:
         if wanted is not None:
             wanted = [*wanted, *(_split_table(t) for t in sorted(special))]
         source.ensure_publication(wanted, create=cfg.create_publication)
+        source.apply_data_controls(
+            self._controls, create=cfg.create_publication, server_version=info.version_num
+        )
         tables = [t for t in source.published_tables() if t.qualified not in special]
         report_tables(self._log, tables)
 
@@ -250,6 +264,14 @@ class ConnectorPipeline:
             resume=None if stored is None else list(stored.reached),
         )
         metrics.CONNECTOR_UP.labels(**self._labels).set(1)
+        self._server_version = info.version_num
+        retention = cfg.wal_retention
+        self._wal_guard = WalGuard(
+            warn_bytes=retention.warn_bytes,
+            stop_bytes=retention.stop_bytes,
+            interval_s=retention.check_interval_seconds,
+            now=time.monotonic(),
+        )
         BOARD.update(
             cfg.name,
             phase="streaming",
@@ -280,6 +302,7 @@ class ConnectorPipeline:
             log=self._log,
             timings=StreamTimings(status_interval_s=cfg.status_interval_seconds),
             start_lsn=slot.confirmed_flush_lsn,
+            watch=self._watch_wal,
         )
         self._loop.run()
 
@@ -348,6 +371,7 @@ class ConnectorPipeline:
             placeholder=cfg.toast.placeholder,
             types=types.get,
             stats=self._stats,
+            controls=self._controls,
         )
         return ChangeRouter(
             encoder=encoder,
@@ -503,6 +527,7 @@ class ConnectorPipeline:
 
     def _periodic(self) -> None:
         """Between messages: the next snapshot chunk when Kafka has room, reports."""
+        self._watch_wal()
         sink, driver, snapshots = self._sink, self._driver, self._snapshots
         assert sink is not None
         if driver is not None and driver.running and len(sink) < self._max_records // 2:
@@ -533,6 +558,67 @@ class ConnectorPipeline:
                 in_flight=len(sink),
             )
 
+    def _watch_wal(self) -> None:
+        """The WAL the slot holds back, at most once per
+        ``wal_retention.check_interval_seconds``: between messages and while the sink
+        waits for Kafka (when it piles up). A failed query is logged and tried again next
+        interval; a lost connection restarts the connector, as anywhere else.
+
+        Raises:
+            SlotError: above ``wal_retention.stop_bytes`` (fatal: the DBA decides).
+            SourceError: the catalog connection was lost (retryable).
+        """
+        guard, source = self._wal_guard, self._source
+        if guard is None or source is None or not guard.due(time.monotonic()):
+            return
+        slot = self._cfg.slot
+        try:
+            wal = source.slot_wal(self._server_version)
+        except SourceError as exc:
+            if exc.retryable:
+                raise
+            self._log.warning(
+                "slot_wal_check_failed",
+                error=str(exc),
+                retry_in_s=self._cfg.wal_retention.check_interval_seconds,
+            )
+            return
+        if wal is None:
+            return
+        verdict = guard.assess(wal, time.monotonic())
+        labels = self._labels
+        retained = wal.retained_bytes
+        if retained is not None:
+            metrics.SLOT_RETAINED_WAL_BYTES.labels(**labels).set(retained)
+        if wal.safe_wal_size is not None:
+            metrics.SLOT_SAFE_WAL_SIZE_BYTES.labels(**labels).set(wal.safe_wal_size)
+        if wal.wal_status is not None:
+            for status in ("reserved", "extended", "unreserved", "lost"):
+                metrics.SLOT_WAL_STATUS.labels(status=status, **labels).set(
+                    1 if status == wal.wal_status else 0
+                )
+        if verdict.warn:
+            self._log.warning(
+                "slot_wal_retained",
+                retained_bytes=retained,
+                retained=None if retained is None else format_bytes(retained),
+                warn_bytes=guard.warn_bytes,
+                stop_bytes=guard.stop_bytes,
+                wal_status=wal.wal_status,
+                safe_wal_size=wal.safe_wal_size,
+                detail=retained_wal_advice(slot),
+            )
+        elif verdict.recovered:
+            self._log.info(
+                "slot_wal_retained_ok",
+                retained_bytes=retained,
+                retained=None if retained is None else format_bytes(retained),
+                warn_bytes=guard.warn_bytes,
+            )
+        if verdict.level is WalLevel.STOP:
+            assert guard.stop_bytes is not None
+            raise stop_error(slot, wal, guard.stop_bytes)
+
     def _observe_latency(self, completed: list[int]) -> None:
         """Commit -> durable latency of the source transactions that just became durable."""
         now_us = time.time_ns() // 1000
@@ -558,6 +644,7 @@ class ConnectorPipeline:
             placeholder=self._cfg.toast.placeholder,
             types=self._catalog.lookup,
             stats=self._stats,
+            controls=self._controls.get(f"{schema}.{table}"),
         )
 
 
