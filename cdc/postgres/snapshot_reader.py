@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 
 from cdc.errors import SourceError
+from cdc.masking import TableControls
 from cdc.postgres.errors import source_error
 from cdc.postgres.source import EVENT_KEY_COLUMNS_SQL, SESSION_OPTIONS
 from cdc.protocol.messages import Column, Relation, ReplicaIdentity
@@ -76,6 +77,9 @@ class TableShape:
     # format_type() and attnotnull of each column, for the table's schema-change event.
     type_names: tuple[str, ...] = ()
     not_null: tuple[bool, ...] = ()
+    # The table's row filter (table_options.<table>.where): SQL only PostgreSQL evaluates,
+    # the same expression the publication filters the stream with.
+    row_filter: str | None = None
     # Positions of key_columns in relation.columns, for key_of on the hot path.
     key_indexes: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
@@ -99,8 +103,19 @@ class SnapshotReader:
     Not thread-safe: one reader per worker thread.
     """
 
-    def __init__(self, dsn: str, *, application_name: str, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        application_name: str,
+        read_only: bool = False,
+        controls: Mapping[str, TableControls] | None = None,
+    ) -> None:
         """Connect with the daemon's session options, on which the text forms depend.
+
+        ``controls`` (``"schema.table"`` -> column list and row filter) make
+        :meth:`table_shape` leave out the columns the stream does not publish and every
+        read apply the row filter, so a snapshot holds exactly what the stream would.
 
         ``read_only`` makes every transaction of the session read-only
         (``default_transaction_read_only``): readers that only compare, such as
@@ -124,6 +139,7 @@ class SnapshotReader:
             raise source_error("connecting to PostgreSQL for snapshot reads", exc) from exc
         self._server_version = self._conn.info.server_version
         self._in_snapshot = False
+        self._controls: Mapping[str, TableControls] = controls or {}
         # format_type(atttypid, atttypmod) per column type, for casting chunk keys back.
         self._type_names: dict[tuple[int, int], str] = {}
 
@@ -170,6 +186,10 @@ class SnapshotReader:
         except psycopg.Error as exc:
             raise source_error(f"reading the columns of table {schema}.{table}", exc) from exc
         key_columns = tuple(keys)
+        control = self._controls.get(f"{schema}.{table}")
+        if control is not None:
+            # The key columns are always kept (TableControls.check refused otherwise).
+            columns = [c for c in columns if control.keeps(c[0]) or c[0] in key_columns]
         for _, type_oid, typmod, type_text, _ in columns:
             self._type_names[(type_oid, typmod)] = type_text
         relation = Relation(
@@ -190,6 +210,7 @@ class SnapshotReader:
             max(0, int(reltuples)),
             type_names=tuple(c[3] for c in columns),
             not_null=tuple(bool(c[4]) for c in columns),
+            row_filter=None if control is None else control.row_filter,
         )
 
     # --- exported snapshot --------------------------------------------------------------
@@ -264,6 +285,7 @@ class SnapshotReader:
         if batch_rows < 1:
             raise ValueError(f"batch_rows must be positive, not {batch_rows}")
         query = sql.SQL("SELECT {} FROM {}").format(_select_list(shape), _table(shape))
+        bounds = _row_filter(shape)
         if key_range is not None:
             key = _integer_key(shape)
             if key is None:
@@ -271,13 +293,12 @@ class SnapshotReader:
                     f"table {shape.qualified} has no single integer key to read a range of"
                 )
             lower, upper = key_range
-            bounds = []
             if lower is not None:
                 bounds.append(sql.SQL("{} > {}").format(key, sql.Literal(int(lower))))
             if upper is not None:
                 bounds.append(sql.SQL("{} <= {}").format(key, sql.Literal(int(upper))))
-            if bounds:
-                query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(bounds))
+        if bounds:
+            query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(bounds))
         if ordered:
             if not shape.key_columns:
                 raise ValueError(f"table {shape.qualified} has no key to read in order of")
@@ -349,7 +370,7 @@ class SnapshotReader:
             raise SourceError("read_chunk runs in autocommit: end the snapshot transaction first")
         keys = sql.SQL(", ").join(sql.Identifier(k) for k in shape.key_columns)
         query = sql.SQL("SELECT {} FROM {}").format(_select_list(shape), _table(shape))
-        conditions = []
+        conditions = _row_filter(shape)
         if after_key is not None:
             conditions.append(
                 sql.SQL("({}) > ({})").format(keys, self._key_literal(shape, after_key))
@@ -499,6 +520,14 @@ def _select_list(shape: TableShape) -> sql.Composable:
     if not columns:
         return sql.SQL("")
     return sql.SQL(", ").join(sql.Identifier(c.name) for c in columns)
+
+
+def _row_filter(shape: TableShape) -> list[sql.Composable]:
+    """The table's row filter as the first condition of a read (SQL from the connector
+    file, as the publication's WHERE is: trusted configuration, not user input)."""
+    if shape.row_filter is None:
+        return []
+    return [sql.SQL("({})").format(sql.SQL(shape.row_filter))]
 
 
 def _table(shape: TableShape) -> sql.Composable:

@@ -9,7 +9,7 @@ then carries the COPY_BOTH stream. This module moves bytes; it does not decode t
 from __future__ import annotations
 
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,9 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import DiagnosticField, TransactionStatus
 
-from cdc.errors import SlotError, SourceError
+from cdc.errors import ConfigError, SlotError, SourceError
 from cdc.lsn import format_lsn, parse_lsn
+from cdc.masking import TableControls
 from cdc.postgres.errors import source_error
 from cdc.stream.wal_guard import SlotWal
 
@@ -41,6 +42,8 @@ SESSION_OPTIONS = (
 )
 
 MIN_SERVER_VERSION = 100000
+_PG12 = 120000  # pg_attribute.attgenerated
+_PG15 = 150000  # publication column lists and row filters
 
 # The event key of the table ``c`` (pg_class), as text[]: the replica-identity index's
 # columns under REPLICA IDENTITY USING INDEX, else the primary key's (also under FULL and
@@ -96,6 +99,30 @@ class TableInfo:
         return f"{self.schema}.{self.name}"
 
 
+def _same_filter(have: str | None, want: str | None) -> bool:
+    """Whether the publication's row filter (PostgreSQL's deparsed form, e.g.
+    ``(country <> 'XX'::text)``) is the configured one, up to spaces and outer brackets."""
+    if have is None or want is None:
+        return have is None and want is None
+    return _bare(have) == _bare(want)
+
+
+def _bare(expression: str) -> str:
+    text = "".join(expression.split())
+    while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
+        text = text[1:-1]
+    return text
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
 def protocol_version_for(server_version_num: int) -> int:
     """The highest pgoutput protocol the server speaks (docs: Logical Streaming Protocol)."""
     if server_version_num >= 160000:
@@ -119,6 +146,7 @@ class ReplicationSource:
         self._repl: psycopg.Connection[Any] | None = None
         self._pgconn: Any = None
         self._socket = -1
+        self._server_version = 0
 
     # --- set-up ---------------------------------------------------------------------
 
@@ -155,6 +183,7 @@ class ReplicationSource:
             encoding=row[3],
             system_id=str(system[0]),
         )
+        self._server_version = info.version_num
         if info.version_num < MIN_SERVER_VERSION:
             raise SourceError(
                 f"PostgreSQL {info.version_num} is too old: logical replication with pgoutput"
@@ -238,6 +267,200 @@ class ReplicationSource:
             ) from exc
         except psycopg.Error as exc:
             raise source_error(f"preparing publication {self.publication!r}", exc) from exc
+
+    def apply_data_controls(
+        self, controls: Mapping[str, TableControls], *, create: bool, server_version: int
+    ) -> None:
+        """Check each table's column list, row filter and masks against the catalog, and
+        push the column list and row filter into the publication where PostgreSQL can
+        apply them (15+: ``ADD TABLE t (c1, c2) WHERE (...)``), so excluded columns and
+        filtered rows are never decoded or sent.
+
+        Not pushed down, a column list is applied by the encoder (it drops the columns);
+        a row filter is never evaluated by cdc, so a filter that cannot be pushed down is
+        refused. With ``create`` false (a DBA's publication) a difference is an error
+        naming it and the statement that fixes it.
+
+        Raises:
+            ConfigError: an unknown table or column, or a key column excluded or masked.
+            SlotError: a row filter that cannot be pushed down, a DBA's publication that
+                differs, or a filter PostgreSQL would refuse for UPDATE and DELETE.
+        """
+        if not controls:
+            return
+        conn = self._require_sql()
+        try:
+            row = conn.execute(
+                "SELECT puballtables FROM pg_publication WHERE pubname = %s", (self.publication,)
+            ).fetchone()
+            all_tables = bool(row and row[0])
+            for table, control in controls.items():
+                self._apply_control(
+                    conn,
+                    table,
+                    control,
+                    create=create,
+                    pushable=server_version >= _PG15 and not all_tables,
+                    why_not=(
+                        f"PostgreSQL {server_version // 10000} has no publication row filters"
+                        " (they need PostgreSQL 15)"
+                        if server_version < _PG15
+                        else f"publication {self.publication!r} is FOR ALL TABLES, which"
+                        " cannot carry row filters: list the tables in `tables`"
+                    ),
+                )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise SlotError(
+                f"not allowed to alter publication {self.publication!r} for table_options:"
+                f" {str(exc).strip()}. Ask a DBA to set the column lists and row filters,"
+                " then set create_publication: false"
+            ) from exc
+        except psycopg.Error as exc:
+            raise source_error(
+                f"applying table_options to publication {self.publication!r}", exc
+            ) from exc
+
+    def _apply_control(
+        self,
+        conn: psycopg.Connection[Any],
+        table: str,
+        control: TableControls,
+        *,
+        create: bool,
+        pushable: bool,
+        why_not: str,
+    ) -> None:
+        schema, _, name = table.partition(".")
+        head = conn.execute(
+            sql.SQL(
+                "SELECT c.oid, c.relreplident, {key_columns} FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"
+            ).format(key_columns=EVENT_KEY_COLUMNS_SQL),
+            (schema, name),
+        ).fetchone()
+        if head is None:
+            raise ConfigError(
+                f"table {table} does not exist: fix its entry or create the table",
+                key=f"table_options.{table}",
+            )
+        oid, identity, keys = head
+        generated = "a.attgenerated <> ''" if self._server_version >= _PG12 else "false"
+        columns = conn.execute(
+            sql.SQL(
+                "SELECT a.attname::text, {} FROM pg_attribute a WHERE a.attrelid = %s"
+                " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+            ).format(sql.SQL(generated)),
+            (oid,),
+        ).fetchall()
+        control.check([c for c, _ in columns], keys)
+        where = control.row_filter
+        if not pushable:
+            if where is not None:
+                raise SlotError(
+                    f"table {table}: its row filter (table_options.{table}.where) cannot be"
+                    f" pushed into the publication: {why_not}. cdc does not evaluate SQL"
+                    " itself, so it stops rather than publish rows the filter should keep"
+                    " out: remove the filter or make push-down possible"
+                )
+            return  # the encoder drops the excluded columns
+        published = [c for c, is_generated in columns if not is_generated]
+        # Under REPLICA IDENTITY FULL a column list must hold every column or PostgreSQL
+        # refuses the table's UPDATEs and DELETEs: the encoder drops the columns instead.
+        wanted = (
+            control.published(published)
+            if control.limits_columns and identity != "f"
+            else published
+        )
+        current = conn.execute(
+            "SELECT attnames::text[], rowfilter FROM pg_publication_tables"
+            " WHERE pubname = %s AND schemaname = %s AND tablename = %s",
+            (self.publication, schema, name),
+        ).fetchone()
+        if current is None:
+            raise SlotError(
+                f"table {table} has table_options but is not in publication"
+                f" {self.publication!r}: add it (ALTER PUBLICATION ... ADD TABLE) or list it"
+                " in `tables`"
+            )
+        # Without a column list attnames holds every column, the generated ones too
+        # (which pgoutput does not send before PostgreSQL 18).
+        have_columns = [c for c in current[0] or () if c in published]
+        have_filter = current[1]
+        if set(have_columns) == set(wanted) and _same_filter(have_filter, where):
+            return
+        column_list = (
+            sql.SQL(" ({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in wanted))
+            if wanted != published
+            else sql.SQL("")  # every column: no list (FULL refuses any list in PG 15)
+        )
+        statement = sql.SQL("ALTER PUBLICATION {} ADD TABLE {}{}{}").format(
+            sql.Identifier(self.publication),
+            sql.Identifier(schema, name),
+            column_list,
+            sql.SQL("") if where is None else sql.SQL(" WHERE ({})").format(sql.SQL(where)),
+        )
+        if not create:
+            differences = []
+            if set(have_columns) != set(wanted):
+                differences.append(
+                    f"it publishes columns ({', '.join(have_columns)}), the connector file"
+                    f" wants ({', '.join(wanted)})"
+                )
+            if not _same_filter(have_filter, where):
+                differences.append(
+                    f"its row filter is {have_filter or 'none'}, the connector file's is"
+                    f" {where or 'none'}"
+                )
+            raise SlotError(
+                f"publication {self.publication!r} does not match table_options for {table}:"
+                f" {'; '.join(differences)}. Ask a DBA to run ALTER PUBLICATION ... DROP TABLE"
+                f" then {statement.as_string(conn)}, or set the connector file to what the"
+                " publication holds (write `where` as pg_publication_tables.rowfilter shows it)"
+            )
+        with conn.transaction():
+            before = self._refused_write(conn, schema, name, published)
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                    sql.Identifier(self.publication), sql.Identifier(schema, name)
+                )
+            )
+            conn.execute(statement)
+            after = self._refused_write(conn, schema, name, published)
+            if after is not None and before is None:
+                # Rolled back by the exception: PostgreSQL would refuse the application's
+                # UPDATEs and DELETEs on the table from the commit on.
+                raise SlotError(
+                    f"table {table}: PostgreSQL refuses this column list or row filter for a"
+                    f" table whose UPDATEs and DELETEs are published ({after}). A row filter"
+                    f" may use only the replica identity columns ({', '.join(keys) or 'none'})"
+                    " and a column list must include them: change table_options, or set the"
+                    " table's REPLICA IDENTITY (FULL allows any column in a row filter)"
+                )
+
+    @staticmethod
+    def _refused_write(
+        conn: psycopg.Connection[Any], schema: str, name: str, columns: list[str]
+    ) -> str | None:
+        """Why PostgreSQL would refuse an UPDATE or DELETE on the table under the current
+        publications (EXPLAIN runs the same check, changing nothing), or None."""
+        if not columns:
+            return None
+        first = sql.Identifier(columns[0])
+        target = sql.Identifier(schema, name)
+        for statement in (
+            sql.SQL("EXPLAIN UPDATE ONLY {} SET {} = {} WHERE false").format(target, first, first),
+            sql.SQL("EXPLAIN DELETE FROM ONLY {} WHERE false").format(target),
+        ):
+            try:
+                with conn.transaction():
+                    conn.execute(statement)
+            except psycopg.errors.InvalidColumnReference as exc:
+                detail = exc.diag.message_detail or ""
+                return f"{str(exc).strip().splitlines()[0]}: {detail}".rstrip(": ")
+            except psycopg.errors.ObjectNotInPrerequisiteState as exc:
+                return str(exc).strip().splitlines()[0]
+        return None
 
     @staticmethod
     def _check_tables_exist(

@@ -33,6 +33,7 @@ from cdc.errors import SinkError, SlotError
 from cdc.kafka.sink import KafkaSink
 from cdc.kafka.topics import KafkaAdmin
 from cdc.lsn import format_lsn
+from cdc.masking import data_controls
 from cdc.positions import Position
 from cdc.postgres.snapshot_reader import SnapshotReader, TableShape
 from cdc.postgres.source import SlotInfo, TableInfo
@@ -246,6 +247,7 @@ class SnapshotControl:
             reader = SnapshotReader(
                 self._cfg.postgres.dsn.get_secret_value(),
                 application_name=f"cdc:{self._cfg.name}:plan",
+                controls=data_controls(self._cfg),
             )
             try:
                 shapes = [reader.table_shape(t.schema, t.name) for t in tables]
@@ -399,6 +401,7 @@ class SnapshotControl:
         self._snapshot_reader = SnapshotReader(
             self._cfg.postgres.dsn.get_secret_value(),
             application_name=f"cdc:{self._cfg.name}:chunks",
+            controls=data_controls(self._cfg),
         )
         encoders: dict[str, TableEncoder] = {}
 
