@@ -1,4 +1,4 @@
-"""Command line of ``cdc``: ``validate``, ``run``, ``snapshot``, ``replay``, ``verify``, ``status``.
+"""Command line of ``cdc``: validate, check, run, snapshot, replay, verify, status.
 
 Its one job is to parse arguments, load the configuration, and hand over: configuration
 errors are printed (file, key, what to do) with exit status 2; everything else belongs to
@@ -103,6 +103,56 @@ def validate(config_path: Path, connectors_dir: Path) -> None:
     daemon, connectors = _load(config_path, connectors_dir)
     for connector in connectors:
         click.echo(_describe(connector, daemon))
+
+
+@cli.command()
+@click.argument("connector", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print each finding as a JSON line.")
+@_config_option
+@_connectors_option
+def check(connector: str | None, as_json: bool, config_path: Path, connectors_dir: Path) -> None:
+    """Preflight: check CONNECTOR (default: every enabled one) before its first write.
+
+    Connects read-only to PostgreSQL and Kafka and prints one line per finding with its
+    fix (docs/operations.md, "Preflight: cdc check"). Exits 0 when nothing blocks
+    (warnings allowed), 1 when something blocks, 2 on a configuration error.
+    """
+    daemon, connectors = _load(config_path, connectors_dir)
+    if connector is None:
+        chosen = [c for c in connectors if c.enabled]
+    else:
+        chosen = [_find_connector(connectors, connector)]
+    configure_logging("warning", daemon.log.format)
+    # Imported here so the other commands never load the I/O edges.
+    import orjson  # noqa: PLC0415
+    import structlog  # noqa: PLC0415
+
+    from cdc.check.findings import Severity, exit_status  # noqa: PLC0415
+    from cdc.check.run import check_connector  # noqa: PLC0415
+
+    status = 0
+    for target in chosen:
+        log = structlog.get_logger("cdc.check").bind(connector=target.name)
+        try:
+            findings = check_connector(daemon, target, log=log)
+        except ConfigError as exc:
+            click.echo(f"cdc check: configuration error: {redact_dsn(str(exc))}", err=True)
+            raise SystemExit(EXIT_CONFIG_ERROR) from None
+        status = max(status, exit_status(findings))
+        if as_json:
+            for finding in findings:
+                document = {"connector": target.name, **finding.to_json()}
+                click.echo(redact_dsn(orjson.dumps(document).decode()))
+            continue
+        if len(chosen) > 1:
+            click.echo(f"{target.name}:")
+        for finding in findings:
+            click.echo(redact_dsn(finding.line()))
+        blocks = sum(f.severity is Severity.BLOCK for f in findings)
+        warnings = sum(f.severity is Severity.WARN for f in findings)
+        verdict = "refused: fix the blocking findings" if blocks else "may start"
+        click.echo(f"{target.name}: {blocks} blocking, {warnings} warnings: {verdict}")
+    raise SystemExit(status)
 
 
 @cli.command()

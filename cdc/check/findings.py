@@ -245,7 +245,7 @@ def _role(facts: PostgresFacts) -> list[Finding]:
             Severity.BLOCK,
             "postgres",
             f"role {facts.role!r} has neither REPLICATION nor superuser: it cannot stream",
-            f'ALTER ROLE "{facts.role}" REPLICATION',
+            f'ALTER ROLE <user> REPLICATION (here: ALTER ROLE "{facts.role}" REPLICATION)',
         )
     ]
 

@@ -34,7 +34,10 @@ __all__ = [
     "KafkaAdmin",
     "TableTopics",
     "TopicSpec",
+    "log_topic_spec",
     "state_topic_name",
+    "state_topic_spec",
+    "table_topic_specs",
 ]
 
 ADMIN_TIMEOUT_S = 15.0
@@ -66,6 +69,71 @@ class TopicSpec:
     replication_factor: int  # -1: the broker's default.replication.factor
     cleanup_policy: str  # "delete" (retention topic) or "compact" (latest state)
     configs: Mapping[str, str] = field(default_factory=dict)
+
+
+def state_topic_spec(connector: str, topics: TopicsConfig) -> TopicSpec:
+    """The connector's state topic: compacted, one partition."""
+    return TopicSpec(
+        state_topic_name(connector), 1, topics.replication_factor, "compact", STATE_TOPIC_CONFIGS
+    )
+
+
+def table_topic_specs(
+    topics: TopicsConfig, connector: str, database: str, tables: Iterable[tuple[str, str, bool]]
+) -> list[TopicSpec]:
+    """The topics of these (schema, table, has_key) tables: the retention topic always
+    (``delete``, every record kept), the compacted one (``compact``) for a keyed table.
+
+    Raises:
+        ConfigError: a rendered topic name is longer than Kafka allows.
+    """
+    specs: list[TopicSpec] = []
+    for schema, table, has_key in tables:
+        specs.append(
+            TopicSpec(
+                topics.retention_topic(connector, database, schema, table),
+                topics.partitions,
+                topics.replication_factor,
+                "delete",
+                {**KEEP_EVERY_RECORD, **topics.retention_configs},
+            )
+        )
+        if has_key:
+            specs.append(
+                TopicSpec(
+                    topics.compacted_topic(connector, database, schema, table),
+                    topics.partitions,
+                    topics.replication_factor,
+                    "compact",
+                    dict(topics.compacted_configs),
+                )
+            )
+    return specs
+
+
+def log_topic_spec(name: str, topics: TopicsConfig, *, partitions: int | None = None) -> TopicSpec:
+    """A topic beside the tables' that keeps every record (messages, outbox, schema
+    changes, transaction metadata): ``delete``, ``retention.ms=-1``."""
+    return TopicSpec(
+        name,
+        partitions or topics.partitions,
+        topics.replication_factor,
+        "delete",
+        dict(KEEP_EVERY_RECORD),
+    )
+
+
+def _new_topic(spec: TopicSpec) -> NewTopic:
+    return NewTopic(
+        spec.name,
+        num_partitions=spec.partitions,
+        replication_factor=spec.replication_factor,
+        config={
+            "max.message.bytes": str(MAX_RECORD_BYTES),
+            "cleanup.policy": spec.cleanup_policy,
+            **spec.configs,
+        },
+    )
 
 
 class KafkaAdmin:
@@ -209,19 +277,7 @@ class KafkaAdmin:
         missing = [spec for name, spec in wanted.items() if name not in existing]
         created: list[str] = []
         if missing:
-            new_topics = [
-                NewTopic(
-                    spec.name,
-                    num_partitions=spec.partitions,
-                    replication_factor=spec.replication_factor,
-                    config={
-                        "max.message.bytes": str(MAX_RECORD_BYTES),
-                        "cleanup.policy": spec.cleanup_policy,
-                        **spec.configs,
-                    },
-                )
-                for spec in missing
-            ]
+            new_topics = [_new_topic(spec) for spec in missing]
             try:
                 futures = self._admin.create_topics(new_topics, request_timeout=ADMIN_TIMEOUT_S)
             except KafkaException as exc:
@@ -265,6 +321,48 @@ class KafkaAdmin:
                     " name template",
                     topic=spec.name,
                 )
+
+    def validate_new_topics(self, specs: Iterable[TopicSpec]) -> dict[str, SinkError]:
+        """Ask the brokers whether these missing topics could be created, creating none
+        (``validate_only``: ACLs, replication factor, settings and policies are checked).
+
+        Returns the refusals by topic name, mapped with their fix; empty when all pass.
+        """
+        new_topics = [_new_topic(spec) for spec in specs]
+        if not new_topics:
+            return {}
+        try:
+            futures = self._admin.create_topics(
+                new_topics, validate_only=True, request_timeout=ADMIN_TIMEOUT_S
+            )
+        except KafkaException as exc:
+            raise kafka_error(exc, "validating topic creation") from exc
+        refused: dict[str, SinkError] = {}
+        for name, future in futures.items():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                    continue  # created meanwhile: nothing to refuse
+                refused[name] = kafka_error(exc, f"creating topic {name!r}", topic=name)
+        return refused
+
+    def broker_config(self) -> tuple[int, dict[str, str] | None]:
+        """How many brokers the cluster has, and one broker's configuration (None when
+        the principal may not describe it)."""
+        try:
+            metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise kafka_error(exc, "reading the cluster's metadata") from exc
+        if not metadata.brokers:
+            return 0, None
+        resource = ConfigResource(ConfigResource.Type.BROKER, str(min(metadata.brokers)))
+        try:
+            future = self._admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
+            configs = future[resource].result()
+        except KafkaException:
+            return len(metadata.brokers), None  # no DescribeConfigs on the cluster
+        return len(metadata.brokers), {key: entry.value for key, entry in configs.items()}
 
     def topic_configs(self, name: str) -> dict[str, str]:
         """The broker's view of a topic's configuration (for status output and tests)."""
@@ -334,11 +432,9 @@ class TableTopics:
 
     def ensure_state_topic(self) -> str:
         """Make the connector's state topic (compacted, one partition); returns its name."""
-        name = state_topic_name(self._connector)
-        self._create(
-            [TopicSpec(name, 1, self._topics.replication_factor, "compact", STATE_TOPIC_CONFIGS)]
-        )
-        return name
+        spec = state_topic_spec(self._connector, self._topics)
+        self._create([spec])
+        return spec.name
 
     def ensure(self, tables: list[tuple[str, str, bool]]) -> None:
         """Make the topics of these (schema, table, has_key) tables unless done already:
@@ -347,30 +443,12 @@ class TableTopics:
         Raises:
             TopicConfigError: an existing topic has the wrong cleanup policy.
         """
-        topics = self._topics
-        specs: list[TopicSpec] = []
-        for schema, table, has_key in tables:
-            if (schema, table) in self.ensured:
-                continue
-            specs.append(
-                TopicSpec(
-                    topics.retention_topic(self._connector, self._database, schema, table),
-                    topics.partitions,
-                    topics.replication_factor,
-                    "delete",
-                    {**KEEP_EVERY_RECORD, **topics.retention_configs},
-                )
-            )
-            if has_key:
-                specs.append(
-                    TopicSpec(
-                        topics.compacted_topic(self._connector, self._database, schema, table),
-                        topics.partitions,
-                        topics.replication_factor,
-                        "compact",
-                        dict(topics.compacted_configs),
-                    )
-                )
+        specs = table_topic_specs(
+            self._topics,
+            self._connector,
+            self._database,
+            [t for t in tables if (t[0], t[1]) not in self.ensured],
+        )
         if specs:
             self._create(specs)
         self.ensured.update((schema, table) for schema, table, _ in tables)
@@ -385,19 +463,7 @@ class TableTopics:
         wanted = sorted(set(names) - self._log_topics)
         if not wanted:
             return
-        topics = self._topics
-        self._create(
-            [
-                TopicSpec(
-                    name,
-                    partitions or topics.partitions,
-                    topics.replication_factor,
-                    "delete",
-                    dict(KEEP_EVERY_RECORD),
-                )
-                for name in wanted
-            ]
-        )
+        self._create([log_topic_spec(name, self._topics, partitions=partitions) for name in wanted])
         self._log_topics.update(wanted)
 
     def _create(self, specs: list[TopicSpec]) -> None:

@@ -140,7 +140,7 @@ def test_no_free_wal_sender_blocks() -> None:
 def test_role_without_replication_blocks_with_alter_role() -> None:
     (block,) = blocking(_pg(replace(HEALTHY, replication=False)))
     assert "neither REPLICATION nor superuser" in block.message
-    assert block.fix == 'ALTER ROLE "cdc" REPLICATION'
+    assert block.fix == 'ALTER ROLE <user> REPLICATION (here: ALTER ROLE "cdc" REPLICATION)'
 
 
 def test_superuser_needs_no_replication_attribute() -> None:

@@ -1,0 +1,56 @@
+"""Edge: what the preflight needs to know of Kafka, asked without writing anything.
+
+Reachability (the bootstrap answers within ``ADMIN_TIMEOUT_S``), each topic the connector
+needs (its cleanup policy if it exists; whether the brokers would create it if not, by a
+``validate_only`` creation, which checks ACLs, replication factor and policies and
+creates nothing) and the broker's ``transaction.max.timeout.ms``. The topics and their
+policies come from ``cdc.kafka.topics``, which makes them at start. No judgement here:
+facts for ``cdc.check.findings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from cdc.check.facts import KafkaFacts, TopicFacts
+from cdc.kafka.topics import KafkaAdmin, TopicSpec
+
+__all__ = ["gather_kafka_facts"]
+
+
+def gather_kafka_facts(admin: KafkaAdmin, topics: Iterable[tuple[TopicSpec, str]]) -> KafkaFacts:
+    """Ask Kafka about the connector's ``(spec, role)`` topics.
+
+    Raises:
+        SinkError: Kafka did not answer (retryable) or refused the principal (not
+            retryable); the message carries the fix.
+    """
+    wanted = list(topics)
+    existing = admin.list_topics()
+    brokers, broker = admin.broker_config()
+    missing = [spec for spec, _ in wanted if spec.name not in existing]
+    refused = admin.validate_new_topics(missing)
+    facts: list[TopicFacts] = []
+    for spec, role in wanted:
+        if spec.name in existing:
+            # A refused DescribeConfigs raises: the start would fail on it the same way.
+            policy = admin.topic_configs(spec.name).get("cleanup.policy")
+            facts.append(TopicFacts(spec.name, role, spec.cleanup_policy, True, policy))
+        else:
+            error = refused.get(spec.name)
+            facts.append(
+                TopicFacts(
+                    spec.name,
+                    role,
+                    spec.cleanup_policy,
+                    False,
+                    create_error=None if error is None else str(error),
+                )
+            )
+    timeout = None if broker is None else broker.get("transaction.max.timeout.ms")
+    return KafkaFacts(
+        bootstrap_servers=admin.bootstrap_servers,
+        brokers=brokers,
+        topics=tuple(facts),
+        transaction_max_timeout_ms=None if timeout is None else int(timeout),
+    )
