@@ -21,6 +21,7 @@ from types import FrameType
 import structlog
 
 from cdc import metrics
+from cdc.check.run import preflight
 from cdc.config import ConnectorConfig, DaemonConfig, ReplayConfig
 from cdc.errors import CdcError, ConfigError
 from cdc.logging import redact_dsn
@@ -69,9 +70,14 @@ class ConnectorRunner(threading.Thread):
         self._log = structlog.get_logger("cdc.daemon").bind(
             connector=connector.name, slot=connector.slot
         )
+        # The preflight (cdc check) runs once, before the pipeline's first start.
+        self._checked = False
 
     def _work(self) -> None:
         if self._replay is None:
+            if not self._checked:
+                preflight(self._daemon, self._connector, log=self._log)
+                self._checked = True
             ConnectorPipeline(self._daemon, self._connector, self._stop_event).run()
             return
         # Imported here: a daemon without replays never loads the target edge.
