@@ -14,6 +14,7 @@ __all__ = [
     "CONFIRMED_LSN",
     "CONNECTOR_RESTARTS",
     "CONNECTOR_UP",
+    "DEAD_LETTER_RECORDS",
     "EVENTS",
     "IN_FLIGHT_RECORDS",
     "LAG_BYTES",
@@ -99,4 +100,10 @@ SLOT_WAL_STATUS = Gauge(
     "1 for the slot's current pg_replication_slots.wal_status (reserved, extended,"
     " unreserved, lost), 0 for the others (PostgreSQL 13+)",
     ["connector", "status"],
+)
+DEAD_LETTER_RECORDS = Counter(
+    "cdc_dead_letter_records",
+    "Records Kafka refused for good that went to the dead-letter topic instead"
+    " (dead_letter.enabled), by reason: too_large or refused",
+    ["connector", "reason"],
 )

@@ -44,6 +44,7 @@ __all__ = [
     "ColumnSelection",
     "ConnectorConfig",
     "DaemonConfig",
+    "DeadLetterConfig",
     "ExactlyOnceConfig",
     "KafkaConfig",
     "LogConfig",
@@ -540,6 +541,37 @@ class WalRetentionConfig(_Model):
         return self
 
 
+def _check_dead_letter_topic(template: str) -> str:
+    """Only ``{connector}`` may appear; the rest must be a legal Kafka topic name."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"is not a valid topic name template ({exc})") from None
+    if any(f != "connector" for f in fields):
+        raise ValueError("the only placeholder a dead-letter topic may use is {connector}")
+    bad = sorted(set(_TOPIC_ILLEGAL_CHAR.findall(template.replace("{connector}", ""))))
+    if bad or not template:
+        raise ValueError(
+            "must be a Kafka topic name (letters, digits, '.', '_' and '-', and {connector})"
+        )
+    return template
+
+
+class DeadLetterConfig(_Model):
+    """Records Kafka refuses for good (docs/delivery.md#dead-letter-topic). Off by default:
+    such a record stops the connector ("stop, never drop"); on, it goes to this topic
+    with headers saying what it was and why, and the stream goes on."""
+
+    enabled: bool = False
+    topic: Annotated[str, AfterValidator(_check_dead_letter_topic)] = (
+        "{connector}.__cdc_dead_letter"
+    )
+
+    def topic_name(self, connector: str) -> str:
+        """The topic for this connector."""
+        return self.topic.replace("{connector}", _TOPIC_ILLEGAL_CHAR.sub("_", connector))
+
+
 class ToastConfig(_Model):
     """Unchanged TOASTed values, which PostgreSQL leaves out of UPDATEs (docs/events.md)."""
 
@@ -756,6 +788,8 @@ class ConnectorConfig(_Model):
     exactly_once: ExactlyOnceConfig = Field(default_factory=ExactlyOnceConfig)
     # The slot's retained WAL: a metric, a warning, and an opt-in stop (docs/operations.md).
     wal_retention: WalRetentionConfig = Field(default_factory=WalRetentionConfig)
+    # Opt-in: a record Kafka refuses for good goes to a dead-letter topic (docs/delivery.md).
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
     # Replays `cdc run` follows next to the connector (docs/replay.md).
     replays: tuple[ReplayConfig, ...] = ()
     enabled: bool = True

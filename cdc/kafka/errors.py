@@ -15,7 +15,14 @@ from confluent_kafka import KafkaError, KafkaException
 
 from cdc.errors import FencedError, RecordTooLargeError, SinkError
 
-__all__ = ["error_of", "is_abortable", "is_retriable", "kafka_error"]
+__all__ = [
+    "error_of",
+    "is_abortable",
+    "is_record_refused",
+    "is_retriable",
+    "is_too_large",
+    "kafka_error",
+]
 
 # Another producer initialised our transactional id (or bumped its epoch).
 _FENCED = frozenset(
@@ -23,6 +30,16 @@ _FENCED = frozenset(
 )
 _TOO_LARGE = frozenset(
     {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG_SIZE}
+)
+# Kafka refuses this one record for good: retrying it cannot help, the next may pass. At
+# produce() time librdkafka raises only the size check (MSG_SIZE_TOO_LARGE, against the
+# producer's message.max.bytes); the others come from the broker, at delivery time.
+_RECORD_REFUSED = _TOO_LARGE | frozenset(
+    {
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+    }
 )
 _AUTHENTICATION = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED})
 _AUTHORIZATION = frozenset(
@@ -87,6 +104,20 @@ def is_retriable(exc: BaseException) -> bool:
     """Whether librdkafka says the same call may simply be made again (a timeout)."""
     error = error_of(exc)
     return bool(error is not None and error.retriable())
+
+
+def is_record_refused(exc: BaseException) -> bool:
+    """Whether Kafka refused this one record for good (too large, a policy, invalid):
+    what a dead-letter topic may take instead of stopping the connector."""
+    error = error_of(exc)
+    return bool(error is not None and error.code() in _RECORD_REFUSED and not error.fatal())
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether the record was refused for its size (so the same bytes cannot go
+    anywhere else through this producer either)."""
+    error = error_of(exc)
+    return bool(error is not None and error.code() in _TOO_LARGE)
 
 
 def is_abortable(exc: BaseException) -> bool:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
+import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cdc import metrics
@@ -43,7 +44,14 @@ from cdc.kafka.client import (
     ProducerClient,
     transactional_id_for,
 )
-from cdc.kafka.errors import error_of, is_abortable, is_retriable, kafka_error
+from cdc.kafka.errors import (
+    error_of,
+    is_abortable,
+    is_record_refused,
+    is_retriable,
+    is_too_large,
+    kafka_error,
+)
 from cdc.lsn import format_lsn
 from cdc.positions import (
     CommitPolicy,
@@ -96,6 +104,7 @@ class KafkaSink:
         connector: str = "",
         log: Any,
         clock: Callable[[], float] = time.monotonic,
+        dead_letter_topic: str | None = None,
     ) -> None:
         """Args:
         producer: the producer (transactional for ``exactly_once``).
@@ -107,6 +116,8 @@ class KafkaSink:
         connector: the connector's name (metric labels).
         log: the connector's bound logger.
         clock: monotonic seconds (tests pass their own).
+        dead_letter_topic: where a record Kafka refuses for good at produce time goes
+            instead of stopping the connector (``dead_letter.enabled``); None: stop.
         """
         self._producer = producer
         self._mode = mode
@@ -117,6 +128,7 @@ class KafkaSink:
         self._transactional_id = transactional_id
         self._log = log
         self._clock = clock
+        self._dead_letter_topic = dead_letter_topic
         self._fatal = False  # the producer is unusable: nothing more may be asked of it
         # Why it is: the fatal error itself, which later calls only report as a bare
         # "Local: Fatal error" (e.g. fenced by another instance).
@@ -148,6 +160,7 @@ class KafkaSink:
         max_in_flight: int,
         policy: CommitPolicy,
         log: Any,
+        dead_letter_topic: str | None = None,
     ) -> KafkaSink:
         """The sink with a real producer.
 
@@ -188,6 +201,7 @@ class KafkaSink:
             transactional_id=transactional_id,
             connector=connector,
             log=log,
+            dead_letter_topic=dead_letter_topic,
         )
 
     # --- state of the sink --------------------------------------------------------------
@@ -330,7 +344,7 @@ class KafkaSink:
                 # librdkafka's byte (or count) limit: wait for room, then the same record.
                 self._produce_when_room(record, on_delivery, reached)
             except KafkaException as exc:
-                raise self._rejected(exc, record, reached) from exc
+                self._refused(exc, record, reached, on_delivery)
         # Accounted once the whole unit is produced: a commit never holds half of one.
         if exactly_once:
             self._ledger.added(count, reached, self._clock())
@@ -369,7 +383,8 @@ class KafkaSink:
             except BufferError:
                 continue
             except KafkaException as exc:
-                raise self._rejected(exc, record, reached) from exc
+                self._refused(exc, record, reached, on_delivery)
+                break
         self._waited(started)
 
     def end_group(
@@ -593,6 +608,90 @@ class KafkaSink:
         waited = self._clock() - started
         metrics.BACKPRESSURE_SECONDS.labels(**self._labels).inc(waited)
         self._log.info("kafka_backpressure_ended", waited_s=round(waited, 3))
+
+    def _refused(
+        self, exc: KafkaException, record: Record, reached: Position | None, on_delivery: Any
+    ) -> None:
+        """Kafka refused ``record`` at produce time: stop ("stop, never drop"), or, with a
+        dead-letter topic, put it there instead and go on.
+
+        The dead-letter record takes the original's place in the unit (the same Kafka
+        transaction, or the same source transaction's acknowledgements), so it is
+        published exactly as the records around it are. Its value is the original's,
+        unless the original is too large (then it could not go either): a small JSON
+        document describing it.
+
+        Raises:
+            SinkError: no dead-letter topic, a refusal that is not the record's fault, or
+                the dead-letter record refused too.
+        """
+        topic = self._dead_letter_topic
+        if topic is None or not is_record_refused(exc):
+            raise self._rejected(exc, record, reached) from exc
+        error = error_of(exc)
+        too_large = is_too_large(exc)
+        reason = "too_large" if too_large else "refused"
+        size = len(record.value or b"")
+        code = str(error.name())
+        message = str(error.str())
+        headers: list[tuple[str, bytes]] = [
+            *(record.headers or ()),
+            ("cdc.dead_letter.topic", record.topic.encode()),
+            ("cdc.dead_letter.reason", reason.encode()),
+            ("cdc.dead_letter.error_code", code.encode()),
+            ("cdc.dead_letter.error", message.encode()),
+            ("cdc.dead_letter.value_bytes", str(size).encode()),
+        ]
+        if record.key is not None:
+            headers.append(("cdc.dead_letter.key", record.key))
+        lsn = None if reached is None else format_lsn(reached.lsn)
+        description = orjson.dumps(
+            {
+                "dead_letter": reason,
+                "topic": record.topic,
+                "key": None if record.key is None else record.key.decode(errors="replace"),
+                "key_bytes": len(record.key or b""),
+                "value_bytes": size,
+                "tombstone": record.value is None,
+                "lsn": lsn,
+                "error": {"code": code, "message": message},
+            }
+        )
+        original = not too_large
+        value = record.value if original else description
+        headers.append(("cdc.dead_letter.value", b"original" if original else b"description"))
+        while True:
+            try:
+                self._producer.produce(
+                    topic, value, record.key, headers=headers, on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                self._poll(WAIT_STEP_S)
+                self.on_wait()
+            except KafkaException as again:
+                if original and is_record_refused(again):
+                    original = False
+                    value = description
+                    headers[-1] = ("cdc.dead_letter.value", b"description")
+                    continue
+                where = (
+                    f"the dead-letter record in {topic!r} for a refused record of {record.topic!r}"
+                )
+                if lsn is not None:
+                    where += f" (transaction at LSN {lsn})"
+                raise self._error(again, f"Kafka refuses {where}", topic=topic) from again
+        metrics.DEAD_LETTER_RECORDS.labels(reason=reason, **self._labels).inc()
+        self._log.warning(
+            "record_dead_lettered",
+            topic=record.topic,
+            dead_letter_topic=topic,
+            reason=reason,
+            value_bytes=size,
+            lsn=lsn,
+            error=f"{code}: {message}",
+            value="original" if original else "description",
+        )
 
     def _rejected(self, exc: BaseException, record: Record, reached: Position | None) -> SinkError:
         size = len(record.value or b"") + len(record.key or b"")

@@ -181,6 +181,11 @@ class ConnectorPipeline:
         if cfg.provide_transaction_metadata:
             # One partition: BEGIN and END records in commit order.
             table_topics.ensure_log_topics([transaction_topic_name(cfg.name)], partitions=1)
+        dead_letter_topic = None
+        if cfg.dead_letter.enabled:
+            # One partition: refused records in the order they came; kept forever.
+            dead_letter_topic = cfg.dead_letter.topic_name(cfg.name)
+            table_topics.ensure_log_topics([dead_letter_topic], partitions=1)
         sink = self._sink = KafkaSink.create(
             bootstrap_servers=bootstrap,
             properties=properties,
@@ -193,6 +198,7 @@ class ConnectorPipeline:
                 cfg.exactly_once.commit_interval_ms / 1000, cfg.exactly_once.max_records
             ),
             log=self._log,
+            dead_letter_topic=dead_letter_topic,
         )
         marker: bytes | None = None
         sink.on_wait = self._stop_check  # until the loop takes over: a stop ends the waits

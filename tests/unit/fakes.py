@@ -58,6 +58,11 @@ class FakeProducer:
     # and produce() fails with the bare _FATAL code, without the fatal flag.
     fatal_error: KafkaError | None = None
     fatal_raised: bool = False
+    # produce() refuses a value above this many bytes, as librdkafka checks
+    # message.max.bytes (MSG_SIZE_TOO_LARGE), before anything is queued.
+    max_value_bytes: int | None = None
+    # produce() refuses every record of these topics with the given error.
+    refused_topics: dict[str, KafkaError] = field(default_factory=dict)
     produced: list[Produced] = field(default_factory=list)
     in_flight: list[Produced] = field(default_factory=list)
     visible: list[Produced] = field(default_factory=list)
@@ -91,6 +96,12 @@ class FakeProducer:
             raise BufferError("Local: Queue full")
         assert not isinstance(value, str)
         assert not isinstance(key, str)
+        if self.max_value_bytes is not None and len(value or b"") > self.max_value_bytes:
+            raise KafkaException(
+                KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+            )
+        if topic in self.refused_topics:
+            raise KafkaException(self.refused_topics[topic])
         record = Produced(
             topic, key, value, partition, headers, on_delivery or callback, self.transaction
         )
