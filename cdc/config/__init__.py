@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "DaemonConfig",
     "DeadLetterConfig",
     "ExactlyOnceConfig",
+    "FleetConfig",
     "KafkaConfig",
     "LogConfig",
     "MessagesConfig",
@@ -390,6 +392,42 @@ class MetricsConfig(_Model):
     port: Annotated[int, Field(ge=0, le=65535)] | None = 9187
 
 
+class FleetConfig(_Model):
+    """Several ``cdc run`` sharing the connectors through a Kafka consumer group
+    (docs/operations.md, "Running a fleet"); absent: this process runs every connector."""
+
+    # Names the consumer group (cdc-fleet-<group>) and its assignment topic
+    # (__cdc_fleet.<group>): Kafka topic characters, short enough for the topic name.
+    group: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._-]+$")]
+    # The static member id (group.instance.id): stable across restarts of one instance
+    # (a pod name, a host name), unique within the group.
+    instance_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
+        default_factory=socket.gethostname
+    )
+    # How long the group waits for a silent instance before handing its connectors over:
+    # the takeover time after a crash, against flapping on a GC pause or a network blip.
+    # The broker bounds it (group.min/max.session.timeout.ms, 6 s to 30 min by default).
+    session_timeout_ms: Annotated[int, Field(ge=1000, le=3_600_000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 1_000
+    # The rebalance's bound (librdkafka's max.poll.interval.ms): an instance gets half of
+    # it to stop a revoked connector cleanly.
+    rebalance_timeout_ms: Annotated[int, Field(ge=2000, le=3_600_000)] = 60_000
+    # SIGTERM leaves the group, so the connectors move at once; false: they wait for this
+    # instance to come back (a rolling restart) or for the session timeout.
+    leave_on_stop: bool = True
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> FleetConfig:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "heartbeat_interval_ms must be at most a third of session_timeout_ms,"
+                " so a member survives a lost heartbeat or two"
+            )
+        if self.rebalance_timeout_ms < self.session_timeout_ms:
+            raise ValueError("rebalance_timeout_ms must be at least session_timeout_ms")
+        return self
+
+
 class DaemonConfig(_Model):
     """The daemon-wide file (``config/cdc.yaml``)."""
 
@@ -397,6 +435,7 @@ class DaemonConfig(_Model):
     topics: TopicsConfig = Field(default_factory=TopicsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    fleet: FleetConfig | None = None
 
 
 class PostgresConfig(_Model):
