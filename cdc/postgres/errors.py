@@ -41,9 +41,33 @@ _CONNECTION_FIXES: tuple[tuple[tuple[str, ...], str], ...] = (
         "pg_hba.conf must allow this host a connection (for replication, a line with the"
         " database name, not only 'replication')",
     ),
+    # TLS (libpq's texts; docs: libpq SSL Support). The most specific first.
     (
-        ("certificate", "ssl was required", "does not support ssl"),
-        "check the sslmode and certificates in postgres.dsn",
+        ("certificate verify failed",),
+        "the server's certificate is not trusted by the CA in sslrootcert (wrong CA file,"
+        " or the certificate expired): set sslrootcert in postgres.dsn to the CA that signed"
+        " the server's certificate (sslrootcert=system for a public CA), keep"
+        " sslmode=verify-full",
+    ),
+    (
+        ("does not match host name",),
+        "the host in postgres.dsn is not a name the server's certificate lists"
+        " (subjectAltName), which sslmode=verify-full requires: connect by a name or address"
+        " the certificate holds, or have the certificate reissued with it",
+    ),
+    (
+        ("root certificate file",),
+        "the sslrootcert file in postgres.dsn does not exist or cannot be read: point"
+        " sslrootcert at the CA certificate (PEM) that signed the server's certificate",
+    ),
+    (
+        ("ssl was required", "does not support ssl"),
+        "the server does not accept TLS connections: enable it on the server (ssl = on,"
+        " ssl_cert_file, ssl_key_file) or change sslmode in postgres.dsn",
+    ),
+    (
+        ("certificate", "sslcert", "sslkey"),
+        "check sslmode, sslrootcert, sslcert and sslkey in postgres.dsn",
     ),
 )
 

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, TypeVar
@@ -28,7 +28,14 @@ from confluent_kafka.admin import AdminClient
 
 from cdc.testing import ManagedProcess, ServiceError, free_port, log_tail
 
-__all__ = ["KAFKA_VERSION", "KafkaServer", "ensure_kafka_jars", "read_committed", "start_kafka"]
+__all__ = [
+    "KAFKA_VERSION",
+    "KafkaServer",
+    "SaslSslListener",
+    "ensure_kafka_jars",
+    "read_committed",
+    "start_kafka",
+]
 
 T = TypeVar("T")
 
@@ -51,6 +58,17 @@ JVM_OPTIONS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-Djava.awt.headless=true")
 TOOL_JVM_OPTIONS = ("-Xmx256m", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
 
 
+@dataclass(frozen=True, slots=True)
+class SaslSslListener:
+    """An extra SASL_SSL listener (SASL/PLAIN over TLS) beside the PLAINTEXT one, for
+    tests of clients configured as against a secured cluster. The broker's own traffic
+    (inter-broker, controller) stays on PLAINTEXT."""
+
+    keystore: Path  # PKCS#12: the broker's key and certificate (cdc.testing.tls)
+    keystore_password: str
+    users: Mapping[str, str]  # SASL/PLAIN user name -> password
+
+
 @dataclass(slots=True)
 class KafkaServer(ManagedProcess):
     """A running throwaway Kafka broker. Mutable: ``restart()`` swaps the process.
@@ -68,12 +86,21 @@ class KafkaServer(ManagedProcess):
     base_dir: Path
     log_path: Path
     jars_dir: Path
+    # The SASL_SSL listener's port, when start_kafka was given one.
+    sasl_ssl_port: int | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def bootstrap_servers(self) -> str:
         """``host:port`` for the ``bootstrap.servers`` client property."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap_servers(self) -> str:
+        """``host:port`` of the SASL_SSL listener (its certificate must hold the address)."""
+        if self.sasl_ssl_port is None:
+            raise ServiceError("this broker was started without a SASL_SSL listener")
+        return f"{self.host}:{self.sasl_ssl_port}"
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [
@@ -187,7 +214,9 @@ def ensure_kafka_jars(cache_dir: Path | None = None) -> Path:
     return jars_dir
 
 
-def start_kafka(base_dir: Path, *, port: int | None = None) -> KafkaServer:
+def start_kafka(
+    base_dir: Path, *, port: int | None = None, sasl_ssl: SaslSslListener | None = None
+) -> KafkaServer:
     """Format (if needed) and start a single-node KRaft Kafka broker under ``base_dir``.
 
     ``base_dir`` receives ``server.properties``, ``log4j.properties``, the topic data in
@@ -197,6 +226,8 @@ def start_kafka(base_dir: Path, *, port: int | None = None) -> KafkaServer:
     Args:
         base_dir: a folder of our own; created if missing.
         port: the client (PLAINTEXT) port on 127.0.0.1; a free one when None.
+        sasl_ssl: also listen for SASL_SSL clients (on a free port) with this keystore
+            and these users; None (the default): PLAINTEXT only.
 
     Returns:
         The running broker; it answers metadata requests.
@@ -212,15 +243,27 @@ def start_kafka(base_dir: Path, *, port: int | None = None) -> KafkaServer:
     base_dir = base_dir.resolve()
     base_dir.mkdir(parents=True, exist_ok=True)
     properties = base_dir / "server.properties"
+    sasl_ssl_port: int | None = None
     if properties.exists():
         old = _read_properties(properties)
-        port = int(old["advertised.listeners"].rsplit(":", 1)[1])
+        advertised = {
+            entry.split("://", 1)[0]: int(entry.rsplit(":", 1)[1])
+            for entry in old["advertised.listeners"].split(",")
+        }
+        port = advertised["PLAINTEXT"]
+        sasl_ssl_port = advertised.get("SASL_SSL")
         controller_port = int(old["controller.quorum.voters"].rsplit(":", 1)[1])
     else:
         port = port if port is not None else free_port()
+        taken = {port}
         controller_port = free_port()
-        while controller_port == port:
+        while controller_port in taken:
             controller_port = free_port()
+        taken.add(controller_port)
+        if sasl_ssl is not None:
+            sasl_ssl_port = free_port()
+            while sasl_ssl_port in taken:
+                sasl_ssl_port = free_port()
     server = KafkaServer(
         host="127.0.0.1",
         port=port,
@@ -228,9 +271,10 @@ def start_kafka(base_dir: Path, *, port: int | None = None) -> KafkaServer:
         base_dir=base_dir,
         log_path=base_dir / "kafka.log",
         jars_dir=jars_dir,
+        sasl_ssl_port=sasl_ssl_port,
     )
     if not properties.exists():
-        _write_config(server)
+        _write_config(server, sasl_ssl)
     if not (base_dir / "data" / "meta.properties").exists():
         _format_storage(server)
     server._start()
@@ -251,7 +295,7 @@ def _write_properties(path: Path, properties: dict[str, str]) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def _write_config(server: KafkaServer) -> None:
+def _write_config(server: KafkaServer, sasl_ssl: SaslSslListener | None = None) -> None:
     host, port, cport = server.host, server.port, server.controller_port
     properties = {
         # KRaft combined mode: one JVM is the whole cluster, no ZooKeeper.
@@ -283,6 +327,8 @@ def _write_config(server: KafkaServer) -> None:
         # would hide a missing create in the code under test.
         "auto.create.topics.enable": "false",
     }
+    if sasl_ssl is not None:
+        properties.update(_sasl_ssl_properties(server, sasl_ssl))
     _write_properties(server.base_dir / "server.properties", properties)
     log4j = {
         "log4j.rootLogger": "INFO, file",
@@ -299,6 +345,34 @@ def _write_config(server: KafkaServer) -> None:
         "log4j.logger.kafka.log.LogCleaner": "WARN",
     }
     _write_properties(server.base_dir / "log4j.properties", log4j)
+
+
+def _sasl_ssl_properties(server: KafkaServer, listener: SaslSslListener) -> dict[str, str]:
+    """The broker settings of the SASL_SSL listener (Kafka docs: Security, SASL/PLAIN)."""
+    host, port, cport, sport = (
+        server.host,
+        server.port,
+        server.controller_port,
+        server.sasl_ssl_port,
+    )
+    users = " ".join(f'user_{name}="{password}"' for name, password in listener.users.items())
+    prefix = "listener.name.sasl_ssl."
+    return {
+        "listeners": f"PLAINTEXT://{host}:{port},SASL_SSL://{host}:{sport},CONTROLLER://{host}:{cport}",
+        # Clients verify this address against the certificate (cdc.testing.tls: 127.0.0.1).
+        "advertised.listeners": f"PLAINTEXT://{host}:{port},SASL_SSL://{host}:{sport}",
+        "listener.security.protocol.map": (
+            "PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+        ),
+        "sasl.enabled.mechanisms": "PLAIN",
+        f"{prefix}plain.sasl.jaas.config": (
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+        ),
+        f"{prefix}ssl.keystore.type": "PKCS12",
+        f"{prefix}ssl.keystore.location": str(listener.keystore),
+        f"{prefix}ssl.keystore.password": listener.keystore_password,
+        f"{prefix}ssl.key.password": listener.keystore_password,
+    }
 
 
 def _cluster_id() -> str:
