@@ -8,6 +8,14 @@ lost). Fatal: what a person must fix (a setting, a privilege, a topic's policy, 
 factor the cluster cannot meet, another instance holding the connector's transactional
 id). A fatal error stops that connector with its one-line fix, and is never retried; the
 others go on; the daemon exits 1 when no connector is left running.
+
+With ``fleet`` (docs/operations.md, "Running a fleet"), the group member
+(``cdc.kafka.fleet``) decides which connectors run here: each gets its own stop request,
+started on assignment, stopped cleanly on revocation (the callback blocks until its
+threads ended, bounded by half the rebalance timeout), abandoned when the group lost us.
+A connector that fails fatally stays failed on the instance that owns it (reported on
+the board with its owner) rather than being handed around; it moves only with a
+rebalance. The daemon then runs until SIGTERM, owning connectors or not.
 """
 
 from __future__ import annotations
@@ -17,19 +25,22 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 import structlog
 
 from cdc import metrics
 from cdc.check.run import preflight
-from cdc.config import ConnectorConfig, DaemonConfig, ReplayConfig
+from cdc.config import ConnectorConfig, DaemonConfig, FleetConfig, ReplayConfig
 from cdc.errors import CdcError, ConfigError
+from cdc.fleet import Action, Ownership, Roster
 from cdc.logging import redact_dsn
 from cdc.native import native_core_status
 from cdc.status import BOARD, start_status_server
+from cdc.stopping import StopRequest
 from cdc.stream.pipeline import ConnectorPipeline
 
-__all__ = ["ConnectorRunner", "is_retryable", "run_daemon"]
+__all__ = ["ConnectorRunner", "FleetConnectors", "is_retryable", "run_daemon"]
 
 # Restart backoff: first retry soon (a blip), then back off to spare a struggling server.
 BACKOFF_INITIAL_S = 1.0
@@ -169,6 +180,8 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
                 port=server.server_address[1],
                 paths=["/metrics", "/status", "/healthz"],
             )
+        if daemon.fleet is not None:
+            return _run_fleet(daemon, daemon.fleet, connectors, stop)
         runners = [ConnectorRunner(daemon, c, stop) for c in connectors if c.enabled]
         runners.extend(
             ConnectorRunner(daemon, c, stop, replay=r)
@@ -203,3 +216,204 @@ def run_daemon(daemon: DaemonConfig, connectors: list[ConnectorConfig]) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class FleetConnectors:
+    """The connectors this instance runs in a fleet, started and stopped by the group
+    member's callbacks (which all come from the member's thread; SIGTERM's ``stop_all``
+    from the main thread)."""
+
+    def __init__(
+        self, daemon: DaemonConfig, fleet: FleetConfig, connectors: list[ConnectorConfig]
+    ) -> None:
+        self._daemon = daemon
+        self._instance = fleet.instance_id
+        self._by_name = {c.name: c for c in connectors}
+        self.ownership = Ownership(Roster.of(self._by_name))
+        # Half the rebalance timeout: the member still rejoins within the rebalance.
+        self._release_wait_s = fleet.rebalance_timeout_ms / 2000
+        self._lock = threading.Lock()
+        self._stops: dict[str, StopRequest] = {}
+        self._runners: dict[str, list[ConnectorRunner]] = {}
+        self._log = structlog.get_logger("cdc.daemon").bind(instance=fleet.instance_id)
+        self._stopping = False
+        self._publish_owned()
+
+    # --- the member's callbacks --------------------------------------------------------
+
+    def assigned(self, partitions: list[int]) -> None:
+        """Start the connectors of the partitions added to our assignment."""
+        started = []
+        for decision in self.ownership.assigned(partitions):
+            self._start(decision.connector)
+            started.append(decision.connector)
+        self._log.info("fleet_assigned", connectors=started, owned=sorted(self.ownership.owned))
+        self._publish_owned()
+
+    def revoked(self, partitions: list[int]) -> None:
+        """Stop cleanly (commit, confirm) and wait: the partitions go to another instance
+        only once this returns, so two instances never run one connector."""
+        self._release(self.ownership.revoked(partitions), "fleet_revoked")
+
+    def lost(self, partitions: list[int]) -> None:
+        """Our session expired: another instance may own these already; abandon them
+        (nothing more committed or confirmed)."""
+        self._release(self.ownership.lost(partitions), "fleet_lost")
+
+    def stop_all(self) -> None:
+        """SIGTERM: every connector stops cleanly, and none starts any more."""
+        with self._lock:
+            self._stopping = True
+            stops = list(self._stops.values())
+        for stop in stops:
+            stop.set()
+
+    def join_all(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for runner in self._all_runners():
+            runner.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def failed(self) -> list[ConnectorRunner]:
+        return [r for r in self._all_runners() if r.failure is not None]
+
+    # --- carrying out ----------------------------------------------------------------------
+
+    def _start(self, name: str) -> None:
+        with self._lock:
+            if self._stopping:
+                return
+            previous = self._runners.get(name, [])
+        for runner in previous:  # an abandoned run not ended yet: never two at once
+            runner.join(self._release_wait_s)
+        connector = self._by_name[name]
+        stop = StopRequest()
+        runners = [ConnectorRunner(self._daemon, connector, stop)]
+        runners.extend(
+            ConnectorRunner(self._daemon, connector, stop, replay=r)
+            for r in connector.replays
+            if r.enabled
+        )
+        with self._lock:
+            self._stops[name] = stop
+            self._runners[name] = runners
+        for runner in runners:
+            BOARD.update(runner.connector_name, owner=self._instance, phase="starting")
+            runner.start()
+
+    def _release(self, decisions: list[Any], event: str) -> None:
+        if not decisions:
+            return
+        started = time.monotonic()
+        released: list[tuple[str, list[ConnectorRunner]]] = []
+        for decision in decisions:
+            with self._lock:
+                stop = self._stops.pop(decision.connector, None)
+                runners = self._runners.get(decision.connector, [])
+            if stop is not None:
+                if decision.action is Action.ABANDON:
+                    stop.abandon()
+                else:
+                    stop.set()
+            released.append((decision.connector, runners))
+        deadline = started + self._release_wait_s
+        still_running = []
+        for name, runners in released:
+            for runner in runners:
+                runner.join(max(0.0, deadline - time.monotonic()))
+                if runner.is_alive():
+                    # Past the bound: the partition moves on anyway. The new owner's
+                    # init_transactions fences this run's producer and its slot waits
+                    # for this walsender, so it cannot write twice; _start joins it.
+                    still_running.append(runner.connector_name)
+                else:
+                    BOARD.remove(runner.connector_name)
+            with self._lock:
+                if not any(r.is_alive() for r in runners) and self._runners.get(name) is runners:
+                    # Not ours any more: its failure (e.g. fenced) is not this instance's.
+                    del self._runners[name]
+        level = self._log.warning if event == "fleet_lost" or still_running else self._log.info
+        level(
+            event,
+            connectors=[d.connector for d in decisions],
+            stopped_in_s=round(time.monotonic() - started, 3),
+            still_running=still_running,
+            owned=sorted(self.ownership.owned),
+        )
+        self._publish_owned()
+
+    def _all_runners(self) -> list[ConnectorRunner]:
+        with self._lock:
+            return [r for runners in self._runners.values() for r in runners]
+
+    def _publish_owned(self) -> None:
+        owned = sorted(self.ownership.owned)
+        metrics.FLEET_CONNECTORS_OWNED.labels(instance=self._instance).set(len(owned))
+        BOARD.set_fleet(instance_id=self._instance, owned=owned)
+
+
+def _run_fleet(
+    daemon: DaemonConfig,
+    fleet: FleetConfig,
+    connectors: list[ConnectorConfig],
+    stop: threading.Event,
+) -> int:
+    """Run what the fleet's group assigns to this instance until SIGTERM/SIGINT (exit 0,
+    1 if a connector it ran failed) or until the member fails (exit 1)."""
+    # Imported here: a daemon without a fleet never loads the group member.
+    from cdc.kafka.fleet import FleetMember  # noqa: PLC0415
+
+    log = structlog.get_logger("cdc.daemon").bind(instance=fleet.instance_id)
+    enabled = [c for c in connectors if c.enabled]
+    if not enabled:
+        log.error("no_connector_enabled")
+        return 1
+    owned = FleetConnectors(daemon, fleet, enabled)
+    roster = owned.ownership.roster
+    BOARD.set_fleet(
+        group=fleet.group, instance_id=fleet.instance_id, roster_digest=roster.digest, owned=[]
+    )
+
+    def before_leave() -> None:
+        owned.stop_all()
+        owned.join_all(fleet.rebalance_timeout_ms / 2000)
+
+    member = FleetMember(
+        bootstrap_servers=daemon.kafka.bootstrap_servers,
+        properties=daemon.kafka.properties,
+        fleet=fleet,
+        roster=roster,
+        replication_factor=daemon.topics.replication_factor,
+        on_assign=owned.assigned,
+        on_revoke=owned.revoked,
+        on_lost=owned.lost,
+        before_leave=before_leave,
+        stop=stop,
+        log=log,
+    )
+    log.info(
+        "daemon_started",
+        connectors=list(roster.connectors),
+        fleet=fleet.group,
+        instance_id=fleet.instance_id,
+        roster_digest=roster.digest,
+        core=native_core_status(),
+    )
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    member.start()
+    while not stop.is_set() and member.is_alive():
+        stop.wait(0.5)
+    stop.set()
+    owned.stop_all()
+    member.join()
+    owned.join_all(fleet.rebalance_timeout_ms / 2000)
+    failed = owned.failed
+    log.info(
+        "daemon_stopped",
+        failed_connectors=[r.connector_name for r in failed],
+        fleet_member_failed=None if member.failure is None else str(member.failure),
+    )
+    if isinstance(member.failure, ConfigError):
+        raise member.failure
+    return 1 if failed or member.failure is not None else 0

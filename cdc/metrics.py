@@ -16,6 +16,8 @@ __all__ = [
     "CONNECTOR_UP",
     "DEAD_LETTER_RECORDS",
     "EVENTS",
+    "FLEET_CONNECTORS_OWNED",
+    "FLEET_REBALANCES",
     "IN_FLIGHT_RECORDS",
     "LAG_BYTES",
     "LAST_COMMIT_TIMESTAMP",
@@ -106,4 +108,15 @@ DEAD_LETTER_RECORDS = Counter(
     "Records Kafka refused for good that went to the dead-letter topic instead"
     " (dead_letter.enabled), by reason: too_large or refused",
     ["connector", "reason"],
+)
+FLEET_CONNECTORS_OWNED = Gauge(
+    "cdc_fleet_connectors_owned",
+    "Connectors the fleet's group assigns to this instance (fleet.group)",
+    ["instance"],
+)
+FLEET_REBALANCES = Counter(
+    "cdc_fleet_rebalances",
+    "The fleet group's callbacks on this instance, by kind: assigned, revoked (handed over"
+    " cleanly), lost (session expired: abandoned)",
+    ["instance", "kind"],
 )

@@ -28,6 +28,8 @@ class StatusBoard:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connectors: dict[str, dict[str, Any]] = {}
+        # A fleet member's view (fleet.group): group, instance, owned connectors.
+        self._fleet: dict[str, Any] | None = None
 
     def update(self, connector: str, **fields: Any) -> None:
         with self._lock:
@@ -42,15 +44,33 @@ class StatusBoard:
             tables = entry.setdefault("snapshot", {}).setdefault("tables", {})
             tables.setdefault(table, {}).update(fields)
 
+    def remove(self, connector: str) -> None:
+        """Forget a connector this instance no longer runs (handed to another in a fleet)."""
+        with self._lock:
+            self._connectors.pop(connector, None)
+
+    def set_fleet(self, **fields: Any) -> None:
+        """The fleet member's state, beside the connectors'."""
+        with self._lock:
+            self._fleet = {**(self._fleet or {}), **fields}
+
     def document(self) -> dict[str, Any]:
         with self._lock:
             connectors = [orjson.loads(orjson.dumps(c)) for c in self._connectors.values()]
-        healthy = bool(connectors) and all(c.get("phase") in WORKING for c in connectors)
-        return {"healthy": healthy, "connectors": connectors}
+            fleet = None if self._fleet is None else orjson.loads(orjson.dumps(self._fleet))
+        # A fleet instance that owns nothing is a healthy standby.
+        healthy = (bool(connectors) or fleet is not None) and all(
+            c.get("phase") in WORKING for c in connectors
+        )
+        document: dict[str, Any] = {"healthy": healthy, "connectors": connectors}
+        if fleet is not None:
+            document["fleet"] = fleet
+        return document
 
     def clear(self) -> None:
         with self._lock:
             self._connectors.clear()
+            self._fleet = None
 
 
 BOARD = StatusBoard()

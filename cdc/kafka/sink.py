@@ -36,7 +36,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cdc import metrics
 from cdc.envelope import Record
-from cdc.errors import SinkError
+from cdc.errors import SinkError, Stopped
 from cdc.kafka.client import (
     PRODUCER_DEFAULTS,
     PRODUCER_REQUIRED,
@@ -130,6 +130,7 @@ class KafkaSink:
         self._clock = clock
         self._dead_letter_topic = dead_letter_topic
         self._fatal = False  # the producer is unusable: nothing more may be asked of it
+        self._abandoned = False  # abandon(): commit nothing more, close without waiting
         # Why it is: the fatal error itself, which later calls only report as a bare
         # "Local: Fatal error" (e.g. fenced by another instance).
         self._fatal_cause: Any = None
@@ -476,6 +477,8 @@ class KafkaSink:
         ledger = self._ledger
         if not ledger.pending:
             return
+        if self._abandoned:
+            raise Stopped
         if not self._in_transaction:
             self._begin()
         produce = self._producer.produce
@@ -723,16 +726,21 @@ class KafkaSink:
         self._wait(lambda: not len(self._producer), timeout=timeout, report=False)
         self._raise_state_failures()
 
+    def abandon(self) -> None:
+        """Another instance may own the connector now (a fleet lost it): commit nothing
+        more, and let ``close`` drop what is in flight rather than wait for it."""
+        self._abandoned = True
+
     def close(self) -> None:
         """Leave nothing behind: abort an open transaction, let in-flight requests
-        resolve (bounded), purge the rest and close the producer, so no late delivery of
-        this run lands after the next run's records."""
+        resolve (bounded; not when abandoned), purge the rest and close the producer, so
+        no late delivery of this run lands after the next run's records."""
         producer = self._producer
         try:
             if self._in_transaction:
                 self._abort_quietly()
             producer.purge(in_queue=True, in_flight=False)
-            if producer.flush(CLOSE_FLUSH_S):
+            if producer.flush(0 if self._abandoned else CLOSE_FLUSH_S):
                 producer.purge(in_queue=True, in_flight=True)
                 producer.flush(0)
             if not self._fatal:  # close() would try to abort, which a fatal error forbids

@@ -37,6 +37,7 @@ from cdc.protocol.replication import (
     split_xlog_data,
     unix_us_to_pg_us,
 )
+from cdc.stopping import abandoned
 from cdc.stream.router import (
     ChangeRouter,
     Effect,
@@ -240,7 +241,7 @@ class StreamLoop:
         """A stop was requested: leave now, or first finish the source transaction in
         hand (``at_least_once``: its records are then all confirmed, so a restart
         repeats nothing), within ``drain_timeout``."""
-        if self._sink.exactly_once or not self._router.in_transaction:
+        if self._sink.exactly_once or not self._router.in_transaction or abandoned(self._stop):
             return True
         now = time.monotonic()
         if self._drain_deadline is None:
@@ -310,8 +311,18 @@ class StreamLoop:
 
     def _finish(self) -> None:
         """Make what was published durable (commit, or wait for acknowledgements) and
-        confirm it, so a restart repeats nothing."""
+        confirm it, so a restart repeats nothing. Abandoned (a fleet lost this connector:
+        another instance may own it already): neither, the new owner resumes from what
+        Kafka durably holds."""
         sink = self._sink
+        if abandoned(self._stop):
+            sink.abandon()
+            self._log.warning(
+                "streaming_abandoned",
+                lsn=format_lsn(sink.confirmed),
+                detail="nothing more was committed or confirmed; the new owner resumes",
+            )
+            return
         sink.on_wait = self._heartbeat  # stopping already: only keep the slot informed
         sink.finish(self._timings.shutdown_timeout_s)
         self._drain_latency()
