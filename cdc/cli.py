@@ -490,11 +490,19 @@ def status(config_path: Path, url: str | None) -> None:
 def render_status(document: dict[str, Any]) -> list[str]:
     """Readable lines for a /status document."""
     lines = []
+    fleet = document.get("fleet")
+    if fleet:
+        lines.append(
+            f"fleet {fleet.get('group')}: instance {fleet.get('instance_id')} owns"
+            f" {', '.join(fleet.get('owned') or []) or 'nothing (standby)'}"
+            f"  roster {fleet.get('roster_digest', '-')}"
+        )
     for c in document.get("connectors", []):
         events = c.get("events") or {}
         counts = " ".join(f"{op}={events[op]}" for op in ("c", "u", "d", "t") if events.get(op))
+        owner = f"  on {c['owner']}" if c.get("owner") else ""
         lines.append(
-            f"{c.get('connector')}: {c.get('phase', '?')}"
+            f"{c.get('connector')}: {c.get('phase', '?')}{owner}"
             f"  confirmed {c.get('confirmed_lsn', '-')}  lag {c.get('lag_bytes', 0)} B"
             f"  in flight {c.get('in_flight_records', 0)}  events {counts or '0'}"
         )

@@ -140,3 +140,21 @@ def test_a_plain_event_never_abandons() -> None:
     event = threading.Event()
     event.set()
     assert not abandoned(event)
+
+
+def test_status_shows_the_fleet_and_each_connector_owner() -> None:
+    from cdc.cli import render_status
+    from cdc.status import StatusBoard
+
+    board = StatusBoard()
+    board.set_fleet(group="g", instance_id="a", roster_digest="d1", owned=[])
+    assert board.document()["healthy"] is True  # a standby owning nothing is healthy
+    board.set_fleet(owned=["orders"])
+    board.update("orders", owner="a", phase="streaming")
+    document = board.document()
+    assert document["fleet"]["owned"] == ["orders"]
+    lines = render_status(document)
+    assert lines[0] == "fleet g: instance a owns orders  roster d1"
+    assert lines[1].startswith("orders: streaming  on a  confirmed")
+    board.remove("orders")
+    assert board.document()["connectors"] == []
