@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg import sql
 from psycopg.pq import DiagnosticField, TransactionStatus
 
@@ -21,6 +22,15 @@ from cdc.errors import ConfigError, SlotError, SourceError
 from cdc.lsn import format_lsn, parse_lsn
 from cdc.masking import TableControls
 from cdc.postgres.errors import source_error
+from cdc.postgres.failover import (
+    FAILOVER_SLOTS_VERSION,
+    SlotHealth,
+    alter_slot_failover_command,
+    check_multi_host_dsn,
+    create_slot_command,
+    failover_hint,
+    slot_health_columns,
+)
 from cdc.stream.wal_guard import SlotWal
 
 __all__ = [
@@ -70,6 +80,9 @@ class ServerInfo:
     encoding: str
     # pg_control's system identifier: the LSNs of another cluster mean nothing here.
     system_id: str = ""
+    # IDENTIFY_SYSTEM's timeline: above 1 once the server was promoted (or recovered to
+    # a point in time), which is what a missing slot after a failover looks like.
+    timeline: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +93,8 @@ class SlotInfo:
     # Set when the slot was just created with EXPORT_SNAPSHOT: valid for SET TRANSACTION
     # SNAPSHOT while the replication connection stays open and idle.
     snapshot_name: str | None = None
+    # PostgreSQL 17+: whether the slot is synchronised to standbys (None before 17).
+    failover: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +152,23 @@ def protocol_version_for(server_version_num: int) -> int:
 class ReplicationSource:
     """One connector's two PostgreSQL connections and the COPY_BOTH byte stream."""
 
-    def __init__(self, dsn: str, *, slot: str, publication: str, application_name: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        slot: str,
+        publication: str,
+        application_name: str,
+        log: Any = None,
+    ) -> None:
         self._dsn = dsn
+        self._log = (
+            log
+            if log is not None
+            else structlog.get_logger("cdc.postgres").bind(
+                connector=application_name.removeprefix("cdc:"), slot=slot
+            )
+        )
         self.slot = slot
         self.publication = publication
         self._application_name = application_name
@@ -147,11 +177,19 @@ class ReplicationSource:
         self._pgconn: Any = None
         self._socket = -1
         self._server_version = 0
+        self._timeline = 0
 
     # --- set-up ---------------------------------------------------------------------
 
     def connect(self) -> ServerInfo:
-        """Open both connections and check the server can do logical replication."""
+        """Open both connections and check the server can do logical replication.
+
+        Both connections use the DSN as written (several hosts need
+        ``target_session_attrs=read-write``: ``check_multi_host_dsn``), and the server must
+        be a primary: a standby (in recovery) is refused, retryably, since it may be one
+        being promoted by a failover.
+        """
+        check_multi_host_dsn(self._dsn)
         try:
             self._sql = psycopg.connect(
                 self._dsn,
@@ -168,7 +206,8 @@ class ReplicationSource:
             )
             row = self._sql.execute(
                 "SELECT current_setting('server_version_num')::int, current_database(),"
-                " current_setting('wal_level'), current_setting('server_encoding')"
+                " current_setting('wal_level'), current_setting('server_encoding'),"
+                " pg_is_in_recovery(), inet_server_addr()::text, inet_server_port()"
             ).fetchone()
             system = self._repl.execute("IDENTIFY_SYSTEM").fetchone()
         except psycopg.Error as exc:
@@ -182,8 +221,19 @@ class ReplicationSource:
             wal_level=row[2],
             encoding=row[3],
             system_id=str(system[0]),
+            timeline=int(system[1]),
         )
         self._server_version = info.version_num
+        self._timeline = info.timeline
+        if row[4]:
+            where = "a unix socket" if row[5] is None else f"{row[5]} port {row[6]}"
+            raise SourceError(
+                f"the PostgreSQL server at {where} is a standby (in recovery): cdc streams"
+                " from the primary, where its slot and publication live. Waiting for it to be"
+                " promoted; if it is not the primary, point postgres.dsn at the primary, or"
+                " list every host with target_session_attrs=read-write",
+                retryable=True,
+            )
         if info.version_num < MIN_SERVER_VERSION:
             raise SourceError(
                 f"PostgreSQL {info.version_num} is too old: logical replication with pgoutput"
@@ -535,19 +585,26 @@ class ReplicationSource:
         before_create: Callable[[], None] | None = None,
         export_snapshot: bool = False,
         temporary: bool = False,
+        failover: bool = True,
     ) -> SlotInfo:
-        """Find the slot, or create it; refuse a slot of another plugin or database.
+        """Find the slot, or create it; refuse a slot of another plugin or database, and a
+        slot PostgreSQL invalidated.
 
         ``before_create`` runs before a missing slot is created and may refuse by raising:
-        the pipeline uses it to detect a slot that was lost rather than never made.
+        the pipeline uses it to detect a slot that was lost rather than never made (its
+        error then says what a failover does to slots on this server version).
         ``export_snapshot`` creates it with an exported snapshot (for a consistent initial
         snapshot); ``temporary`` makes PostgreSQL drop it when the connection closes.
+        ``failover`` (PostgreSQL 17+, not temporary): the slot is created as a failover
+        slot, and an existing slot cdc manages (``create``) is made one.
         """
         conn = self._require_sql()
+        version = self._server_version
         try:
             row = conn.execute(
-                "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, active_pid"
-                " FROM pg_replication_slots WHERE slot_name = %s",
+                "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, active_pid, "  # noqa: S608
+                + slot_health_columns(version)
+                + " FROM pg_replication_slots WHERE slot_name = %s",
                 (self.slot,),
             ).fetchone()
             database = conn.execute("SELECT current_database()").fetchone()
@@ -555,7 +612,8 @@ class ReplicationSource:
             raise source_error(f"looking up replication slot {self.slot!r}", exc) from exc
         assert database is not None
         if row is not None:
-            plugin, slot_type, slot_db, confirmed, active_pid = row
+            plugin, slot_type, slot_db, confirmed, active_pid = row[:5]
+            health = SlotHealth(*row[5:])
             if slot_type != "logical" or plugin != "pgoutput":
                 raise SlotError(
                     f"replication slot {self.slot!r} exists but is {slot_type} with plugin"
@@ -566,6 +624,7 @@ class ReplicationSource:
                     f"replication slot {self.slot!r} belongs to database {slot_db!r}, not"
                     f" {database[0]!r}: choose another `slot`"
                 )
+            health.refuse_invalidated(self.slot, confirmed)
             if active_pid is not None:
                 raise SourceError(
                     f"replication slot {self.slot!r} is in use by server process {active_pid}"
@@ -573,18 +632,35 @@ class ReplicationSource:
                 )
             if confirmed is None:
                 raise SlotError(f"replication slot {self.slot!r} has no confirmed position")
-            return SlotInfo(self.slot, parse_lsn(confirmed), created=False)
+            if health.synced:
+                # On a primary, synced marks a slot a promoted standby kept (the docs:
+                # "may (if leftover from a promoted standby) also be true").
+                self._log.info(
+                    "slot_resumed_after_failover", lsn=confirmed, timeline=self._timeline
+                )
+            is_failover = health.failover
+            if failover and create and health.failover is False and not temporary:
+                self._alter_to_failover()
+                is_failover = True
+            return SlotInfo(self.slot, parse_lsn(confirmed), created=False, failover=is_failover)
+        hint = failover_hint(version, self._timeline)
         if not create:
             raise SlotError(
-                f"replication slot {self.slot!r} does not exist: create it or set create_slot: true"
+                f"replication slot {self.slot!r} does not exist: create it or set"
+                f" create_slot: true. If it existed before: {hint}"
             )
         if before_create is not None:
-            before_create()
+            try:
+                before_create()
+            except SlotError as exc:
+                raise SlotError(f"{exc}. {hint}") from exc
         repl = self._require_repl()
-        command = sql.SQL("CREATE_REPLICATION_SLOT {} {}LOGICAL pgoutput {}").format(
-            sql.Identifier(self.slot),
-            sql.SQL("TEMPORARY " if temporary else ""),
-            sql.SQL("EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"),
+        command = create_slot_command(
+            self.slot,
+            server_version=version,
+            export_snapshot=export_snapshot,
+            temporary=temporary,
+            failover=failover,
         )
         try:
             result = repl.execute(command).fetchone()
@@ -596,7 +672,18 @@ class ReplicationSource:
             parse_lsn(result[1]),
             created=True,
             snapshot_name=result[2] if export_snapshot else None,
+            failover=(failover and not temporary) if version >= FAILOVER_SLOTS_VERSION else None,
         )
+
+    def _alter_to_failover(self) -> None:
+        """Make the (inactive) slot a failover slot, so a standby syncs it from now on."""
+        try:
+            self._require_repl().execute(alter_slot_failover_command(self.slot))
+        except psycopg.Error as exc:
+            raise source_error(
+                f"making replication slot {self.slot!r} a failover slot", exc
+            ) from exc
+        self._log.info("slot_failover_enabled")
 
     def slot_wal(self, server_version: int) -> SlotWal | None:
         """What the server says about the slot's retained WAL (one catalog query): the
