@@ -19,8 +19,11 @@ from cdc.postgres.source import protocol_version_for
 
 __all__ = ["CHECK_SESSION_OPTIONS", "CONNECT_TIMEOUT_S", "gather_postgres_facts"]
 
-# Read-only, and no statement may hold the legacy server longer than this.
-CHECK_SESSION_OPTIONS = "-c default_transaction_read_only=on -c statement_timeout=5000"
+# No statement may hold the legacy server longer than this.
+CHECK_SESSION_OPTIONS = "-c statement_timeout=5000"
+# Read-only, set once connected: as a startup option, PostgreSQL 14+ reports it to libpq,
+# and target_session_attrs=read-write (a multi-host DSN) would then refuse every host.
+_READ_ONLY = "SET default_transaction_read_only = on"
 CONNECT_TIMEOUT_S = 10
 
 _SERVER_SQL = """
@@ -83,6 +86,7 @@ def gather_postgres_facts(
             options=CHECK_SESSION_OPTIONS,
             connect_timeout=CONNECT_TIMEOUT_S,
         ) as conn:
+            conn.execute(_READ_ONLY)
             return _gather(conn, slot=slot, publication=publication, tables=tables)
     except psycopg.Error as exc:
         raise source_error("checking PostgreSQL (read-only)", exc) from exc

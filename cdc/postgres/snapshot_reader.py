@@ -124,19 +124,27 @@ class SnapshotReader:
         Raises:
             SourceError: the connection failed.
         """
-        options = SESSION_OPTIONS + (" -c default_transaction_read_only=on" if read_only else "")
         try:
             self._conn: psycopg.Connection[Any] | None = psycopg.connect(
                 dsn,
                 autocommit=True,
                 application_name=application_name,
-                options=options,
+                options=SESSION_OPTIONS,
                 # Row values are decoded as UTF-8 (the only server encoding cdc reads);
                 # a PGCLIENTENCODING in the environment must not change that.
                 client_encoding="UTF8",
             )
         except psycopg.Error as exc:
             raise source_error("connecting to PostgreSQL for snapshot reads", exc) from exc
+        if read_only:
+            # Set once connected, not as a startup option: PostgreSQL 14+ reports a startup
+            # default_transaction_read_only to libpq, and target_session_attrs=read-write
+            # (a DSN with several hosts) would then refuse every host.
+            try:
+                self._conn.execute("SET default_transaction_read_only = on")
+            except psycopg.Error as exc:
+                self._conn.close()
+                raise source_error("making the snapshot-read session read-only", exc) from exc
         self._server_version = self._conn.info.server_version
         self._in_snapshot = False
         self._controls: Mapping[str, TableControls] = controls or {}

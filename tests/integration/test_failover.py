@@ -71,12 +71,6 @@ def _started_or_restarting(daemon: Daemon) -> dict[str, Any]:
     return found[0]
 
 
-@pytest.mark.xfail(
-    reason="cdc/postgres/preflight.py connects with -c default_transaction_read_only=on, which"
-    " PostgreSQL 14+ reports to libpq, so target_session_attrs=read-write rejects every host"
-    " ('session is read-only'): the preflight must SET it after connecting instead",
-    strict=True,
-)
 def test_several_hosts_with_read_write_stream_from_the_writable_one(
     postgres_server: Any, read_only_postgres: PostgresServer, kafka_server: Any, tmp_path: Path
 ) -> None:
