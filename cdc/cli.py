@@ -450,17 +450,29 @@ def verify(  # noqa: PLR0917 - one parameter per option
 
 @cli.command()
 @_config_option
+@_connectors_option
 @click.option(
     "--url",
     default=None,
     help="The daemon's status endpoint; default: from metrics.host/port in --config.",
 )
-def status(config_path: Path, url: str | None) -> None:
+@click.option(
+    "--fleet",
+    "whole_fleet",
+    is_flag=True,
+    help="Ask Kafka which instance of the fleet (fleet.group) owns each connector, instead"
+    " of asking one daemon.",
+)
+def status(config_path: Path, connectors_dir: Path, url: str | None, whole_fleet: bool) -> None:
     """Show what a running daemon's connectors are doing (phase, positions, snapshots).
 
     Exits 0 when every connector is working (starting, snapshotting or streaming), 1
-    otherwise or when the daemon does not answer: usable as a probe.
+    otherwise or when the daemon does not answer: usable as a probe. With --fleet: every
+    instance of the group and the connectors it owns, from the group's own description;
+    exits 0 when every enabled connector is owned by an instance, 1 otherwise.
     """
+    if whole_fleet:
+        _fleet_status(config_path, connectors_dir)
     if url is None:
         daemon = _load_daemon(config_path)
         if daemon.metrics.port is None:
@@ -485,6 +497,55 @@ def status(config_path: Path, url: str | None) -> None:
     for line in render_status(document):
         click.echo(line)
     raise SystemExit(0 if document.get("healthy") else 1)
+
+
+def _fleet_status(config_path: Path, connectors_dir: Path) -> None:
+    """``cdc status --fleet``: the group's members and their connectors; exits."""
+    daemon, connectors = _load(config_path, connectors_dir)
+    if daemon.fleet is None:
+        click.echo("cdc status: --fleet needs fleet.group in the config", err=True)
+        raise SystemExit(EXIT_CONFIG_ERROR)
+    # Imported here: only this command describes the group.
+    from cdc.errors import CdcError  # noqa: PLC0415
+    from cdc.fleet import Roster  # noqa: PLC0415
+    from cdc.kafka.fleet import describe_fleet  # noqa: PLC0415
+
+    roster = Roster.of(c.name for c in connectors if c.enabled)
+    try:
+        described = describe_fleet(
+            daemon.kafka.bootstrap_servers, daemon.kafka.properties, daemon.fleet, roster
+        )
+    except CdcError as exc:
+        click.echo(f"cdc status: {redact_dsn(str(exc))}", err=True)
+        raise SystemExit(1) from None
+    lines, owned = render_fleet(described)
+    for line in lines:
+        click.echo(line)
+    raise SystemExit(0 if set(roster.connectors) <= owned else 1)
+
+
+def render_fleet(described: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """Readable lines for ``describe_fleet``'s document, and the connectors owned."""
+    lines = [
+        f"fleet {described['group']} (consumer group {described['consumer_group']},"
+        f" {described.get('state') or 'unknown'}), roster {described['roster_digest']}"
+    ]
+    owned: set[str] = set()
+    for member in sorted(described["members"], key=lambda m: str(m["instance_id"])):
+        connectors = list(member["connectors"])
+        owned.update(connectors)
+        mismatch = (
+            ""
+            if member["roster_digest"] == described["roster_digest"]
+            else f"  (other connector files: roster {member['roster_digest']})"
+        )
+        lines.append(
+            f"  instance {member['instance_id']} ({member['host']}): "
+            f"{', '.join(connectors) or 'nothing (standby)'}{mismatch}"
+        )
+    if not described["members"]:
+        lines.append("  no instance is in the group")
+    return lines, owned
 
 
 def render_status(document: dict[str, Any]) -> list[str]:

@@ -4,7 +4,10 @@ connector's events complete on the other, none twice (exactly_once, read_committ
 
 from __future__ import annotations
 
+import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -134,6 +137,16 @@ def fleet(postgres_server: Any, kafka_server: Any, tmp_path: Path) -> Iterator[F
             drop_database(admin_dsn, name, slot=name)
 
 
+def _fleet_status(fleet: Fleet) -> tuple[int, str]:
+    """``cdc status --fleet`` as an operator runs it: exit status and output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc", "status", "--fleet", "--config", str(fleet.configs["a"]),
+         "--connectors", str(fleet.connectors)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode, done.stdout + done.stderr
+
+
 def _writer(dsn: str, stop: threading.Event, committed: list[int]) -> None:
     """Transactions of 20 inserts, as fast as they commit, until ``stop``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -229,9 +242,18 @@ def test_sigkill_of_an_instance_hands_its_connectors_over_with_nothing_lost_or_t
         fleet.daemons[victim].kill()
         takeover.append(_take_over(fleet, victim, survivor, killed_at))
 
+    code, output = _fleet_status(fleet)
+    assert code == 0, output
+    for instance in ("a", "b"):
+        owned = ", ".join(sorted(fleet.owned(instance)))
+        assert re.search(rf"^  instance {instance} \(.*\): {owned}$", output, re.M), output
     _under_load(fleet, kill)
     assert sorted(fleet.owned(survivor)) == fleet.names
     assert takeover[0] < SESSION_TIMEOUT_MS / 1000 + 20
+    code, output = _fleet_status(fleet)
+    assert code == 0, output
+    everything = ", ".join(fleet.names)
+    assert re.search(rf"^  instance {survivor} \(.*\): {everything}$", output, re.M), output
 
 
 def test_a_hung_instance_resumed_is_fenced_and_never_a_second_writer(fleet: Fleet) -> None:

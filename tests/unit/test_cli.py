@@ -12,7 +12,7 @@ import structlog
 from click.testing import CliRunner, Result
 
 from cdc import __version__
-from cdc.cli import EXIT_CONFIG_ERROR, cli
+from cdc.cli import EXIT_CONFIG_ERROR, cli, render_fleet
 from cdc.config import ConnectorConfig, DaemonConfig
 
 DAEMON = "kafka:\n  bootstrap_servers: k:9092\n"
@@ -226,3 +226,42 @@ def test_run_hands_enabled_connectors_to_the_daemon(
     ((daemon, connectors),) = calls
     assert daemon.kafka.bootstrap_servers == "k:9092"
     assert [c.name for c in connectors] == ["inventory"]
+
+
+def test_fleet_status_lists_each_instance_with_its_connectors_and_a_foreign_roster() -> None:
+    lines, owned = render_fleet(
+        {
+            "group": "g",
+            "consumer_group": "cdc-fleet-g",
+            "state": "stable",
+            "roster_digest": "abc",
+            "members": [
+                {"instance_id": "b", "host": "/10.0.0.2", "roster_digest": "abc",
+                 "connectors": ["orders"]},
+                {"instance_id": "a", "host": "/10.0.0.1", "roster_digest": "abc",
+                 "connectors": ["billing", "inventory"]},
+                {"instance_id": "c", "host": "/10.0.0.3", "roster_digest": "zzz",
+                 "connectors": []},
+            ],
+        }
+    )  # fmt: skip
+    assert lines == [
+        "fleet g (consumer group cdc-fleet-g, stable), roster abc",
+        "  instance a (/10.0.0.1): billing, inventory",
+        "  instance b (/10.0.0.2): orders",
+        "  instance c (/10.0.0.3): nothing (standby)  (other connector files: roster zzz)",
+    ]
+    assert owned == {"billing", "inventory", "orders"}
+
+
+def test_fleet_status_needs_a_fleet_in_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "cdc.yaml"
+    config.write_text("kafka:\n  bootstrap_servers: k:9092\n")
+    connectors = tmp_path / "connectors"
+    connectors.mkdir()
+    (connectors / "a.yaml").write_text("name: a\npostgres:\n  dsn: postgresql://u@h/d\n")
+    result = CliRunner().invoke(
+        cli, ["status", "--fleet", "--config", str(config), "--connectors", str(connectors)]
+    )
+    assert result.exit_code == 2
+    assert "--fleet needs fleet.group" in result.output
