@@ -210,10 +210,12 @@ def _under_load(fleet: Fleet, disturb: Any) -> None:
         assert [k for k, n in seen.items() if n > 1] == []
 
 
-def _take_over(fleet: Fleet, victim: str, survivor: str, since: float) -> float:
-    """Wait until ``survivor`` streams every connector ``victim`` owned; the seconds it
-    took from ``since``."""
-    lost = set(fleet.owned(victim))
+def _take_over(
+    fleet: Fleet, victim: str, survivor: str, since: float, handed: list[str] | None = None
+) -> float:
+    """Wait until ``survivor`` streams every connector ``victim`` owned (or ``handed``);
+    the seconds it took from ``since``."""
+    lost = set(fleet.owned(victim) if handed is None else handed)
     wait_until(
         lambda: lost <= fleet.streaming(survivor, after=since),
         timeout=SESSION_TIMEOUT_MS / 1000 + 30,
@@ -288,3 +290,27 @@ def test_a_hung_instance_resumed_is_fenced_and_never_a_second_writer(fleet: Flee
         with psycopg.connect(fleet.admin_dsn, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM RESET wal_sender_timeout")
             conn.execute("SELECT pg_reload_conf()")
+
+
+def test_sigterm_hands_an_instances_connectors_over_cleanly(fleet: Fleet) -> None:
+    """SIGTERM (leave_on_stop, the default): the instance stops its connectors cleanly
+    (committed, confirmed), leaves the group and exits 0; the other one is assigned them
+    at once by the group, nothing lost or written twice."""
+    _start_both_and_settle(fleet)
+    victim = "a" if len(fleet.owned("a")) >= len(fleet.owned("b")) else "b"
+    survivor = "b" if victim == "a" else "a"
+    handed = sorted(fleet.owned(victim))
+    exit_codes: list[int] = []
+
+    def terminate() -> None:
+        stopped_at = time.time()
+        exit_codes.append(fleet.daemons[victim].terminate())
+        _take_over(fleet, victim, survivor, stopped_at, handed)
+
+    _under_load(fleet, terminate)
+    assert exit_codes == [0]
+    lines = fleet.daemons[victim].log_lines()
+    stopped = {line["connector"] for line in lines if line.get("event") == "streaming_stopped"}
+    assert set(handed) <= stopped
+    assert not [line for line in lines if line.get("event") == "streaming_abandoned"]
+    assert sorted(fleet.owned(survivor)) == fleet.names
