@@ -215,10 +215,9 @@ _LSN_MARKER: Final = "~cdc-lsn-7f3a~"
 _OP_FIELDS: Final = {op: b',"op":"%s"' % op.encode() for op in ("c", "u", "d", "r", "t")}
 
 
-def _image_json(image: _Image | None) -> bytes:
-    """A row image's JSON: null, the native encoder's bytes, or the dict serialised."""
-    if image is None:
-        return b"null"
+def _row_json(image: _Image) -> bytes:
+    """A row image's JSON: the native encoder's bytes, or the dict serialised. Also the
+    compacted record's value."""
     if isinstance(image, tuple):
         return image[1]
     return _dumps(image)
@@ -420,8 +419,8 @@ class TableEncoder:
             # the placeholder: a consumer must keep its previous value of them.
             tail += b',"unavailable_columns":' + _dumps(unavailable)
         return b'{"before":%s,"after":%s,"source":%s,"transaction":%s%s}' % (
-            _image_json(before),
-            _image_json(after),
+            b"null" if before is None else _row_json(before),
+            b"null" if after is None else _row_json(after),
             source,
             b"null" if transaction is None else _dumps(transaction),
             tail,
@@ -480,13 +479,6 @@ class TableEncoder:
         if isinstance(row, tuple):
             return row[2]
         return _dumps({name: row[name] for name in self._key_names})
-
-    @staticmethod
-    def _value(row: _Image) -> bytes:
-        """The compacted record's value: the row's JSON."""
-        if isinstance(row, tuple):
-            return row[1]
-        return _dumps(row)
 
     def _convert(self, values: TupleData, lsn: int) -> _Image:
         encode = self._native
@@ -553,7 +545,7 @@ class TableEncoder:
             self._remember(message.new, key)
         return [
             Record(self.retention_topic, key, value, headers),
-            Record(self.compacted_topic, key, self._value(after), headers),
+            Record(self.compacted_topic, key, _row_json(after), headers),
         ]
 
     def update(
@@ -602,7 +594,7 @@ class TableEncoder:
                 self._remember(new, key)
             return [
                 Record(self.retention_topic, key, value, headers),
-                Record(self.compacted_topic, key, self._value(after), headers),
+                Record(self.compacted_topic, key, _row_json(after), headers),
             ]
         if message.old_kind == "K":
             self._check_old_key(lsn)
@@ -641,7 +633,7 @@ class TableEncoder:
                     self._event("u", before, after, source, now_us, unavailable, self._order(tx)),
                     headers,
                 ),
-                Record(self.compacted_topic, key, self._value(after), headers),
+                Record(self.compacted_topic, key, _row_json(after), headers),
             ]
         # Two events: the d is ordered (and published) before the c.
         deleted = self._event("d", before, None, source, now_us, None, self._order(tx))
@@ -650,7 +642,7 @@ class TableEncoder:
             Record(self.retention_topic, old_key, deleted, headers),
             Record(self.compacted_topic, old_key, None, headers),
             Record(self.retention_topic, key, created, headers),
-            Record(self.compacted_topic, key, self._value(after), headers),
+            Record(self.compacted_topic, key, _row_json(after), headers),
         ]
 
     def delete(
@@ -721,7 +713,7 @@ class TableEncoder:
         key = self._key(after)
         return [
             Record(self.retention_topic, key, value, headers),
-            Record(self.compacted_topic, key, self._value(after), headers),
+            Record(self.compacted_topic, key, _row_json(after), headers),
         ]
 
     def truncate(
