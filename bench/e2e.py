@@ -93,6 +93,26 @@ def _insert(conn: psycopg.Connection[Any], first: int, count: int) -> None:
         conn.execute(INSERT, (first, first + count - 1))
 
 
+def _reader(bootstrap: str, topics: list[str], settings: dict[str, Any] | None = None) -> Consumer:
+    """A read_committed consumer assigned every partition of ``topics`` from the start."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-{time.time_ns()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            **(settings or {}),
+        }
+    )
+    assignments = []
+    for wanted in topics:
+        meta = consumer.list_topics(wanted, timeout=30).topics[wanted]
+        assignments += [TopicPartition(wanted, p, 0) for p in meta.partitions]
+    consumer.assign(assignments)
+    return consumer
+
+
 class TopicCounter(threading.Thread):
     """Consumes both topics from the beginning; records when each reaches a target."""
 
@@ -111,22 +131,9 @@ class TopicCounter(threading.Thread):
         self.first_at: float | None = None  # when the first record was consumed
 
     def run(self) -> None:
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"bench-{time.time_ns()}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "fetch.wait.max.ms": 5,
-                "fetch.min.bytes": 1,
-                "isolation.level": "read_committed",
-            }
+        consumer = _reader(
+            self.bootstrap, self.topics, {"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}
         )
-        assignments = []
-        for wanted in self.topics:
-            meta = consumer.list_topics(wanted, timeout=30).topics[wanted]
-            assignments += [TopicPartition(wanted, p, 0) for p in meta.partitions]
-        consumer.assign(assignments)
         retention = self.topics[0]
         while not self.stop.is_set() and len(self.done_at) < len(self.topics):
             batch = consumer.consume(num_messages=1000, timeout=0.005)
@@ -466,20 +473,7 @@ def _latency(pg: Any, kafka: Any, base: Path, mode: str) -> dict[str, Any]:
 def _read_all(bootstrap: str, topics: list[str], count: int) -> list[tuple[Any, ...]]:
     """Every record of ``topics`` (``count`` per topic): (topic index, partition, key,
     value, headers)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-read-{time.time_ns()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed",
-        }
-    )
-    assignments = []
-    for wanted in topics:
-        meta = consumer.list_topics(wanted, timeout=30).topics[wanted]
-        assignments += [TopicPartition(wanted, p, 0) for p in meta.partitions]
-    consumer.assign(assignments)
+    consumer = _reader(bootstrap, topics)
     records: list[tuple[Any, ...]] = []
     deadline = time.monotonic() + 300
     while len(records) < count * len(topics) and time.monotonic() < deadline:
