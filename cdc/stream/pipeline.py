@@ -594,6 +594,7 @@ class ConnectorPipeline:
         verdict = guard.assess(wal, time.monotonic())
         labels = self._labels
         retained = wal.retained_bytes
+        human = None if retained is None else format_bytes(retained)
         if retained is not None:
             metrics.SLOT_RETAINED_WAL_BYTES.labels(**labels).set(retained)
         if wal.safe_wal_size is not None:
@@ -607,7 +608,7 @@ class ConnectorPipeline:
             self._log.warning(
                 "slot_wal_retained",
                 retained_bytes=retained,
-                retained=None if retained is None else format_bytes(retained),
+                retained=human,
                 warn_bytes=guard.warn_bytes,
                 stop_bytes=guard.stop_bytes,
                 wal_status=wal.wal_status,
@@ -618,7 +619,7 @@ class ConnectorPipeline:
             self._log.info(
                 "slot_wal_retained_ok",
                 retained_bytes=retained,
-                retained=None if retained is None else format_bytes(retained),
+                retained=human,
                 warn_bytes=guard.warn_bytes,
             )
         if verdict.level is WalLevel.STOP:
