@@ -167,6 +167,18 @@ fn timestamp_parts(text: &[u8]) -> Option<(i128, Option<i64>)> {
     if !c.eat(b' ') {
         return None;
     }
+    let time_us = time_of_day(&mut c)?;
+    let zone = offset(&mut c)?;
+    let bc = c.rest() == b" BC";
+    if !bc && !c.done() {
+        return None;
+    }
+    let days = days_from_civil(astronomical(year, bc)?, month, day)?;
+    Some((days as i128 * US_PER_DAY + time_us, zone))
+}
+
+/// `HH:MM:SS[.ffffff]`, shared by timestamps and times: microseconds since midnight.
+fn time_of_day(c: &mut Cursor) -> Option<i128> {
     let hour = c.two()?;
     if !c.eat(b':') {
         return None;
@@ -176,15 +188,8 @@ fn timestamp_parts(text: &[u8]) -> Option<(i128, Option<i64>)> {
         return None;
     }
     let second = c.two()?;
-    let micros = fraction(&mut c)?;
-    let zone = offset(&mut c)?;
-    let bc = c.rest() == b" BC";
-    if !bc && !c.done() {
-        return None;
-    }
-    let days = days_from_civil(astronomical(year, bc)?, month, day)?;
-    let us = days as i128 * US_PER_DAY + clock_us(hour, minute, second)? + micros;
-    Some((us, zone))
+    let micros = fraction(c)?;
+    Some(clock_us(hour, minute, second)? + micros)
 }
 
 fn write_checked_int(out: &mut Vec<u8>, value: i128) -> bool {
@@ -230,22 +235,7 @@ pub fn timestamp(out: &mut Vec<u8>, text: &[u8], millis: bool) -> bool {
 /// `_time_us` / `_time_ms` (time without time zone).
 pub fn time(out: &mut Vec<u8>, text: &[u8], millis: bool) -> bool {
     let mut c = Cursor { text, at: 0 };
-    let parts = (|| {
-        let hour = c.two()?;
-        if !c.eat(b':') {
-            return None;
-        }
-        let minute = c.two()?;
-        if !c.eat(b':') {
-            return None;
-        }
-        let second = c.two()?;
-        let micros = fraction(&mut c)?;
-        if !c.done() {
-            return None;
-        }
-        Some(clock_us(hour, minute, second)? + micros)
-    })();
+    let parts = time_of_day(&mut c).filter(|_| c.done());
     match parts {
         Some(us) => write_checked_int(out, if millis { us / 1000 } else { us }),
         None => false,
