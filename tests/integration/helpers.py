@@ -147,6 +147,15 @@ class Daemon:
             + self.log_path.read_bytes()[self.log_offset :].decode(errors="replace")
         )
 
+    def failure(self, timeout: float = 90.0) -> dict[str, Any]:
+        """The daemon exits 1 on its own (a connector failed for good): its
+        ``connector_failed`` line."""
+        try:
+            assert self.process.wait(timeout) == 1
+        finally:
+            self.stop_quietly()
+        return self.wait_for_log("connector_failed")
+
     def terminate(self, timeout: float = 60.0) -> int:
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)

@@ -125,11 +125,7 @@ def test_run_refuses_to_start_a_connector_whose_check_blocks(env: Env) -> None:
     connector = env.connector(tables=["public.items", "public.nope"])
     config, connectors = write_config(env.tmp_path, env.bootstrap, [connector])
     daemon = Daemon.start(config, connectors, env.tmp_path / "daemon.log")
-    try:
-        assert daemon.process.wait(90) == 1
-    finally:
-        daemon.stop_quietly()
-    failed = daemon.wait_for_log("connector_failed")
+    failed = daemon.failure()
     assert f"preflight refused to start connector '{env.name}'" in failed["error"]
     assert "public.nope: table does not exist" in failed["error"]
     events = [line.get("event") for line in daemon.log_lines()]

@@ -90,11 +90,7 @@ def test_a_mistake_only_a_person_can_fix_stops_with_the_fix_and_is_not_retried(
             tmp_path, kafka_server.bootstrap_servers, [case.connector(dsn, name)], **case.daemon
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
-        try:
-            assert daemon.process.wait(90) == 1
-        finally:
-            daemon.stop_quietly()
-        failed = daemon.wait_for_log("connector_failed")
+        failed = daemon.failure()
         assert case.fix in failed["error"]
         events = [e.get("event") for e in daemon.log_lines()]
         assert "connector_restarting" not in events
