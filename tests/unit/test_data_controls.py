@@ -191,13 +191,8 @@ CUSTOMERS = Relation(
 )
 
 
-def masked_encoder(**kwargs: Any) -> EnvelopeEncoder:
-    control = TableControls(
-        table="public.customers",
-        exclude=frozenset({"ssn"}),
-        masks={"email": hash_mask(KEY.encode()), "age": redact},
-        **kwargs,
-    )
+def encoder_with(control: TableControls) -> EnvelopeEncoder:
+    """The connector's encoder with ``control`` on public.customers (key: id)."""
     return EnvelopeEncoder(
         connector="shop",
         database="db",
@@ -206,6 +201,17 @@ def masked_encoder(**kwargs: Any) -> EnvelopeEncoder:
         options=ValueOptions(),
         key_columns=lambda relation: ("id",),
         controls={"public.customers": control},
+    )
+
+
+def masked_encoder(**kwargs: Any) -> EnvelopeEncoder:
+    return encoder_with(
+        TableControls(
+            table="public.customers",
+            exclude=frozenset({"ssn"}),
+            masks={"email": hash_mask(KEY.encode()), "age": redact},
+            **kwargs,
+        )
     )
 
 
@@ -254,15 +260,6 @@ def test_a_snapshot_read_is_masked_like_the_stream() -> None:
 
 
 def test_an_encoder_refuses_a_masked_key() -> None:
-    control = TableControls(table="public.customers", masks={"id": redact})
-    encoder = EnvelopeEncoder(
-        connector="shop",
-        database="db",
-        retention_topic=lambda s, t: f"shop.{s}.{t}",
-        compacted_topic=lambda s, t: f"shop.{s}.{t}.latest",
-        options=ValueOptions(),
-        key_columns=lambda relation: ("id",),
-        controls={"public.customers": control},
-    )
+    encoder = encoder_with(TableControls(table="public.customers", masks={"id": redact}))
     with pytest.raises(ConfigError, match="part of its key"):
         encoder.table(CUSTOMERS)
