@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, NoReturn, cast
 
 import click
 
@@ -499,7 +499,7 @@ def status(config_path: Path, connectors_dir: Path, url: str | None, whole_fleet
     raise SystemExit(0 if document.get("healthy") else 1)
 
 
-def _fleet_status(config_path: Path, connectors_dir: Path) -> None:
+def _fleet_status(config_path: Path, connectors_dir: Path) -> NoReturn:
     """``cdc status --fleet``: the group's members and their connectors; exits."""
     daemon, connectors = _load(config_path, connectors_dir)
     if daemon.fleet is None:
