@@ -145,6 +145,9 @@ class InitialSnapshot:
         self._errors: list[BaseException] = []
         self._first_lock = threading.Lock()
         self._first_sent = False
+        # Workers of one split table share its TableProgress: `+=` on an attribute is a
+        # read and a write the GIL may switch between, so two workers lose a batch.
+        self._progress_lock = threading.Lock()
         self._held: list[tuple[TableEncoder, tuple[str | None, ...], int, Key | None]] = []
         self._tasks: list[_TaskState] = []
         self._tasks_of: dict[str, list[_TaskState]] = {}
@@ -346,13 +349,15 @@ class InitialSnapshot:
                         key = SnapshotReader.key_of(shape, row) if ordered else None
                         pending = (encoder, row, index, key, False)
                     rows_seen = True
-                    progress.rows += len(batch)
+                    with self._progress_lock:
+                        progress.rows += len(batch)
                     self._batches.put((records, updates))
                 if pending is not None and pending[2] == index:
                     pending = (*pending[:4], True)
                 elif not rows_seen:
                     self._batches.put(([], [(index, None, True)]))
-                progress.tasks_left -= 1
+                with self._progress_lock:
+                    progress.tasks_left -= 1
             reader.end_snapshot()
         except BaseException as exc:  # noqa: BLE001 - re-raised by run() in the caller's thread
             self._errors.append(exc)

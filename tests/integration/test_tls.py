@@ -124,8 +124,8 @@ def _assert_streams_over_tls(
             (f"cdc:{name}", f"cdc:{name}:%"),
         ).fetchall()
     events = consume(read_bootstrap, f"{name}.public.items", until=at_least(2), timeout=90)
-    assert [e.key["id"] for e in events] == [1, 2]
-    assert [e.value["op"] for e in events] == ["r", "c"]
+    # Keys 1 and 2 may sit on different partitions: only per-key order is defined.
+    assert sorted((e.key["id"], e.value["op"]) for e in events) == [(1, "r"), (2, "c")]
     names = {application for application, _, _ in backends}
     # The replication connection and the catalog connection are open while streaming.
     assert {f"cdc:{name}", f"cdc:{name}:setup"} <= names
