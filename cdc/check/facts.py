@@ -15,6 +15,7 @@ __all__ = [
     "PostgresFacts",
     "PublicationFacts",
     "SlotFacts",
+    "StandbySlotFacts",
     "TableFacts",
     "TopicFacts",
 ]
@@ -77,6 +78,18 @@ class SlotFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class StandbySlotFacts:
+    """A physical slot named in ``synchronized_standby_slots`` (PostgreSQL 17+): a failover
+    slot's changes are decoded only once that standby has received them."""
+
+    name: str
+    exists: bool
+    physical: bool = True
+    active: bool = False  # a standby streams through it now
+    invalidation_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class PostgresFacts:
     """The legacy server as the connector's role sees it."""
 
@@ -97,6 +110,8 @@ class PostgresFacts:
     tables: tuple[TableFacts, ...]
     publication: PublicationFacts | None
     slot: SlotFacts | None
+    # synchronized_standby_slots (PostgreSQL 17+), each as this server has it.
+    standby_slots: tuple[StandbySlotFacts, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

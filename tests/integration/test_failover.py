@@ -1,8 +1,8 @@
 """Multi-host DSNs on real servers: libpq's target_session_attrs picks the writable server
 for every connection of the connector; a DSN that could land on a standby is refused.
 
-PostgreSQL 15 here: failover slots (17+) are covered by the unit tests of the command
-builder and docs/operations.md#failover says what is not tested on this machine.
+PostgreSQL 15, the suite's server. Failover slots (17+) with a real standby and a
+promotion: tests/integration/test_failover_slots.py, on PostgreSQL 18.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from cdc.check.facts import (
     PostgresFacts,
     PublicationFacts,
     SlotFacts,
+    StandbySlotFacts,
     TableFacts,
     TopicFacts,
 )
@@ -345,3 +346,47 @@ def test_unreachable_blocks_and_lines_and_json() -> None:
     }
     fixed = Finding(Severity.WARN, "t", "m", "f")
     assert fixed.line() == "WARN  t: m. Fix: f"
+
+
+def _standby(*slots: StandbySlotFacts) -> list[Finding]:
+    facts = replace(HEALTHY, version_num=170002, standby_slots=slots)
+    return [f for f in _pg(facts) if f.subject == "postgres.standby_slots"]
+
+
+@pytest.mark.parametrize(
+    ("slot", "what"),
+    [
+        (StandbySlotFacts("sb1", exists=False), "is not a slot on this server"),
+        (StandbySlotFacts("sb1", exists=True, physical=False), "is not a physical slot"),
+        (
+            StandbySlotFacts("sb1", exists=True, invalidation_reason="wal_removed"),
+            "was invalidated (wal_removed)",
+        ),
+    ],
+)
+def test_a_standby_slot_that_cannot_confirm_blocks_since_the_stream_would_stall(
+    slot: StandbySlotFacts, what: str
+) -> None:
+    [finding] = _standby(slot)
+    assert finding.severity is Severity.BLOCK
+    assert f"'sb1', which {what}" in finding.message
+    assert "synchronized_standby_slots" in finding.fix
+
+
+def test_a_standby_that_is_not_streaming_is_a_warning() -> None:
+    [finding] = _standby(StandbySlotFacts("sb1", exists=True, active=False))
+    assert finding.severity is Severity.WARN
+    assert "no standby streams through 'sb1'" in finding.message
+
+
+def test_streaming_standby_slots_are_ok() -> None:
+    [finding] = _standby(
+        StandbySlotFacts("sb1", exists=True, active=True),
+        StandbySlotFacts("sb2", exists=True, active=True),
+    )
+    assert finding.severity is Severity.OK
+    assert "sb1, sb2" in finding.message
+
+
+def test_no_synchronized_standby_slots_adds_no_finding() -> None:
+    assert _standby() == []
