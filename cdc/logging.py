@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from typing import IO, Any, BinaryIO, Literal, TextIO, cast
 
@@ -161,6 +162,26 @@ def configure_logging(
         context_class=dict,
         logger_factory=logger_factory,
         cache_logger_on_first_use=True,
+    )
+    # A library's warnings.warn (confluent-kafka warns from Producer.close()) would print
+    # a bare text line among the JSON ones: log it as an event instead.
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` replacement: one ``python_warning`` log line."""
+    structlog.get_logger().warning(
+        "python_warning",
+        category=category.__name__,
+        message=str(message),
+        where=f"{filename}:{lineno}",
     )
 
 

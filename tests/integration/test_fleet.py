@@ -4,6 +4,7 @@ connector's events complete on the other, none twice (exactly_once, read_committ
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -314,3 +315,98 @@ def test_sigterm_hands_an_instances_connectors_over_cleanly(fleet: Fleet) -> Non
     assert set(handed) <= stopped
     assert not [line for line in lines if line.get("event") == "streaming_abandoned"]
     assert sorted(fleet.owned(survivor)) == fleet.names
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _paced_writer(fleet: Fleet, name: str, stop: threading.Event, committed: list[range]) -> None:
+    """Transactions of 20,000 rows, the next one as soon as the connector has confirmed
+    the one before: the connector always has work, and its backlog stays small."""
+    with psycopg.connect(fleet.dsn(name), autocommit=True) as conn:
+        next_id, previous_end = 1, 0
+        while not stop.is_set():
+            conn.execute(
+                "INSERT INTO orders SELECT g, 'x' FROM generate_series(%s::int, %s::int) g",
+                (next_id, next_id + 19_999),
+            )
+            committed.append(range(next_id, next_id + 20_000))
+            next_id += 20_000
+            end = current_wal_lsn(fleet.dsn(name))
+            wait_until(
+                lambda after=previous_end: (
+                    stop.is_set() or slot_confirmed_lsn(fleet.admin_dsn, name) >= after
+                ),
+                timeout=120,
+                what=f"{name} to confirm its previous transaction",
+            )
+            previous_end = end
+
+
+def test_a_fully_busy_instance_stays_in_the_group(fleet: Fleet) -> None:
+    """Every connector streams as fast as it can, for longer than the session timeout and
+    the poll interval (in CPU time of each instance): no instance is evicted, no connector
+    moves, nothing is lost or written twice. The group's poll runs in its own thread and
+    librdkafka heartbeats from its own: a connector holding the GIL does not starve them."""
+    for config in fleet.configs.values():
+        document = yaml.safe_load(config.read_text())
+        # The poll interval as short as librdkafka allows (the session timeout): a member
+        # that did not poll for that long is evicted.
+        document["fleet"]["rebalance_timeout_ms"] = SESSION_TIMEOUT_MS
+        config.write_text(yaml.safe_dump(document))
+    busy_cpu_s = 1.5 * SESSION_TIMEOUT_MS / 1000
+    _start_both_and_settle(fleet)
+    owned = {i: sorted(fleet.owned(i)) for i in ("a", "b")}
+    pids = {i: fleet.daemons[i].process.pid for i in ("a", "b")}
+    before = {i: _cpu_seconds(pid) for i, pid in pids.items()}
+    load_started = time.time()
+    stop = threading.Event()
+    committed: dict[str, list[range]] = {name: [] for name in fleet.names}
+    writers = [
+        threading.Thread(target=_paced_writer, args=(fleet, n, stop, committed[n]))
+        for n in fleet.names
+    ]
+    for writer in writers:
+        writer.start()
+    try:
+        wait_until(
+            lambda: all(_cpu_seconds(pids[i]) - before[i] >= busy_cpu_s for i in pids),
+            timeout=600,
+            what=f"each instance to spend {busy_cpu_s}s of CPU streaming",
+        )
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
+    for name in fleet.names:
+        end = current_wal_lsn(fleet.dsn(name))
+        wait_until(
+            lambda name=name, end=end: slot_confirmed_lsn(fleet.admin_dsn, name) >= end,
+            timeout=120,
+            what=f"{name} to catch up",
+        )
+    for instance in ("a", "b"):
+        lines = [
+            line
+            for line in fleet.daemons[instance].log_lines()
+            if "timestamp" not in line or _at(line) > load_started
+        ]
+        moves = [
+            line
+            for line in lines
+            if line.get("event") in ("fleet_revoked", "fleet_lost", "fleet_consumer_error")
+        ]
+        assert moves == [], moves
+        assert sorted(fleet.owned(instance)) == owned[instance]
+        started = Counter(
+            line["connector"] for line in lines if line.get("event") == "streaming_started"
+        )
+        assert started == {}, started  # none restarted
+    for name in fleet.names:
+        wanted = {k for r in committed[name] for k in r}
+        seen = Counter(m.key["id"] for m in read_all(fleet.bootstrap, f"{name}.public.orders"))
+        assert set(seen) == wanted
+        assert [k for k, n in seen.items() if n > 1] == []

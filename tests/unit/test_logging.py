@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -199,3 +200,17 @@ def test_console_output_never_contains_the_password() -> None:
     assert "connect_failed" in output
     assert "password=***" in output
     assert PASSWORD not in output
+
+
+def test_a_library_warning_becomes_a_json_line() -> None:
+    buffer = io.StringIO()
+    with warnings.catch_warnings():  # restores showwarning and the filters afterwards
+        warnings.simplefilter("always")
+        configure_logging("info", "json", stream=buffer)
+        warnings.warn("abort_transaction failed during close", RuntimeWarning, stacklevel=1)
+    (line,) = json_lines(buffer)
+    assert line["event"] == "python_warning"
+    assert line["level"] == "warning"
+    assert line["category"] == "RuntimeWarning"
+    assert line["message"] == "abort_transaction failed during close"
+    assert "test_logging.py:" in line["where"]
