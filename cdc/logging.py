@@ -168,7 +168,7 @@ def configure_logging(
     warnings.showwarning = _log_warning
 
 
-def _log_warning(
+def _log_warning(  # noqa: PLR0917 - warnings.showwarning's signature
     message: Warning | str,
     category: type[Warning],
     filename: str,

@@ -336,10 +336,12 @@ def _paced_writer(fleet: Fleet, name: str, stop: threading.Event, committed: lis
             committed.append(range(next_id, next_id + 20_000))
             next_id += 20_000
             end = current_wal_lsn(fleet.dsn(name))
+
+            def confirmed(after: int = previous_end) -> bool:
+                return stop.is_set() or slot_confirmed_lsn(fleet.admin_dsn, name) >= after
+
             wait_until(
-                lambda after=previous_end: (
-                    stop.is_set() or slot_confirmed_lsn(fleet.admin_dsn, name) >= after
-                ),
+                confirmed,
                 timeout=120,
                 what=f"{name} to confirm its previous transaction",
             )
@@ -383,8 +385,12 @@ def test_a_fully_busy_instance_stays_in_the_group(fleet: Fleet) -> None:
             writer.join()
     for name in fleet.names:
         end = current_wal_lsn(fleet.dsn(name))
+
+        def caught_up(name: str = name, end: int = end) -> bool:
+            return slot_confirmed_lsn(fleet.admin_dsn, name) >= end
+
         wait_until(
-            lambda name=name, end=end: slot_confirmed_lsn(fleet.admin_dsn, name) >= end,
+            caught_up,
             timeout=120,
             what=f"{name} to catch up",
         )
