@@ -510,7 +510,7 @@ def _fleet_status(config_path: Path, connectors_dir: Path) -> NoReturn:
     from cdc.fleet import Roster  # noqa: PLC0415
     from cdc.kafka.fleet import describe_fleet  # noqa: PLC0415
 
-    roster = Roster.of(c.name for c in connectors if c.enabled)
+    roster = Roster.of(daemon.fleet.group, (c.name for c in connectors if c.enabled))
     try:
         described = describe_fleet(
             daemon.kafka.bootstrap_servers, daemon.kafka.properties, daemon.fleet, roster

@@ -229,7 +229,7 @@ class FleetConnectors:
         self._daemon = daemon
         self._instance = fleet.instance_id
         self._by_name = {c.name: c for c in connectors}
-        self.ownership = Ownership(Roster.of(self._by_name))
+        self.ownership = Ownership(Roster.of(fleet.group, self._by_name))
         # Half the rebalance timeout: the member still rejoins within the rebalance.
         self._release_wait_s = fleet.rebalance_timeout_ms / 2000
         self._lock = threading.Lock()
@@ -241,24 +241,24 @@ class FleetConnectors:
 
     # --- the member's callbacks --------------------------------------------------------
 
-    def assigned(self, partitions: list[int]) -> None:
-        """Start the connectors of the partitions added to our assignment."""
+    def assigned(self, topics: list[str]) -> None:
+        """Start the connectors of the assignment topics added to ours."""
         started = []
-        for decision in self.ownership.assigned(partitions):
+        for decision in self.ownership.assigned(topics):
             self._start(decision.connector)
             started.append(decision.connector)
         self._log.info("fleet_assigned", connectors=started, owned=sorted(self.ownership.owned))
         self._publish_owned()
 
-    def revoked(self, partitions: list[int]) -> None:
-        """Stop cleanly (commit, confirm) and wait: the partitions go to another instance
+    def revoked(self, topics: list[str]) -> None:
+        """Stop cleanly (commit, confirm) and wait: the connectors go to another instance
         only once this returns, so two instances never run one connector."""
-        self._release(self.ownership.revoked(partitions), "fleet_revoked")
+        self._release(self.ownership.revoked(topics), "fleet_revoked")
 
-    def lost(self, partitions: list[int]) -> None:
+    def lost(self, topics: list[str]) -> None:
         """Our session expired: another instance may own these already; abandon them
         (nothing more committed or confirmed)."""
-        self._release(self.ownership.lost(partitions), "fleet_lost")
+        self._release(self.ownership.lost(topics), "fleet_lost")
 
     def stop_all(self) -> None:
         """SIGTERM: every connector stops cleanly, and none starts any more."""

@@ -1,15 +1,23 @@
 """Which connectors this instance of a fleet runs, given what the Kafka group assigns it.
 
-The one job: map the assignment topic's partitions to connectors (partition ``i`` is the
-``i``-th enabled connector by sorted name, the *roster*) and turn the group's three
+The one job: map the group's assignment to connectors and turn the group's three
 callbacks into decisions: ``assigned`` -> start, ``revoked`` -> stop cleanly (the
-partition moves on only once we return), ``lost`` -> abandon (our session expired: another
-instance may already run the connector, so nothing more may be committed or confirmed).
+assignment moves on only once we return), ``lost`` -> abandon (our session expired:
+another instance may already run the connector, so nothing more may be committed or
+confirmed).
+
+Each connector has an assignment topic of its own, ``__cdc_fleet.<group>.<connector>``,
+with one partition and no data; an instance subscribes to the topics of the connectors
+*it* has files for, and owning a topic's partition means running that connector. The
+connector is named by the topic, never by a position in a list, so instances that read
+different connector files can share a group safely: a connector runs only on an instance
+that has it, and never on two (the group gives each partition to one member). That is
+what a rolling change of the connector files goes through. The roster's digest (of the
+names) is still logged and carried in the member's ``client.id``, so ``cdc status`` shows
+which instances read other files.
 
 No I/O, no clock, no Kafka: ``cdc.kafka.fleet`` is the edge, ``cdc.daemon`` acts on the
-decisions. Every instance of a group must read the same connector files, or partition
-``i`` would name different connectors on different instances: the roster's digest is
-logged at start and carried in the member's ``client.id`` so a mismatch shows.
+decisions.
 """
 
 from __future__ import annotations
@@ -34,9 +42,9 @@ __all__ = [
 ASSIGNMENT_TOPIC_PREFIX = "__cdc_fleet."
 
 
-def assignment_topic(group: str) -> str:
-    """The topic whose partitions stand for the group's connectors (it holds no data)."""
-    return f"{ASSIGNMENT_TOPIC_PREFIX}{group}"
+def assignment_topic(group: str, connector: str) -> str:
+    """The topic whose one partition stands for ``connector`` in ``group`` (no data)."""
+    return f"{ASSIGNMENT_TOPIC_PREFIX}{group}.{connector}"
 
 
 def consumer_group_id(group: str) -> str:
@@ -46,13 +54,14 @@ def consumer_group_id(group: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Roster:
-    """The enabled connectors, sorted: their index is their partition."""
+    """The enabled connectors of this instance, sorted, and their assignment topics."""
 
+    group: str
     connectors: tuple[str, ...]
 
     @classmethod
-    def of(cls, names: Iterable[str]) -> Roster:
-        """The roster of these connector names (any order).
+    def of(cls, group: str, names: Iterable[str]) -> Roster:
+        """The roster of these connector names (any order) in ``group``.
 
         Raises:
             ValueError: a name appears twice.
@@ -60,7 +69,7 @@ class Roster:
         ordered = tuple(sorted(names))
         if len(set(ordered)) != len(ordered):
             raise ValueError(f"connector names must be unique: {list(ordered)}")
-        return cls(ordered)
+        return cls(group, ordered)
 
     @property
     def digest(self) -> str:
@@ -70,23 +79,25 @@ class Roster:
     def __len__(self) -> int:
         return len(self.connectors)
 
-    def connector_of(self, partition: int) -> str | None:
-        """The connector partition ``partition`` stands for; None beyond the roster (a
-        topic grown for a larger roster elsewhere: such a partition runs nothing here)."""
-        if 0 <= partition < len(self.connectors):
-            return self.connectors[partition]
-        return None
+    @property
+    def topics(self) -> list[str]:
+        """The assignment topics this instance subscribes to, one per connector."""
+        return [assignment_topic(self.group, c) for c in self.connectors]
 
-    def partition_of(self, connector: str) -> int:
-        """The partition standing for ``connector``.
+    def connector_of(self, topic: str) -> str | None:
+        """The connector ``topic`` stands for, if this instance has it (None: another
+        instance's connector, or not an assignment topic of this group)."""
+        prefix = assignment_topic(self.group, "")
+        if not topic.startswith(prefix):
+            return None
+        name = topic[len(prefix) :]
+        return name if name in self.connectors else None
 
-        Raises:
-            KeyError: not on the roster.
-        """
-        try:
-            return self.connectors.index(connector)
-        except ValueError:
-            raise KeyError(connector) from None
+    @staticmethod
+    def connector_in(group: str, topic: str) -> str | None:
+        """The connector any instance's assignment ``topic`` of ``group`` stands for."""
+        prefix = assignment_topic(group, "")
+        return topic[len(prefix) :] if topic.startswith(prefix) and topic != prefix else None
 
 
 class Action(enum.Enum):
@@ -106,9 +117,10 @@ class Decision:
 class Ownership:
     """The connectors this instance owns, kept in step with the group's callbacks.
 
-    Cooperative rebalancing gives increments: ``assigned`` lists only partitions added,
-    ``revoked``/``lost`` only those taken away. A callback naming a partition twice, or
-    one we do not own, decides nothing (librdkafka may repeat a revocation on close).
+    Cooperative rebalancing gives increments: ``assigned`` lists only the assignment
+    topics added, ``revoked``/``lost`` only those taken away. A callback naming a topic
+    twice, or one we do not own, decides nothing (librdkafka may repeat a revocation on
+    close).
     """
 
     def __init__(self, roster: Roster) -> None:
@@ -119,31 +131,31 @@ class Ownership:
     def owned(self) -> frozenset[str]:
         return frozenset(self._owned)
 
-    def assigned(self, partitions: Iterable[int]) -> list[Decision]:
-        """Partitions added to our assignment: start their connectors."""
+    def assigned(self, topics: Iterable[str]) -> list[Decision]:
+        """Assignment topics added to ours: start their connectors."""
         decisions = []
-        for connector in self._connectors(partitions):
+        for connector in self._connectors(topics):
             if connector not in self._owned:
                 self._owned.add(connector)
                 decisions.append(Decision(Action.START, connector))
         return decisions
 
-    def revoked(self, partitions: Iterable[int]) -> list[Decision]:
-        """Partitions the group moves elsewhere after we return: stop cleanly."""
-        return self._release(partitions, Action.STOP)
+    def revoked(self, topics: Iterable[str]) -> list[Decision]:
+        """Connectors the group moves elsewhere after we return: stop cleanly."""
+        return self._release(topics, Action.STOP)
 
-    def lost(self, partitions: Iterable[int]) -> list[Decision]:
-        """Partitions we lost (session expired, fenced): abandon at once."""
-        return self._release(partitions, Action.ABANDON)
+    def lost(self, topics: Iterable[str]) -> list[Decision]:
+        """Connectors we lost (session expired, fenced): abandon at once."""
+        return self._release(topics, Action.ABANDON)
 
-    def _release(self, partitions: Iterable[int], action: Action) -> list[Decision]:
+    def _release(self, topics: Iterable[str], action: Action) -> list[Decision]:
         decisions = []
-        for connector in self._connectors(partitions):
+        for connector in self._connectors(topics):
             if connector in self._owned:
                 self._owned.discard(connector)
                 decisions.append(Decision(action, connector))
         return decisions
 
-    def _connectors(self, partitions: Iterable[int]) -> list[str]:
-        found = (self.roster.connector_of(p) for p in sorted(set(partitions)))
+    def _connectors(self, topics: Iterable[str]) -> list[str]:
+        found = (self.roster.connector_of(t) for t in sorted(set(topics)))
         return [c for c in found if c is not None]

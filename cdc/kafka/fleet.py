@@ -1,9 +1,10 @@
 """Edge: this instance's membership in the fleet's Kafka consumer group.
 
-The group protocol assigns the partitions of a small assignment topic
-(``__cdc_fleet.<group>``, one partition per connector, never holding data); owning
-partition ``i`` means running the ``i``-th connector of the roster (``cdc.fleet``). The
-member is a confluent-kafka ``Consumer`` with:
+The group protocol assigns the partitions of small assignment topics (one per connector,
+``__cdc_fleet.<group>.<connector>``, one partition each, never holding data); owning a
+topic's partition means running its connector (``cdc.fleet``). The member subscribes to
+the topics of its own connectors only, so a connector is only ever assigned to an
+instance that has its file. It is a confluent-kafka ``Consumer`` with:
 
 - ``group.instance.id`` = the instance id (static membership, KIP-345): a restart within
   ``session.timeout.ms`` gets the same partitions back, without a rebalance;
@@ -34,12 +35,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewPartitions
+from confluent_kafka.admin import AdminClient
 
 from cdc import metrics
 from cdc.config import FleetConfig
-from cdc.errors import CdcError, ConfigError
-from cdc.fleet import Roster, assignment_topic, consumer_group_id
+from cdc.errors import CdcError
+from cdc.fleet import Roster, consumer_group_id
 from cdc.kafka.errors import kafka_error
 from cdc.kafka.topics import ADMIN_TIMEOUT_S, KafkaAdmin, TopicSpec
 
@@ -54,7 +55,8 @@ JOIN_BACKOFF_S = (1.0, 2.0, 5.0, 10.0)
 # After unsubscribe, wait at most this long for the revocation and the LeaveGroup.
 LEAVE_WAIT_S = 5.0
 
-PartitionsCallback = Callable[[list[int]], None]
+# Called with the assignment topics added, revoked or lost.
+TopicsCallback = Callable[[list[str]], None]
 
 
 class FleetMember(threading.Thread):
@@ -68,9 +70,9 @@ class FleetMember(threading.Thread):
         fleet: FleetConfig,
         roster: Roster,
         replication_factor: int,
-        on_assign: PartitionsCallback,
-        on_revoke: PartitionsCallback,
-        on_lost: PartitionsCallback,
+        on_assign: TopicsCallback,
+        on_revoke: TopicsCallback,
+        on_lost: TopicsCallback,
         before_leave: Callable[[], None],
         stop: threading.Event,
         log: Any,
@@ -91,7 +93,6 @@ class FleetMember(threading.Thread):
         self._before_leave = before_leave
         self._halt = stop
         self._log = log
-        self.topic = assignment_topic(fleet.group)
         self.group_id = consumer_group_id(fleet.group)
         self.failure: BaseException | None = None
         self.joined = threading.Event()
@@ -139,7 +140,7 @@ class FleetMember(threading.Thread):
     # --- joining ------------------------------------------------------------------------
 
     def _join(self) -> Consumer | None:
-        """Make sure the assignment topic has a partition per connector, then subscribe;
+        """Make sure the assignment topics exist (one per connector), then subscribe;
         a Kafka that does not answer is retried until ``stop``."""
         attempt = 0
         while not self._halt.is_set():
@@ -162,14 +163,21 @@ class FleetMember(threading.Thread):
             client_id=f"cdc-fleet-{fleet.instance_id}",
             log=self._log,
         )
-        partitions = self._ensure_topic(admin)
+        topics = roster.topics
+        # One partition each: a connector is one unit of work. Created by whichever
+        # instance comes first; an existing one is left as it is.
+        admin.ensure_topics(
+            [
+                TopicSpec(topic, 1, self._replication_factor, "delete", ASSIGNMENT_TOPIC_CONFIGS)
+                for topic in topics
+            ]
+        )
         self._log.info(
             "fleet_joining",
             group=fleet.group,
             consumer_group=self.group_id,
             instance_id=fleet.instance_id,
-            topic=self.topic,
-            partitions=partitions,
+            topics=len(topics),
             roster=list(roster.connectors),
             roster_digest=roster.digest,
             session_timeout_ms=fleet.session_timeout_ms,
@@ -190,65 +198,27 @@ class FleetMember(threading.Thread):
             },
         )
         consumer.subscribe(
-            [self.topic],
+            topics,
             on_assign=self._assigned,
             on_revoke=self._revoked,
             on_lost=self._lost,
         )
         return consumer
 
-    def _ensure_topic(self, admin: KafkaAdmin) -> int:
-        """The assignment topic with at least a partition per connector (created, or
-        grown); refuses to join when it stays smaller.
-
-        Raises:
-            ConfigError: the topic has fewer partitions than connectors and cannot grow.
-            SinkError: Kafka refused or did not answer.
-        """
-        wanted = len(self._roster)
-        spec = TopicSpec(
-            self.topic, wanted, self._replication_factor, "delete", ASSIGNMENT_TOPIC_CONFIGS
-        )
-        admin.ensure_topics([spec])
-        have = len(admin.partition_ids(self.topic) or [])
-        if have < wanted:
-            self._log.info("fleet_topic_growing", topic=self.topic, partitions=have, wanted=wanted)
-            client = AdminClient({**admin.common, "client.id": "cdc-fleet-admin"})
-            try:
-                futures = client.create_partitions(
-                    [NewPartitions(self.topic, wanted)], request_timeout=ADMIN_TIMEOUT_S
-                )
-                for future in futures.values():
-                    future.result()
-            except KafkaException as exc:
-                if "INVALID_PARTITIONS" not in str(exc):  # grown concurrently: checked below
-                    raise kafka_error(
-                        exc, f"growing topic {self.topic!r}", topic=self.topic
-                    ) from exc
-            have = len(admin.partition_ids(self.topic) or [])
-        if have < wanted:
-            raise ConfigError(
-                f"the fleet's assignment topic {self.topic!r} has {have} partitions for"
-                f" {wanted} connectors and could not be grown: run kafka-topics --alter"
-                f" --topic {self.topic} --partitions {wanted}",
-                key="fleet.group",
-            )
-        return have
-
     # --- the group's callbacks (in this thread, from poll) ---------------------------------
 
     def _assigned(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.joined.set()
         metrics.FLEET_REBALANCES.labels(instance=self._fleet.instance_id, kind="assigned").inc()
-        self._on_assign([tp.partition for tp in partitions])
+        self._on_assign([tp.topic for tp in partitions])
 
     def _revoked(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.FLEET_REBALANCES.labels(instance=self._fleet.instance_id, kind="revoked").inc()
-        self._on_revoke([tp.partition for tp in partitions])
+        self._on_revoke([tp.topic for tp in partitions])
 
     def _lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         metrics.FLEET_REBALANCES.labels(instance=self._fleet.instance_id, kind="lost").inc()
-        self._on_lost([tp.partition for tp in partitions])
+        self._on_lost([tp.topic for tp in partitions])
 
 
 def describe_fleet(
@@ -272,14 +242,16 @@ def describe_fleet(
         raise kafka_error(exc, f"describing consumer group {group!r}") from exc
     members = []
     for member in described.members:
-        partitions = sorted(tp.partition for tp in member.assignment.topic_partitions)
+        owned = (
+            Roster.connector_in(fleet.group, tp.topic) for tp in member.assignment.topic_partitions
+        )
         client_id = str(member.client_id)
         members.append(
             {
                 "instance_id": member.group_instance_id,
                 "host": member.host,
                 "roster_digest": client_id.rsplit("-", 1)[-1],
-                "connectors": [c for c in map(roster.connector_of, partitions) if c is not None],
+                "connectors": sorted(c for c in owned if c is not None),
             }
         )
     return {

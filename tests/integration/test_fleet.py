@@ -56,10 +56,14 @@ class Fleet:
 
     def start(self, instance: str) -> Daemon:
         daemon = Daemon.start(
-            self.configs[instance], self.connectors, self.log_dir / f"{instance}.log"
+            self.configs[instance], self.connectors_of(instance), self.log_dir / f"{instance}.log"
         )
         self.daemons[instance] = daemon
         return daemon
+
+    def connectors_of(self, instance: str) -> Path:
+        """The instance's own connector files (the same ones, unless a test changes them)."""
+        return self.configs[instance].parent.parent / "connectors"
 
     def owned(self, instance: str) -> list[str]:
         """What ``instance`` last said it owns."""
@@ -142,7 +146,7 @@ def _fleet_status(fleet: Fleet) -> tuple[int, str]:
     """``cdc status --fleet`` as an operator runs it: exit status and output."""
     done = subprocess.run(
         [sys.executable, "-m", "cdc", "status", "--fleet", "--config", str(fleet.configs["a"]),
-         "--connectors", str(fleet.connectors)],
+         "--connectors", str(fleet.connectors_of("a"))],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     return done.returncode, done.stdout + done.stderr
@@ -416,3 +420,39 @@ def test_a_fully_busy_instance_stays_in_the_group(fleet: Fleet) -> None:
         seen = Counter(m.key["id"] for m in read_all(fleet.bootstrap, f"{name}.public.orders"))
         assert set(seen) == wanted
         assert [k for k, n in seen.items() if n > 1] == []
+
+
+def test_instances_with_other_connector_files_run_each_connector_once(fleet: Fleet) -> None:
+    """A connector only instance a has a file for runs on a, never on b, even once a is
+    gone; the connectors both have are shared and fail over as usual."""
+    only_a = fleet.names[1]
+    (fleet.connectors_of("b") / f"{only_a}.yaml").unlink()
+    for instance in ("a", "b"):
+        fleet.start(instance)
+    wait_until(
+        lambda: (
+            sorted(fleet.owned("a") + fleet.owned("b")) == fleet.names
+            and only_a in fleet.owned("a")
+            and set(fleet.owned("a")) <= fleet.streaming("a")
+        ),
+        timeout=60,
+        what="the connectors to split between a and b",
+    )
+    code, output = _fleet_status(fleet)
+    assert code == 0, output
+    assert re.search(r"^  instance b \(.*\(other connector files: roster \w+\)$", output, re.M)
+    killed_at = time.time()
+    fleet.daemons["a"].kill()
+    shared = {fleet.names[0], fleet.names[2]}
+    wait_until(
+        lambda: (
+            shared <= fleet.streaming("b", after=killed_at) | set(fleet.owned("b"))
+            and shared <= fleet.streaming("b")
+        ),
+        timeout=SESSION_TIMEOUT_MS / 1000 + 30,
+        what="b to take over the connectors it has",
+    )
+    assert sorted(fleet.owned("b")) == sorted(shared)
+    assert only_a not in fleet.streaming("b")
+    code, output = _fleet_status(fleet)
+    assert code == 1, output  # only_a has no owner now: the status says so

@@ -56,55 +56,76 @@ def test_bad_fleet_settings_are_config_errors_naming_the_key(extra: str, key: st
     assert key in str(info.value)
 
 
-def test_names_of_the_group_and_its_topic() -> None:
-    assert (assignment_topic("prod"), consumer_group_id("prod")) == (
-        "__cdc_fleet.prod",
+def test_names_of_the_group_and_a_connectors_topic() -> None:
+    assert (assignment_topic("prod", "inventory"), consumer_group_id("prod")) == (
+        "__cdc_fleet.prod.inventory",
         "cdc-fleet-prod",
     )
 
 
-def test_roster_sorts_connectors_and_maps_partitions_both_ways() -> None:
-    roster = Roster.of(["c", "a", "b"])
-    assert roster.connectors == ("a", "b", "c")
-    assert [roster.connector_of(p) for p in (0, 1, 2, 3, -1)] == ["a", "b", "c", None, None]
-    assert roster.partition_of("c") == 2
-    with pytest.raises(KeyError):
-        roster.partition_of("z")
+def T(*names: str) -> list[str]:
+    """The assignment topics of these connectors in group g."""
+    return [assignment_topic("g", n) for n in names]
+
+
+def roster(*names: str) -> Roster:
+    return Roster.of("g", names)
+
+
+def test_roster_sorts_connectors_and_names_their_topics() -> None:
+    r = roster("c", "a", "b")
+    assert r.connectors == ("a", "b", "c")
+    assert r.topics == T("a", "b", "c")
+    assert [r.connector_of(t) for t in T("a", "c", "z")] == ["a", "c", None]
+
+
+def test_a_topic_of_another_group_or_not_ours_names_no_connector() -> None:
+    r = roster("a")
+    assert r.connector_of(assignment_topic("other", "a")) is None
+    assert r.connector_of("inventory.public.orders") is None
+    assert Roster.connector_in("g", assignment_topic("g", "z")) == "z"
+    assert Roster.connector_in("g", assignment_topic("g", "")) is None
+    assert Roster.connector_in("g", "__cdc_fleet.other.z") is None
+
+
+def test_a_connector_name_with_dots_maps_back_whole() -> None:
+    r = roster("inv.eu-1")
+    assert r.connector_of(assignment_topic("g", "inv.eu-1")) == "inv.eu-1"
 
 
 def test_roster_digest_depends_on_the_set_not_the_order() -> None:
-    assert Roster.of(["b", "a"]).digest == Roster.of(["a", "b"]).digest
-    assert Roster.of(["a", "b"]).digest != Roster.of(["a", "b", "c"]).digest
-    assert len(Roster.of(["a"]).digest) == 12
+    assert roster("b", "a").digest == roster("a", "b").digest
+    assert roster("a", "b").digest != roster("a", "b", "c").digest
+    assert len(roster("a").digest) == 12
 
 
 def test_roster_refuses_duplicate_names() -> None:
     with pytest.raises(ValueError, match="unique"):
-        Roster.of(["a", "a"])
+        roster("a", "a")
 
 
 def test_assignment_starts_each_new_connector_once() -> None:
-    ownership = Ownership(Roster.of(["a", "b", "c"]))
-    assert ownership.assigned([2, 0, 0]) == [
+    ownership = Ownership(roster("a", "b", "c"))
+    assert ownership.assigned(T("c", "a", "a")) == [
         Decision(Action.START, "a"),
         Decision(Action.START, "c"),
     ]
-    assert ownership.assigned([0, 1]) == [Decision(Action.START, "b")]
+    assert ownership.assigned(T("a", "b")) == [Decision(Action.START, "b")]
     assert ownership.owned == {"a", "b", "c"}
 
 
-def test_partitions_beyond_the_roster_run_nothing() -> None:
-    ownership = Ownership(Roster.of(["a"]))
-    assert ownership.assigned([1, 5]) == []
-    assert ownership.revoked([1]) == []
+def test_a_topic_of_a_connector_this_instance_lacks_runs_nothing() -> None:
+    ownership = Ownership(roster("a"))
+    assert ownership.assigned(T("b", "z")) == []
+    assert ownership.revoked(T("b")) == []
     assert ownership.owned == frozenset()
 
 
 def test_revocation_stops_cleanly_and_loss_abandons() -> None:
-    ownership = Ownership(Roster.of(["a", "b", "c"]))
-    ownership.assigned([0, 1, 2])
-    assert ownership.revoked([1]) == [Decision(Action.STOP, "b")]
-    assert ownership.lost([0, 1, 2]) == [
+    ownership = Ownership(roster("a", "b", "c"))
+    ownership.assigned(T("a", "b", "c"))
+    assert ownership.revoked(T("b")) == [Decision(Action.STOP, "b")]
+    assert ownership.lost(T("a", "b", "c")) == [
         Decision(Action.ABANDON, "a"),
         Decision(Action.ABANDON, "c"),
     ]
@@ -112,18 +133,18 @@ def test_revocation_stops_cleanly_and_loss_abandons() -> None:
 
 
 def test_a_repeated_revocation_decides_nothing() -> None:
-    ownership = Ownership(Roster.of(["a"]))
-    ownership.assigned([0])
-    assert ownership.revoked([0]) == [Decision(Action.STOP, "a")]
-    assert ownership.revoked([0]) == []
-    assert ownership.lost([0]) == []
+    ownership = Ownership(roster("a"))
+    ownership.assigned(T("a"))
+    assert ownership.revoked(T("a")) == [Decision(Action.STOP, "a")]
+    assert ownership.revoked(T("a")) == []
+    assert ownership.lost(T("a")) == []
 
 
 def test_a_connector_revoked_then_assigned_again_starts_again() -> None:
-    ownership = Ownership(Roster.of(["a"]))
-    ownership.assigned([0])
-    ownership.lost([0])
-    assert ownership.assigned([0]) == [Decision(Action.START, "a")]
+    ownership = Ownership(roster("a"))
+    ownership.assigned(T("a"))
+    ownership.lost(T("a"))
+    assert ownership.assigned(T("a")) == [Decision(Action.START, "a")]
 
 
 def test_stop_request_abandon_sets_the_event_and_the_flag() -> None:
