@@ -78,6 +78,9 @@ class ConnectorRunner(threading.Thread):
         self.connector_name = name
         self._stop_event = stop
         self.failure: BaseException | None = None
+        # Set when a fleet moved the connector on while this run was still ending: what
+        # it meets then (fenced by the new owner) is no failure of this instance's.
+        self.handed_over = False
         self._log = structlog.get_logger("cdc.daemon").bind(
             connector=connector.name, slot=connector.slot
         )
@@ -144,6 +147,14 @@ class ConnectorRunner(threading.Thread):
                 return
 
     def _fail(self, exc: BaseException) -> None:
+        if self.handed_over:
+            self._log.warning(
+                "connector_ended_after_handover",
+                error=redact_dsn(str(exc)),
+                error_type=type(exc).__name__,
+                detail="another instance owns the connector now",
+            )
+            return
         self.failure = exc
         BOARD.update(self.connector_name, phase="failed", error=redact_dsn(str(exc)))
         if isinstance(exc, CdcError):
@@ -235,6 +246,9 @@ class FleetConnectors:
         self._lock = threading.Lock()
         self._stops: dict[str, StopRequest] = {}
         self._runners: dict[str, list[ConnectorRunner]] = {}
+        # Runs of connectors handed over that had not ended within the bound: joined
+        # before the connector starts here again, never counted as this instance's.
+        self._handed_over: dict[str, list[ConnectorRunner]] = {}
         self._log = structlog.get_logger("cdc.daemon").bind(instance=fleet.instance_id)
         self._stopping = False
         self._publish_owned()
@@ -245,8 +259,8 @@ class FleetConnectors:
         """Start the connectors of the assignment topics added to ours."""
         started = []
         for decision in self.ownership.assigned(topics):
-            self._start(decision.connector)
-            started.append(decision.connector)
+            if self._start(decision.connector):
+                started.append(decision.connector)
         self._log.info("fleet_assigned", connectors=started, owned=sorted(self.ownership.owned))
         self._publish_owned()
 
@@ -270,7 +284,9 @@ class FleetConnectors:
 
     def join_all(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        for runner in self._all_runners():
+        with self._lock:
+            handed_over = [r for runners in self._handed_over.values() for r in runners]
+        for runner in self._all_runners() + handed_over:
             runner.join(max(0.0, deadline - time.monotonic()))
 
     @property
@@ -279,12 +295,13 @@ class FleetConnectors:
 
     # --- carrying out ----------------------------------------------------------------------
 
-    def _start(self, name: str) -> None:
+    def _start(self, name: str) -> bool:
+        """Start the connector's runners; False when stopping (SIGTERM) meanwhile."""
         with self._lock:
             if self._stopping:
-                return
-            previous = self._runners.get(name, [])
-        for runner in previous:  # an abandoned run not ended yet: never two at once
+                return False
+            previous = self._runners.get(name, []) + self._handed_over.pop(name, [])
+        for runner in previous:  # a released run not ended yet: never two at once
             runner.join(self._release_wait_s)
         connector = self._by_name[name]
         stop = StopRequest()
@@ -295,11 +312,14 @@ class FleetConnectors:
             if r.enabled
         )
         with self._lock:
+            if self._stopping:  # SIGTERM while the previous run was joined
+                return False
             self._stops[name] = stop
             self._runners[name] = runners
         for runner in runners:
             BOARD.update(runner.connector_name, owner=self._instance, phase="starting")
             runner.start()
+        return True
 
     def _release(self, decisions: list[Any], event: str) -> None:
         if not decisions:
@@ -322,16 +342,19 @@ class FleetConnectors:
             for runner in runners:
                 runner.join(max(0.0, deadline - time.monotonic()))
                 if runner.is_alive():
-                    # Past the bound: the partition moves on anyway. The new owner's
+                    # Past the bound: the connector moves on anyway. The new owner's
                     # init_transactions fences this run's producer and its slot waits
                     # for this walsender, so it cannot write twice; _start joins it.
+                    runner.handed_over = True
                     still_running.append(runner.connector_name)
-                else:
-                    BOARD.remove(runner.connector_name)
+                BOARD.remove(runner.connector_name)
             with self._lock:
-                if not any(r.is_alive() for r in runners) and self._runners.get(name) is runners:
+                if self._runners.get(name) is runners:
                     # Not ours any more: its failure (e.g. fenced) is not this instance's.
                     del self._runners[name]
+                alive = [r for r in runners if r.is_alive()]
+                if alive:
+                    self._handed_over.setdefault(name, []).extend(alive)
         level = self._log.warning if event == "fleet_lost" or still_running else self._log.info
         level(
             event,

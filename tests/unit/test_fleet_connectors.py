@@ -350,15 +350,9 @@ def test_the_owned_connectors_metric_follows_assignments_and_revocations(
     assert counts == [0.0, 3.0, 2.0, 1.0, 2.0]
 
 
-# --- known bugs ---------------------------------------------------------------------------
+# --- found by these tests, fixed ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FleetConnectors._release keeps a runner that outlived the bound in _runners, so"
-    " when it later fails (e.g. fenced by the new owner) `failed` reports it as this"
-    " instance's failure (run_daemon then exits 1) although the connector was handed over",
-)
 def test_a_revoked_runner_failing_after_the_bound_is_not_this_instances_failure(
     runners: Runners,
 ) -> None:
@@ -371,12 +365,6 @@ def test_a_revoked_runner_failing_after_the_bound_is_not_this_instances_failure(
     assert fleet.failed == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FleetConnectors._start checks _stopping before joining the previous runner"
-    " and not again after: a stop_all() during that join (SIGTERM) does not prevent the"
-    " start, and the new runner's stop request is not set",
-)
 def test_stop_all_while_an_assignment_waits_for_the_old_runner_starts_nothing(
     runners: Runners,
 ) -> None:
@@ -392,3 +380,18 @@ def test_stop_all_while_an_assignment_waits_for_the_old_runner_starts_nothing(
     assigning.join(WAIT_S)
     assert not assigning.is_alive()
     assert [r for r in runners.named("a") if r is not old and r.ident is not None] == []
+
+
+def test_a_handed_over_run_that_fails_is_logged_not_reported_as_failed(logs: Logs) -> None:
+    """The real runner: once the fleet moved its connector on, a fatal error (the new
+    owner fenced it) is a warning; the runner reports no failure and the board no entry."""
+    daemon = load_daemon_config_text(FLEET.format(instance="i1"), source="cdc.yaml", env={})
+    runner = cdc.daemon.ConnectorRunner(daemon, connector("a"), threading.Event())
+    runner.handed_over = True
+    BOARD.clear()
+    runner._fail(FencedError("fenced by a newer producer"))
+    assert runner.failure is None
+    assert "a" not in on_board()
+    [ended] = events(logs, "connector_ended_after_handover")
+    assert ended["log_level"] == "warning"
+    assert ended["error_type"] == "FencedError"
