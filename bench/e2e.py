@@ -162,6 +162,11 @@ class TopicCounter(threading.Thread):
         consumer.close()
 
 
+# --kafka-property KEY=VALUE: producer settings for this run, given to the daemon
+# (kafka.properties) and to the Kafka-only ceiling alike, so the ratio stays like for like.
+KAFKA_PROPERTIES: dict[str, Any] = {}
+
+
 def _warm_up(bootstrap: str, records: int = 200_000) -> None:
     """Write and read back ``records`` transactional records: the broker's JIT and its
     transaction coordinator are warm before anything is measured."""
@@ -219,7 +224,7 @@ class DaemonProcess:
         (workdir / "cdc.yaml").write_text(
             yaml.safe_dump(
                 {
-                    "kafka": {"bootstrap_servers": bootstrap},
+                    "kafka": {"bootstrap_servers": bootstrap, "properties": KAFKA_PROPERTIES},
                     "topics": {"partitions": 6, "replication_factor": 1},
                     "log": {"level": "info", "format": "json"},
                     "metrics": {"port": metrics_port},
@@ -503,6 +508,7 @@ def _kafka_only(kafka: Any, source_topics: list[str], mode: str, rows: int) -> d
     settings: dict[str, Any] = {
         "bootstrap.servers": bootstrap,
         **PRODUCER_DEFAULTS,
+        **KAFKA_PROPERTIES,
         **PRODUCER_REQUIRED,
     }
     exactly_once = mode == "exactly_once"
@@ -635,6 +641,8 @@ def run(
             "python": platform.python_version(),
             "raw_pg_recvlogical_events_per_s": round(raw),
         }
+        if KAFKA_PROPERTIES:
+            result["kafka_properties"] = KAFKA_PROPERTIES
         for mode in modes:
             backlog_topics = [f"backlog_{mode}.public.bench", f"backlog_{mode}.public.bench.latest"]
             figures = {
@@ -682,7 +690,17 @@ def main() -> None:
         default="both",
         help="delivery modes to measure (default: both, in the same run)",
     )
+    parser.add_argument(
+        "--kafka-property",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a producer setting for the daemon and the Kafka-only ceiling (repeatable)",
+    )
     args = parser.parse_args()
+    for item in args.kafka_property:
+        key, _, value = item.partition("=")
+        KAFKA_PROPERTIES[key] = int(value) if value.isdigit() else value
     modes = ("at_least_once", "exactly_once") if args.modes == "both" else (args.modes,)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

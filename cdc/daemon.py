@@ -257,10 +257,8 @@ class FleetConnectors:
 
     def assigned(self, topics: list[str]) -> None:
         """Start the connectors of the assignment topics added to ours."""
-        started = []
-        for decision in self.ownership.assigned(topics):
-            if self._start(decision.connector):
-                started.append(decision.connector)
+        decisions = self.ownership.assigned(topics)
+        started = [d.connector for d in decisions if self._start(d.connector)]
         self._log.info("fleet_assigned", connectors=started, owned=sorted(self.ownership.owned))
         self._publish_owned()
 
@@ -312,7 +310,7 @@ class FleetConnectors:
             if r.enabled
         )
         with self._lock:
-            if self._stopping:  # SIGTERM while the previous run was joined
+            if self._stop_requested():  # SIGTERM while the previous run was joined
                 return False
             self._stops[name] = stop
             self._runners[name] = runners
@@ -364,6 +362,10 @@ class FleetConnectors:
             owned=sorted(self.ownership.owned),
         )
         self._publish_owned()
+
+    def _stop_requested(self) -> bool:
+        """``stop_all`` was called (read afresh: another thread sets it)."""
+        return self._stopping
 
     def _all_runners(self) -> list[ConnectorRunner]:
         with self._lock:
