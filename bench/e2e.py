@@ -5,6 +5,7 @@ Prints one JSON line per run. Not a test: numbers, never assertions. Workload (i
 int, ~100-char text, numeric, timestamptz, small jsonb).
 
     .venv/bin/python -m bench.e2e [--rows 100000] [--tx-rows 1000] [--modes both] [--keep DIR]
+        [--kafka-property KEY=VALUE ...]  # producer settings, daemon and Kafka-only alike
 
 Measures, on throwaway PostgreSQL and Kafka started beside the daemon, for each delivery
 mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
@@ -15,8 +16,11 @@ mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
   the last record consumed back from both topics;
 - latency: commit -> consumed from Kafka, p50/p99, at a steady offered 10,000 rows/s;
 - the daemon's CPU seconds per 100,000 events (start-up included) and, in the backlog, its
-  CPU per event from the moment its slot is active (every thread: librdkafka's too), and
-  its peak RSS;
+  CPU per event from the moment its slot is active (every thread: librdkafka's too), the
+  same per thread name (``python``: every Python thread; ``rdk:*``: librdkafka's), the
+  CPU per event of the servers beside it (PostgreSQL: its backends, the walsender among
+  them; Kafka: the broker's JVM), and its peak RSS: on this machine the three share two
+  cores, so their sum per event bounds the rate;
 - large transaction (``--large-tx-rows``, 1,000,000 by default, 0 skips it): the daemon's
   peak RSS after streaming one transaction of 1,000 rows, then one of a tenth of that many
   rows, then one of that many, and the ratios (flat memory: no per-transaction
@@ -26,7 +30,7 @@ mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
   records in exactly_once) to fresh topics, and counted by the same consumer: the rate
   this machine's broker and consumer allow with no PostgreSQL and no daemon work at all;
 and once, raw: pg_recvlogical (pgoutput, same publication) reading the same changes to
-/dev/null. Rates are also given as ratios to the raw rate of the same run (absolute
+/dev/null, with PostgreSQL's CPU per event meanwhile. Rates are also given as ratios to the raw rate of the same run (absolute
 figures on a shared machine vary by +-30 % from run to run).
 
 The consumers read ``read_committed`` (what a consumer of an exactly_once topic must do),
@@ -282,6 +286,43 @@ class DaemonProcess:
         self.log.close()
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (/proc/<pid>/task), threads of one name
+    summed: where a process's CPU goes (Python's main thread, librdkafka's rdk:*)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        name = name.rstrip("0123456789")  # rdk:broker1, rdk:broker2 -> rdk:broker
+        fields = text.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def _group_cpu(pid: int) -> float:
+    """CPU seconds of a server so far: the process, its ended children (reaped: cutime,
+    cstime) and its live ones (PostgreSQL's backends, the walsender among them, each in a
+    session of its own)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(proc.name) == pid:
+            total += sum(int(f) for f in fields[11:15]) / ticks
+        elif int(fields[1]) == pid:  # fields[1]: the parent's pid
+            total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
 def _histogram_quantiles(port: int, name: str, quantiles: tuple[float, ...]) -> list[float]:
     """Quantiles (ms) of a Prometheus histogram, interpolated inside its buckets."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
@@ -367,10 +408,14 @@ def _backlog(
     counter.start()
     _wait_streaming(dsn, name)
     cpu_at_streaming = daemon.cpu_seconds()  # start-up done: imports, clients, state read
+    threads_at_streaming = _thread_cpu(daemon.process.pid)
+    servers_at_streaming = {"postgres": _group_cpu(pg.pid), "kafka": _group_cpu(kafka.pid)}
     counter.join(300)
     counter.stop.set()
     error = _check(counter, rows, mode)
     cpu = daemon.cpu_seconds()
+    threads = _thread_cpu(daemon.process.pid)
+    servers = {"postgres": _group_cpu(pg.pid), "kafka": _group_cpu(kafka.pid)}
     rss = daemon.peak_rss_mb()
     daemon.stop()
     if error:
@@ -387,6 +432,16 @@ def _backlog(
         # The daemon's CPU (every thread, librdkafka's included) from the moment its slot
         # is active to the last record consumed, per event: the per-event cost alone.
         "backlog_streaming_cpu_us_per_event": round((cpu - cpu_at_streaming) * 1e6 / rows, 2),
+        # The same per thread of the daemon, and for the servers beside it on this machine
+        # (PostgreSQL: every backend, the walsender included; Kafka: the broker's JVM).
+        "backlog_streaming_thread_cpu_us_per_event": {
+            n: round((t - threads_at_streaming.get(n, 0.0)) * 1e6 / rows, 2)
+            for n, t in sorted(threads.items())
+            if t - threads_at_streaming.get(n, 0.0) > 0
+        },
+        "backlog_streaming_server_cpu_us_per_event": {
+            n: round((servers[n] - servers_at_streaming[n]) * 1e6 / rows, 2) for n in servers
+        },
         "backlog_peak_rss_mb": round(rss, 1),
     }
 
@@ -593,8 +648,9 @@ def _large_transaction(pg: Any, kafka: Any, base: Path, mode: str, rows: int) ->
     }
 
 
-def _raw_rate(pg: Any, rows: int, tx_rows: int) -> float:
-    """pg_recvlogical reading the same kind of changes to /dev/null: events/s."""
+def _raw_rate(pg: Any, rows: int, tx_rows: int) -> tuple[float, float]:
+    """pg_recvlogical reading the same kind of changes to /dev/null: events/s, and
+    PostgreSQL's CPU per event meanwhile (the walsender decoding them), in µs."""
     dsn = pg.dsn(dbname="raw")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(TABLE)
@@ -605,6 +661,7 @@ def _raw_rate(pg: Any, rows: int, tx_rows: int) -> float:
         end_lsn = _wal_lsn(conn)
     recvlogical = shutil.which("pg_recvlogical") or str(find_postgres_bin_dir() / "pg_recvlogical")
     started = time.perf_counter()
+    cpu_before = _group_cpu(pg.pid)
     subprocess.run(
         [
             recvlogical, "-d", dsn, "--slot", "raw", "--start", "--endpos", end_lsn,
@@ -613,7 +670,8 @@ def _raw_rate(pg: Any, rows: int, tx_rows: int) -> float:
         ],
         check=True,
     )  # fmt: skip
-    return rows / (time.perf_counter() - started)
+    rate = rows / (time.perf_counter() - started)
+    return rate, (_group_cpu(pg.pid) - cpu_before) * 1e6 / rows
 
 
 def run(
@@ -632,7 +690,7 @@ def run(
             for db in ("raw", *(f"{p}_{m}" for m in modes for p in phases)):
                 conn.execute(f"CREATE DATABASE {db}")
         _warm_up(kafka.bootstrap_servers)
-        raw = _raw_rate(pg, rows, tx_rows)
+        raw, raw_pg_cpu_us = _raw_rate(pg, rows, tx_rows)
         result: dict[str, Any] = {
             "bench": "e2e",
             "rows": rows,
@@ -640,6 +698,8 @@ def run(
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "raw_pg_recvlogical_events_per_s": round(raw),
+            # PostgreSQL's CPU per event while pg_recvlogical reads: the decoding's cost.
+            "raw_postgres_cpu_us_per_event": round(raw_pg_cpu_us, 2),
         }
         if KAFKA_PROPERTIES:
             result["kafka_properties"] = KAFKA_PROPERTIES

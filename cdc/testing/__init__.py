@@ -142,6 +142,17 @@ class ManagedProcess:
         """Whether the server process is alive."""
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int:
+        """The server's process id (its process group's too: it runs in its own session).
+
+        Raises:
+            ServiceError: the server is not running.
+        """
+        if self._process is None:
+            raise ServiceError("the server is not running")
+        return self._process.pid
+
     def stop(self) -> None:
         """Shut down with ``_stop_signal``; SIGKILL after ``_stop_timeout``. Idempotent."""
         if self._process is not None:
