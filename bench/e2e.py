@@ -30,8 +30,9 @@ mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
   records in exactly_once) to fresh topics, and counted by the same consumer: the rate
   this machine's broker and consumer allow with no PostgreSQL and no daemon work at all;
 and once, raw: pg_recvlogical (pgoutput, same publication) reading the same changes to
-/dev/null, with PostgreSQL's CPU per event meanwhile. Rates are also given as ratios to the raw rate of the same run (absolute
-figures on a shared machine vary by +-30 % from run to run).
+/dev/null, with PostgreSQL's CPU per event meanwhile. Rates are also given as ratios to
+the raw rate of the same run (absolute figures on a shared machine vary by +-30 % from run
+to run).
 
 The consumers read ``read_committed`` (what a consumer of an exactly_once topic must do),
 so the latency is commit -> visible, measured per record from the commit timestamp in
