@@ -98,6 +98,7 @@ from cdc.protocol.values import (
     RowConverter,
     ValueOptions,
 )
+from cdc.row_filter import parse_row_filter
 
 __all__ = [
     "LSN_HEADER",
@@ -233,6 +234,7 @@ class TableEncoder:
     __slots__ = (
         "_db",
         "_dropped",
+        "_filter",
         "_key_in_old",
         "_key_indexes",
         "_key_names",
@@ -302,6 +304,18 @@ class TableEncoder:
         # published (a server or table where the column list is not pushed down), and
         # masks, applied to the converted values before anything is serialised.
         self._dropped, self._masks = _controls_of(controls, names, self.key_columns, qualified)
+        # The row filter the publication cannot apply (cdc.row_filter), evaluated on the
+        # values as sent, before any conversion or mask; None: nothing to filter here.
+        self._filter = (
+            parse_row_filter(
+                controls.row_filter,
+                {c.name: c.type_oid for c in relation.columns},
+                table=qualified,
+                indexes={c.name: i for i, c in enumerate(relation.columns)},
+            )
+            if controls is not None and controls.filter_in_cdc and controls.row_filter
+            else None
+        )
         # The compiled encoder of this table's rows, when it converts every column's kind
         # exactly (cdc.native); None: the Python path. A row it refuses (a value it cannot
         # convert exactly) takes the Python path too, which gives the exact error.
@@ -510,6 +524,19 @@ class TableEncoder:
                 row[name] = mask(row[name])
         return row
 
+    def _passes(self, values: TupleData, lsn: int) -> bool:
+        """Whether the row filter cdc evaluates keeps this row."""
+        assert self._filter is not None
+        try:
+            return self._filter.matches(values)
+        except ValueError as exc:
+            raise ConversionError(
+                f"table {self._qualified}: its row filter cannot be evaluated on a change at"
+                f" LSN {lsn}: {exc} (an unchanged TOASTed value the server did not send)",
+                table=self._qualified,
+                lsn=lsn,
+            ) from exc
+
     def _check_old_key(self, lsn: int) -> None:
         if not self._key_in_old:
             raise ConversionError(
@@ -527,6 +554,8 @@ class TableEncoder:
         self, message: Insert, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
     ) -> list[Record]:
         """Records for an inserted row (``headers``: its message's position headers)."""
+        if self._filter is not None and not self._passes(message.new, lsn):
+            return []
         after = self._convert(message.new, lsn)
         order = tx.order
         value = self._event(
@@ -552,7 +581,40 @@ class TableEncoder:
         self, message: Update, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
     ) -> list[Record]:
         """Records for an updated row: one ``u`` event, or ``d`` + ``c`` if the key changed
-        (all with the message's ``headers``)."""
+        (all with the message's ``headers``).
+
+        Under a row filter cdc evaluates, as PostgreSQL 15 transforms it in the
+        publication: old and new rows pass, an update; only the old one, a delete of it;
+        only the new one, an insert of it; neither, nothing."""
+        if self._filter is None:
+            return self._update(message, tx, lsn, now_us, headers)
+        old, new = message.old, message.new
+        if old is not None and UNCHANGED_TOAST in new:
+            # The old row (FULL) or key carries the exact value the server left out.
+            new = tuple(
+                o if n is UNCHANGED_TOAST and o.__class__ is str else n
+                for n, o in zip(new, old)  # noqa: B905 (RowConverter checks lengths)
+            )
+        new_passes = self._passes(new, lsn)
+        # No old row: the key did not change, and the filter reads identity columns only.
+        old_passes = new_passes if old is None else self._passes(old, lsn)
+        if old_passes and new_passes:
+            return self._update(message, tx, lsn, now_us, headers)
+        if not old_passes and not new_passes:
+            return []
+        if message.old_kind == "K" and self.has_key:
+            # The key changed: the update is a d of the old key and a c of the new one.
+            records = self._update(message, tx, lsn, now_us, headers)
+            return records[:2] if old_passes else records[2:]
+        if old_passes:
+            assert old is not None
+            gone = Delete(message.xid, message.relation, message.old_kind or "O", old)
+            return self.delete(gone, tx, lsn, now_us, headers)
+        return self.insert(Insert(message.xid, message.relation, new), tx, lsn, now_us, headers)
+
+    def _update(
+        self, message: Update, tx: TxContext, lsn: int, now_us: int, headers: Headers | None
+    ) -> list[Record]:
         old = message.old
         new = message.new
         if old is None:
@@ -649,6 +711,8 @@ class TableEncoder:
         self, message: Delete, tx: TxContext, lsn: int, now_us: int, headers: Headers | None = None
     ) -> list[Record]:
         """Records for a deleted row: a ``d`` event and a tombstone."""
+        if self._filter is not None and not self._passes(message.old, lsn):
+            return []
         if message.old_kind == "K" and self.has_key:
             self._check_old_key(lsn)
         before = self._convert(message.old, lsn)

@@ -75,8 +75,9 @@ class TableControls:
     """One table's column list, row filter and masks, as configured.
 
     ``include`` (when set) names the only columns published; ``exclude`` those never
-    published. ``row_filter`` is a SQL boolean expression only PostgreSQL evaluates (the
-    publication's ``WHERE`` and the snapshot's); ``masks`` maps a column to its mask.
+    published. ``row_filter`` is a SQL boolean expression: the publication's ``WHERE``
+    where PostgreSQL can apply it, cdc's own evaluation (``filter_in_cdc``) otherwise,
+    and the snapshot's ``WHERE`` always; ``masks`` maps a column to its mask.
     """
 
     table: str
@@ -85,6 +86,9 @@ class TableControls:
     row_filter: str | None = None
     masks: Mapping[str, Mask] = field(default_factory=dict)
     mask_kinds: Mapping[str, str] = field(default_factory=dict)
+    # Set once the connector found the publication cannot apply ``row_filter`` (before
+    # PostgreSQL 15, FOR ALL TABLES): the encoder evaluates it (cdc.row_filter).
+    filter_in_cdc: bool = False
 
     def keeps(self, column: str) -> bool:
         """Whether ``column`` is published."""

@@ -31,6 +31,7 @@ from cdc.postgres.failover import (
     failover_hint,
     slot_health_columns,
 )
+from cdc.row_filter import parse_row_filter
 from cdc.stream.wal_guard import SlotWal
 
 __all__ = [
@@ -320,32 +321,39 @@ class ReplicationSource:
 
     def apply_data_controls(
         self, controls: Mapping[str, TableControls], *, create: bool, server_version: int
-    ) -> None:
+    ) -> frozenset[str]:
         """Check each table's column list, row filter and masks against the catalog, and
         push the column list and row filter into the publication where PostgreSQL can
         apply them (15+: ``ADD TABLE t (c1, c2) WHERE (...)``), so excluded columns and
         filtered rows are never decoded or sent.
 
-        Not pushed down, a column list is applied by the encoder (it drops the columns);
-        a row filter is never evaluated by cdc, so a filter that cannot be pushed down is
-        refused. With ``create`` false (a DBA's publication) a difference is an error
-        naming it and the statement that fixes it.
+        Not pushed down, a column list is applied by the encoder (it drops the columns),
+        and a row filter by cdc's own evaluation (``cdc.row_filter``), which accepts only
+        what it evaluates as PostgreSQL would, on replica-identity columns (PostgreSQL's
+        own rule for tables that publish UPDATE and DELETE). With ``create`` false (a
+        DBA's publication) a difference is an error naming it and the statement that
+        fixes it.
+
+        Returns:
+            The tables whose row filter cdc evaluates.
 
         Raises:
-            ConfigError: an unknown table or column, or a key column excluded or masked.
-            SlotError: a row filter that cannot be pushed down, a DBA's publication that
-                differs, or a filter PostgreSQL would refuse for UPDATE and DELETE.
+            ConfigError: an unknown table or column, a key column excluded or masked, or a
+                filter cdc cannot evaluate exactly.
+            SlotError: a DBA's publication that differs, or a filter on columns outside
+                the replica identity.
         """
         if not controls:
-            return
+            return frozenset()
         conn = self._require_sql()
+        evaluated: set[str] = set()
         try:
             row = conn.execute(
                 "SELECT puballtables FROM pg_publication WHERE pubname = %s", (self.publication,)
             ).fetchone()
             all_tables = bool(row and row[0])
             for table, control in controls.items():
-                self._apply_control(
+                in_cdc = self._apply_control(
                     conn,
                     table,
                     control,
@@ -359,6 +367,8 @@ class ReplicationSource:
                         " cannot carry row filters: list the tables in `tables`"
                     ),
                 )
+                if in_cdc:
+                    evaluated.add(table)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise SlotError(
                 f"not allowed to alter publication {self.publication!r} for table_options:"
@@ -369,6 +379,7 @@ class ReplicationSource:
             raise source_error(
                 f"applying table_options to publication {self.publication!r}", exc
             ) from exc
+        return frozenset(evaluated)
 
     def _apply_control(
         self,
@@ -379,7 +390,9 @@ class ReplicationSource:
         create: bool,
         pushable: bool,
         why_not: str,
-    ) -> None:
+    ) -> bool:
+        """Check (and push down) one table's controls; True when cdc evaluates its row
+        filter itself."""
         schema, _, name = table.partition(".")
         head = conn.execute(
             sql.SQL(
@@ -396,24 +409,37 @@ class ReplicationSource:
             )
         oid, identity, keys = head
         generated = "a.attgenerated <> ''" if self._server_version >= _PG12 else "false"
-        columns = conn.execute(
+        typed = conn.execute(
             sql.SQL(
-                "SELECT a.attname::text, {} FROM pg_attribute a WHERE a.attrelid = %s"
-                " AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+                "SELECT a.attname::text, {}, a.atttypid::int FROM pg_attribute a"
+                " WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped"
+                " ORDER BY a.attnum"
             ).format(sql.SQL(generated)),
             (oid,),
         ).fetchall()
+        columns = [(c, is_generated) for c, is_generated, _ in typed]
         control.check([c for c, _ in columns], keys)
         where = control.row_filter
         if not pushable:
-            if where is not None:
+            if where is None:
+                return False  # the encoder drops the excluded columns
+            parsed = parse_row_filter(
+                where,
+                {c: type_oid for c, _, type_oid in typed},
+                table=table,
+                indexes={c: i for i, (c, _, _) in enumerate(typed)},
+            )
+            outside = sorted(parsed.columns - set(keys)) if identity != "f" else []
+            if outside:
                 raise SlotError(
-                    f"table {table}: its row filter (table_options.{table}.where) cannot be"
-                    f" pushed into the publication: {why_not}. cdc does not evaluate SQL"
-                    " itself, so it stops rather than publish rows the filter should keep"
-                    " out: remove the filter or make push-down possible"
+                    f"table {table}: its row filter (table_options.{table}.where) reads"
+                    f" {', '.join(outside)}, outside its replica identity"
+                    f" ({', '.join(keys) or 'none'}); cdc evaluates it itself ({why_not}),"
+                    " and an UPDATE or DELETE carries only the identity's old values, as"
+                    " PostgreSQL 15 requires of any publication row filter. Filter on"
+                    f" those columns, or ALTER TABLE {table} REPLICA IDENTITY FULL"
                 )
-            return  # the encoder drops the excluded columns
+            return True
         published = [c for c, is_generated in columns if not is_generated]
         # Under REPLICA IDENTITY FULL a column list must hold every column or PostgreSQL
         # refuses the table's UPDATEs and DELETEs: the encoder drops the columns instead.
@@ -438,7 +464,7 @@ class ReplicationSource:
         have_columns = [c for c in current[0] or () if c in published]
         have_filter = current[1]
         if set(have_columns) == set(wanted) and _same_filter(have_filter, where):
-            return
+            return False
         column_list = (
             sql.SQL(" ({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in wanted))
             if wanted != published
@@ -487,6 +513,7 @@ class ReplicationSource:
                     " and a column list must include them: change table_options, or set the"
                     " table's REPLICA IDENTITY (FULL allows any column in a row filter)"
                 )
+        return False
 
     @staticmethod
     def _refused_write(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -154,9 +155,16 @@ class ConnectorPipeline:
         if wanted is not None:
             wanted = [*wanted, *(_split_table(t) for t in sorted(special))]
         source.ensure_publication(wanted, create=cfg.create_publication)
-        source.apply_data_controls(
+        evaluated = source.apply_data_controls(
             self._controls, create=cfg.create_publication, server_version=info.version_num
         )
+        if evaluated:
+            # Row filters the publication cannot apply here: the encoder evaluates them.
+            self._controls = {
+                table: replace(control, filter_in_cdc=True) if table in evaluated else control
+                for table, control in self._controls.items()
+            }
+            self._log.info("row_filters_evaluated_by_cdc", tables=sorted(evaluated))
         tables = [t for t in source.published_tables() if t.qualified not in special]
         report_tables(self._log, tables)
 

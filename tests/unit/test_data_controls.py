@@ -263,3 +263,110 @@ def test_an_encoder_refuses_a_masked_key() -> None:
     encoder = encoder_with(TableControls(table="public.customers", masks={"id": redact}))
     with pytest.raises(ConfigError, match="part of its key"):
         encoder.table(CUSTOMERS)
+
+
+# --- a row filter cdc evaluates (PostgreSQL before 15, FOR ALL TABLES) ---------------------
+
+ORDERS = Relation(
+    xid=None,
+    oid=16600,
+    namespace="public",
+    name="customers",
+    replica_identity=ReplicaIdentity.DEFAULT,
+    columns=(Column(1, "id", 20, -1), Column(0, "note", 25, -1)),
+)
+
+
+def filtered(where: str) -> EnvelopeEncoder:
+    """An encoder evaluating ``where`` on public.customers (FULL: ``CUSTOMERS``)."""
+    return encoder_with(
+        TableControls(table="public.customers", row_filter=where, filter_in_cdc=True)
+    )
+
+
+def ops(records: list[Any]) -> list[tuple[str, Any]]:
+    """Per record: ("log", its op) on the retention topic; ("latest", "row") for a row
+    on the compacted topic, ("latest", None) for a tombstone."""
+    out: list[tuple[str, Any]] = []
+    for record in records:
+        if record.topic.endswith(".latest"):
+            out.append(("latest", None if record.value is None else "row"))
+        else:
+            out.append(("log", orjson.loads(record.value)["op"]))
+    return out
+
+
+def test_inserts_and_deletes_outside_the_filter_publish_nothing() -> None:
+    encoder = filtered("age >= 18")
+    kept = encoder.encode(Insert(None, CUSTOMERS, ("1", "a", "s", "40")), TX, 100, 0)
+    assert ops(kept) == [("log", "c"), ("latest", "row")]
+    assert encoder.encode(Insert(None, CUSTOMERS, ("2", "b", "s", "9")), TX, 101, 0) == []
+    assert encoder.encode(Insert(None, CUSTOMERS, ("3", "b", "s", None)), TX, 102, 0) == []
+    assert encoder.encode(Delete(None, CUSTOMERS, "O", ("2", "b", "s", "9")), TX, 103, 0) == []
+    gone = encoder.encode(Delete(None, CUSTOMERS, "O", ("1", "a", "s", "40")), TX, 104, 0)
+    assert ops(gone) == [("log", "d"), ("latest", None)]
+
+
+@pytest.mark.parametrize(
+    ("old_age", "new_age", "expected"),
+    [
+        ("40", "41", [("log", "u"), ("latest", "row")]),  # both pass: an update
+        ("9", "10", []),  # neither: nothing
+        ("40", "9", [("log", "d"), ("latest", None)]),  # leaves the filter: a delete
+        ("9", "40", [("log", "c"), ("latest", "row")]),  # enters it: an insert
+    ],
+)
+def test_an_update_is_transformed_as_postgresql_15_does(
+    old_age: str, new_age: str, expected: list[tuple[str, Any]]
+) -> None:
+    old = ("1", "a", "s", old_age)
+    new = ("1", "a", "s", new_age)
+    records = filtered("age >= 18").encode(Update(None, CUSTOMERS, "O", old, new), TX, 100, 0)
+    assert ops(records) == expected
+    if expected and expected[0][1] == "d":
+        assert values(records)[0]["before"]["age"] == 40
+    if expected and expected[0][1] == "c":
+        assert values(records)[0]["after"]["age"] == 40
+
+
+def test_an_update_entering_the_filter_takes_unchanged_values_from_the_old_row() -> None:
+    old = ("1", "long text", "s", "9")
+    new = ("1", UNCHANGED_TOAST, "s", "40")
+    records = filtered("age >= 18").encode(Update(None, CUSTOMERS, "O", old, new), TX, 100, 0)
+    assert values(records)[0]["after"]["email"] == "long text"
+
+
+@pytest.mark.parametrize(
+    ("old_id", "new_id", "expected"),
+    [
+        ("5", "6", ["d", None, "c", "row"]),
+        ("5", "500", ["d", None]),  # the old key passes, the new one not
+        ("500", "6", ["c", "row"]),
+        ("500", "600", []),
+    ],
+)
+def test_a_key_change_keeps_the_side_that_passes(
+    old_id: str, new_id: str, expected: list[Any]
+) -> None:
+    encoder = EnvelopeEncoder(
+        connector="shop",
+        database="db",
+        retention_topic=lambda s, t: f"shop.{s}.{t}",
+        compacted_topic=lambda s, t: f"shop.{s}.{t}.latest",
+        options=ValueOptions(),
+        controls={
+            "public.customers": TableControls(
+                table="public.customers", row_filter="id < 100", filter_in_cdc=True
+            )
+        },
+    )
+    old = (old_id, None)
+    new = (new_id, "x")
+    records = encoder.encode(Update(None, ORDERS, "K", old, new), TX, 100, 0)
+    assert [op for _, op in ops(records)] == expected
+
+
+def test_a_filter_the_publication_applies_is_not_evaluated_again() -> None:
+    encoder = encoder_with(TableControls(table="public.customers", row_filter="age >= 18"))
+    records = encoder.encode(Insert(None, CUSTOMERS, ("2", "b", "s", "9")), TX, 101, 0)
+    assert ops(records) == [("log", "c"), ("latest", "row")]
