@@ -413,17 +413,19 @@ class ChangeRouter:
             if table == window.window_table:
                 window.change(table, records)
         events = self.events
-        if msg.__class__ is Insert:
+        if not records:
+            pass  # a row filter cdc evaluates kept the row out: no event, no BEGIN yet
+        elif msg.__class__ is Insert:
             events["c"] += 1
         elif msg.__class__ is Update:
             if len(records) == KEY_CHANGE_RECORDS:  # published as a d and a c
                 events["d"] += 1
                 events["c"] += 1
-            else:
+            else:  # an update (one a row filter turned into a d or a c counts here too)
                 events["u"] += 1
         else:
             events["d"] += 1
-        if first:
+        if first and records:
             records = self._with_begin(records)
         if self._shapes and oid in self._shapes:
             return self._with_schema([oid], records, tx, lsn, now_us, reached, published=published)

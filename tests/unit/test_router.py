@@ -18,6 +18,7 @@ import pytest
 from cdc.config import MessagesConfig, OutboxConfig
 from cdc.envelope import EnvelopeEncoder, TableEncoder
 from cdc.errors import SourceError
+from cdc.masking import TableControls
 from cdc.positions import COMPLETE, Position
 from cdc.protocol.messages import (
     Begin,
@@ -71,6 +72,7 @@ def make_router(
     history: SchemaHistory | None = None,
     window: ChunkWindow | None = None,
     transactions: bool = False,
+    controls: dict[str, TableControls] | None = None,
 ) -> ChangeRouter:
     keys: dict[int, tuple[str, ...] | None] = {}
     types: dict[int, Any] = {}
@@ -82,6 +84,7 @@ def make_router(
         options=ValueOptions(),
         key_columns=lambda relation: keys.get(relation.oid),
         types=types.get,
+        controls=controls,
     )
     schema = (
         None
@@ -970,3 +973,18 @@ def test_resuming_after_a_whole_transaction_publishes_nothing_of_it() -> None:
     effects = run(resumed, [*TWO, *_tx(_insert(3), lsn=3000)])
     assert [values(p)[0].get("status") for p in publishes(effects)] == ["BEGIN", "END"]
     assert [p.reached.lsn for p in publishes(effects)] == [3100, 3100]
+
+
+def test_a_row_kept_out_by_a_filter_cdc_evaluates_is_no_event_and_opens_no_transaction() -> None:
+    """The first published event of a transaction gets its BEGIN record, not a row the
+    filter dropped before it; the dropped row is not counted."""
+    only_two = {
+        "public.items": TableControls(table="public.items", row_filter="id = 2", filter_in_cdc=True)
+    }
+    router = make_router(transactions=True, controls=only_two)
+    effects = run(router, [(1, ITEMS), *_tx(_insert(1), _insert(2))])
+    published = publishes(effects)
+    topics = [r.topic for p in published for r in p.records]
+    assert topics.count("c.transaction") == 2  # one BEGIN, one END
+    assert topics[:3] == ["c.transaction", "c.public.items", "c.public.items.latest"]
+    assert router.events["c"] == 1
