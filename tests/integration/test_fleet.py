@@ -441,18 +441,22 @@ def test_instances_with_other_connector_files_run_each_connector_once(fleet: Fle
     code, output = _fleet_status(fleet)
     assert code == 0, output
     assert re.search(r"^  instance b \(.*\(other connector files: roster \w+\)$", output, re.M)
-    killed_at = time.time()
     fleet.daemons["a"].kill()
     shared = {fleet.names[0], fleet.names[2]}
+    # a's session expires; the group then has b alone, which has no file for only_a.
     wait_until(
-        lambda: (
-            shared <= fleet.streaming("b", after=killed_at) | set(fleet.owned("b"))
-            and shared <= fleet.streaming("b")
-        ),
+        lambda: _fleet_status(fleet)[0] == 1,
         timeout=SESSION_TIMEOUT_MS / 1000 + 30,
-        what="b to take over the connectors it has",
+        what="the group to drop a (only_a then has no owner)",
     )
+    wait_until(
+        lambda: shared <= set(fleet.owned("b")) and shared <= fleet.streaming("b"),
+        timeout=30,
+        what="b to run the connectors it has",
+    )
+    code, output = _fleet_status(fleet)
+    assert code == 1, output
+    assert re.search(r"^  instance b \(", output, re.M), output  # the group's listing
+    assert "instance a" not in output
     assert sorted(fleet.owned("b")) == sorted(shared)
     assert only_a not in fleet.streaming("b")
-    code, output = _fleet_status(fleet)
-    assert code == 1, output  # only_a has no owner now: the status says so
