@@ -331,12 +331,13 @@ class KafkaSink:
                     if headers is None:
                         produce(record.topic, record.value, record.key, on_delivery=on_delivery)
                     else:
-                        # confluent-kafka takes headers as a list (or a dict), not a tuple.
+                        # confluent-kafka takes headers as a list (or a dict), not a tuple;
+                        # the router builds a data event's as a list, shared by its records.
                         produce(
                             record.topic,
                             record.value,
                             record.key,
-                            headers=list(headers),
+                            headers=headers if headers.__class__ is list else list(headers),
                             on_delivery=on_delivery,
                         )
                 else:

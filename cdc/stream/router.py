@@ -404,7 +404,7 @@ class ChangeRouter:
         order = self._order
         first = order is not None and not order.total
         seq = self._index - 1  # _headers(), inlined: the hot path
-        headers = (self._lsn_header, SEQ_HEADERS[seq] if seq < _SEQ_CACHED else seq_header(seq))
+        headers = [self._lsn_header, SEQ_HEADERS[seq] if seq < _SEQ_CACHED else seq_header(seq)]
         records = self._encoder.encode(msg, tx, lsn, now_us, headers)
         window = self._window
         if window.window_table is not None:
