@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "AclFacts",
     "ConnectorIntent",
     "KafkaFacts",
     "PostgresFacts",
@@ -128,6 +129,18 @@ class TopicFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class AclFacts:
+    """One ACL binding on a TransactionalId resource (names as Kafka's enums spell them)."""
+
+    principal: str  # User:cdc, User:*
+    host: str  # *, or one address
+    operation: str  # WRITE, DESCRIBE, ALL, ...
+    permission: str  # ALLOW, DENY
+    pattern: str  # LITERAL, PREFIXED
+    resource: str  # the transactional id, its prefix, or *
+
+
+@dataclass(frozen=True, slots=True)
 class KafkaFacts:
     """The cluster as the daemon's principal sees it."""
 
@@ -136,3 +149,9 @@ class KafkaFacts:
     topics: tuple[TopicFacts, ...]
     # The broker's transaction.max.timeout.ms; None when it could not be read.
     transaction_max_timeout_ms: int | None
+    # Whether the cluster has an authorizer: None when its ACLs could not be read.
+    authorizer: bool | None = None
+    # Our principal as the settings name it (SASL's user); None when they do not say.
+    principal: str | None = None
+    transactional_acls: tuple[AclFacts, ...] = ()
+    super_users: tuple[str, ...] = ()  # the broker's super.users

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cdc.check.facts import (
+    AclFacts,
     ConnectorIntent,
     KafkaFacts,
     PostgresFacts,
@@ -33,6 +34,7 @@ __all__ = [
     "blocking",
     "exit_status",
     "kafka_findings",
+    "may_write_transactional_id",
     "postgres_findings",
     "unreachable",
 ]
@@ -641,12 +643,75 @@ def _transactions(facts: KafkaFacts, intent: ConnectorIntent) -> list[Finding]:
                 f"transaction.max.timeout.ms ({broker} ms) >= transaction.timeout.ms ({ours} ms)",
             )
         )
-    out.append(
-        Finding(
+    out.append(_transactional_id(facts, f"cdc-{intent.name}"))
+    return out
+
+
+def _transactional_id(facts: KafkaFacts, tid: str) -> Finding:
+    """Whether the principal may use the connector's transactional id (Write, which
+    implies Describe), judged from the cluster's ACLs as Kafka's authorizer does: a DENY
+    beats an ALLOW; super users pass."""
+    unknown = f"the right to use transactional id {tid!r} is tested at start (init_transactions)"
+    if facts.authorizer is False:
+        return Finding(
+            Severity.OK,
+            "kafka",
+            f"the cluster has no authorizer: any principal may use transactional id {tid!r}",
+        )
+    if facts.authorizer is None:
+        return Finding(Severity.INFO, "kafka", f"{unknown}: the ACLs could not be read")
+    principal = facts.principal
+    if principal is None:
+        return Finding(
             Severity.INFO,
             "kafka",
-            f"the right to use transactional id 'cdc-{intent.name}' is tested at start"
-            " (init_transactions, a write the check does not make)",
+            f"{unknown}: the principal is mapped on the broker (not SASL PLAIN or SCRAM)",
         )
+    if principal in facts.super_users:
+        return Finding(Severity.OK, "kafka", f"{principal} is a super user of the cluster")
+    verdict = may_write_transactional_id(facts.transactional_acls, principal, tid)
+    if verdict is True:
+        return Finding(Severity.OK, "kafka", f"{principal} may use transactional id {tid!r} (ACLs)")
+    fix = (
+        f"kafka-acls --bootstrap-server {facts.bootstrap_servers} --add --allow-principal"
+        f" {principal} --operation Write --operation Describe --transactional-id {tid}"
     )
-    return out
+    if verdict is None:
+        return Finding(
+            Severity.WARN,
+            "kafka",
+            f"{principal}'s right to use transactional id {tid!r} depends on the client"
+            " host (an ACL names one): tested at start",
+            fix,
+        )
+    return Finding(
+        Severity.BLOCK,
+        "kafka",
+        f"{principal} may not use transactional id {tid!r}: no ACL allows Write on it"
+        " (or one denies it), so exactly_once cannot start",
+        fix,
+    )
+
+
+def may_write_transactional_id(acls: Iterable[AclFacts], principal: str, tid: str) -> bool | None:
+    """Kafka's authorizer on Write of TransactionalId ``tid`` for ``principal``: True,
+    False, or None when it depends on the client's host (an ACL names one)."""
+    relevant = [
+        acl
+        for acl in acls
+        if acl.principal in (principal, "User:*")
+        and acl.operation in ("WRITE", "ALL")
+        and (
+            (acl.pattern == "LITERAL" and acl.resource in (tid, "*"))
+            or (acl.pattern == "PREFIXED" and tid.startswith(acl.resource))
+        )
+    ]
+    denied = [acl for acl in relevant if acl.permission == "DENY"]
+    allowed = [acl for acl in relevant if acl.permission == "ALLOW"]
+    if any(acl.host == "*" for acl in denied):
+        return False
+    if denied:
+        return None
+    if any(acl.host == "*" for acl in allowed):
+        return True
+    return None if allowed else False

@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, IsolationLevel, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, OffsetSpec
+from confluent_kafka.admin import (
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ConfigResource,
+    NewTopic,
+    OffsetSpec,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from cdc.config import TopicsConfig
 from cdc.errors import SinkError, TopicConfigError
@@ -363,6 +373,37 @@ class KafkaAdmin:
         except KafkaException:
             return len(metadata.brokers), None  # no DescribeConfigs on the cluster
         return len(metadata.brokers), {key: entry.value for key, entry in configs.items()}
+
+    def transactional_id_acls(self) -> list[tuple[str, ...]] | None:
+        """The ACL bindings on TransactionalId resources as (principal, host, operation,
+        permission, pattern, resource); None when they may not be read. (A cluster
+        without an authorizer answers with none: ``authorizer.class.name`` tells.)"""
+        # None matches any name, principal and host (confluent-kafka's AclBindingFilter;
+        # its stubs say str).
+        wanted = AclBindingFilter(
+            ResourceType.TRANSACTIONAL_ID,
+            None,  # type: ignore[arg-type]
+            ResourcePatternType.ANY,
+            None,  # type: ignore[arg-type]
+            None,  # type: ignore[arg-type]
+            AclOperation.ANY,
+            AclPermissionType.ANY,
+        )
+        try:
+            bindings = self._admin.describe_acls(wanted, request_timeout=ADMIN_TIMEOUT_S).result()
+        except KafkaException:
+            return None  # no Describe on the cluster, or no authorizer (SECURITY_DISABLED)
+        return [
+            (
+                str(b.principal),
+                str(b.host),
+                b.operation.name,
+                b.permission_type.name,
+                b.resource_pattern_type.name,
+                str(b.name),
+            )
+            for b in bindings
+        ]
 
     def topic_configs(self, name: str) -> dict[str, str]:
         """The broker's view of a topic's configuration (for status output and tests)."""

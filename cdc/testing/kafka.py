@@ -67,6 +67,10 @@ class SaslSslListener:
     keystore: Path  # PKCS#12: the broker's key and certificate (cdc.testing.tls)
     keystore_password: str
     users: Mapping[str, str]  # SASL/PLAIN user name -> password
+    # Kafka's StandardAuthorizer on: the SASL users may do only what ACLs allow; the
+    # PLAINTEXT listener's clients (the broker itself, the test's admin) are User:ANONYMOUS,
+    # a super user.
+    authorizer: bool = False
 
 
 @dataclass(slots=True)
@@ -372,6 +376,14 @@ def _sasl_ssl_properties(server: KafkaServer, listener: SaslSslListener) -> dict
         f"{prefix}ssl.keystore.location": str(listener.keystore),
         f"{prefix}ssl.keystore.password": listener.keystore_password,
         f"{prefix}ssl.key.password": listener.keystore_password,
+        **(
+            {
+                "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+                "super.users": "User:ANONYMOUS",
+            }
+            if listener.authorizer
+            else {}
+        ),
     }
 
 

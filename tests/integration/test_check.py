@@ -74,6 +74,11 @@ def test_healthy_connector_exits_0_and_creates_nothing(env: Env) -> None:
     assert "OK    postgres: role 'postgres' is a superuser." in result.output
     assert f"INFO  postgres.slot: replication slot '{env.name}' will be created." in result.output
     assert "OK    kafka: reachable at" in result.output
+    # The test broker runs without an authorizer (DescribeAcls: SECURITY_DISABLED).
+    assert (
+        f"OK    kafka: the cluster has no authorizer: any principal may use transactional id"
+        f" 'cdc-{env.name}'." in result.output
+    ), result.output
     with psycopg.connect(env.dsn) as conn:
         counts = conn.execute(
             "SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s),"

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from cdc.check.facts import (
+    AclFacts,
     ConnectorIntent,
     KafkaFacts,
     PostgresFacts,
@@ -22,6 +23,7 @@ from cdc.check.findings import (
     blocking,
     exit_status,
     kafka_findings,
+    may_write_transactional_id,
     postgres_findings,
     unreachable,
 )
@@ -390,3 +392,91 @@ def test_streaming_standby_slots_are_ok() -> None:
 
 def test_no_synchronized_standby_slots_adds_no_finding() -> None:
     assert _standby() == []
+
+
+# --- the transactional id's ACLs ---------------------------------------------------------
+
+TID = "cdc-inv"
+
+
+def acl(
+    permission: str = "ALLOW",
+    *,
+    principal: str = "User:cdc",
+    host: str = "*",
+    operation: str = "WRITE",
+    pattern: str = "LITERAL",
+    resource: str = TID,
+) -> AclFacts:
+    return AclFacts(principal, host, operation, permission, pattern, resource)
+
+
+@pytest.mark.parametrize(
+    ("acls", "verdict"),
+    [
+        ((), False),
+        ((acl(),), True),
+        ((acl(operation="ALL"),), True),
+        ((acl(operation="DESCRIBE"),), False),  # Describe alone cannot initialise
+        ((acl(principal="User:*"),), True),
+        ((acl(principal="User:other"),), False),
+        ((acl(pattern="PREFIXED", resource="cdc-"),), True),
+        ((acl(pattern="PREFIXED", resource="other-"),), False),
+        ((acl(resource="*"),), True),
+        ((acl(resource="cdc-other"),), False),
+        ((acl(), acl("DENY")), False),  # a DENY beats an ALLOW
+        ((acl(), acl("DENY", principal="User:*", pattern="PREFIXED", resource="cdc")), False),
+        ((acl(host="10.0.0.5"),), None),  # depends on the client's address
+        ((acl(), acl("DENY", host="10.0.0.5")), None),
+    ],
+)
+def test_write_on_the_transactional_id_is_judged_as_kafkas_authorizer_does(
+    acls: tuple[AclFacts, ...], verdict: bool | None
+) -> None:
+    assert may_write_transactional_id(acls, "User:cdc", TID) is verdict
+
+
+def _tid_finding(**facts: object) -> Finding:
+    findings = kafka_findings(replace(KAFKA, **facts), INTENT)  # type: ignore[arg-type]
+    [finding] = [f for f in findings if "transactional id" in f.message or "super" in f.message]
+    return finding
+
+
+def test_no_authorizer_allows_the_transactional_id() -> None:
+    finding = _tid_finding(authorizer=False)
+    assert finding.severity is Severity.OK
+    assert "no authorizer" in finding.message
+
+
+def test_unreadable_acls_leave_the_transactional_id_to_the_start() -> None:
+    finding = _tid_finding(authorizer=None)
+    assert finding.severity is Severity.INFO
+    assert "tested at start" in finding.message
+
+
+def test_a_principal_the_settings_do_not_name_is_left_to_the_start() -> None:
+    assert _tid_finding(authorizer=True, principal=None).severity is Severity.INFO
+
+
+def test_a_super_user_may_use_the_transactional_id() -> None:
+    finding = _tid_finding(authorizer=True, principal="User:cdc", super_users=("User:cdc",))
+    assert finding.severity is Severity.OK
+
+
+def test_a_missing_write_acl_blocks_with_the_kafka_acls_command() -> None:
+    finding = _tid_finding(authorizer=True, principal="User:cdc")
+    assert finding.severity is Severity.BLOCK
+    assert "--allow-principal User:cdc --operation Write --operation Describe" in finding.fix
+    assert f"--transactional-id {TID}" in finding.fix
+
+
+def test_a_host_specific_acl_is_a_warning() -> None:
+    finding = _tid_finding(
+        authorizer=True, principal="User:cdc", transactional_acls=(acl(host="10.0.0.5"),)
+    )
+    assert finding.severity is Severity.WARN
+
+
+def test_an_allowing_acl_is_ok() -> None:
+    finding = _tid_finding(authorizer=True, principal="User:cdc", transactional_acls=(acl(),))
+    assert finding.severity is Severity.OK
