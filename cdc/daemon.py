@@ -32,6 +32,7 @@ import structlog
 from cdc import metrics
 from cdc.check.run import preflight
 from cdc.config import ConnectorConfig, DaemonConfig, FleetConfig, ReplayConfig
+from cdc.dead_letters import RefusedRecords
 from cdc.errors import CdcError, ConfigError
 from cdc.fleet import Action, Ownership, Roster
 from cdc.logging import redact_dsn
@@ -86,13 +87,15 @@ class ConnectorRunner(threading.Thread):
         )
         # The preflight (cdc check) runs once, before the pipeline's first start.
         self._checked = False
+        # Records Kafka refused at delivery: the restart sends them to the dead letters.
+        self._refusals = RefusedRecords()
 
     def _work(self) -> None:
         if self._replay is None:
             if not self._checked:
                 preflight(self._daemon, self._connector, log=self._log)
                 self._checked = True
-            ConnectorPipeline(self._daemon, self._connector, self._stop_event).run()
+            ConnectorPipeline(self._daemon, self._connector, self._stop_event, self._refusals).run()
             return
         # Imported here: a daemon without replays never loads the target edge.
         from cdc.replay.run import Replay, request_for  # noqa: PLC0415

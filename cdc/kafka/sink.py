@@ -27,6 +27,7 @@ or of our envelopes: records in, durable positions out.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
@@ -35,6 +36,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from cdc import metrics
+from cdc.dead_letters import Refusal, RefusedRecords
 from cdc.envelope import Record
 from cdc.errors import SinkError, Stopped
 from cdc.kafka.client import (
@@ -105,6 +107,7 @@ class KafkaSink:
         log: Any,
         clock: Callable[[], float] = time.monotonic,
         dead_letter_topic: str | None = None,
+        refusals: RefusedRecords | None = None,
     ) -> None:
         """Args:
         producer: the producer (transactional for ``exactly_once``).
@@ -116,8 +119,11 @@ class KafkaSink:
         connector: the connector's name (metric labels).
         log: the connector's bound logger.
         clock: monotonic seconds (tests pass their own).
-        dead_letter_topic: where a record Kafka refuses for good at produce time goes
-            instead of stopping the connector (``dead_letter.enabled``); None: stop.
+        dead_letter_topic: where a record Kafka refuses for good goes instead of
+            stopping the connector (``dead_letter.enabled``); None: stop.
+        refusals: the records refused at delivery by an earlier run of the connector
+            (``cdc.dead_letters``), which this one sends to ``dead_letter_topic``; it
+            adds the ones it meets.
         """
         self._producer = producer
         self._mode = mode
@@ -129,6 +135,16 @@ class KafkaSink:
         self._log = log
         self._clock = clock
         self._dead_letter_topic = dead_letter_topic
+        self._refusals = (
+            None
+            if dead_letter_topic is None
+            else refusals
+            if refusals is not None
+            else RefusedRecords()
+        )
+        # Refusals at delivery met since the last restart: the run must end (see
+        # _refusals_met), so the next one publishes them to the dead-letter topic.
+        self._fresh_refusals: list[tuple[str, Refusal]] = []
         self._fatal = False  # the producer is unusable: nothing more may be asked of it
         self._abandoned = False  # abandon(): commit nothing more, close without waiting
         # Why it is: the fatal error itself, which later calls only report as a bare
@@ -162,6 +178,7 @@ class KafkaSink:
         policy: CommitPolicy,
         log: Any,
         dead_letter_topic: str | None = None,
+        refusals: RefusedRecords | None = None,
     ) -> KafkaSink:
         """The sink with a real producer.
 
@@ -203,6 +220,7 @@ class KafkaSink:
             connector=connector,
             log=log,
             dead_letter_topic=dead_letter_topic,
+            refusals=refusals,
         )
 
     # --- state of the sink --------------------------------------------------------------
@@ -264,6 +282,8 @@ class KafkaSink:
             self._producer.poll(timeout)
         except KafkaException as exc:
             raise self._error(exc, "serving Kafka's callbacks") from exc
+        if self._fresh_refusals:
+            raise self._refusals_met()
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -313,20 +333,37 @@ class KafkaSink:
                 partly produced: ``finish`` aborts rather than commits).
         """
         exactly_once = self._exactly_once
+        refusals = self._refusals
         if exactly_once:
             if not self._in_transaction:
                 self._begin()
-            on_delivery = None
+            on_delivery = None  # a failure shows at the commit (or, named, below)
         else:
             tx = self._tracker.open or self._tracker.begin()
             on_delivery = tx.on_delivery
+        base_delivery = on_delivery
+        divert = refusals if refusals else None  # refused at delivery by an earlier run
         self._unit_open = True
         produce = self._producer.produce
         count = 0
         for record in records:
             count += 1
+            if refusals is not None:
+                # With a dead-letter topic a record the broker refuses must be known by
+                # name: librdkafka's delivery report has no headers to find it by.
+                on_delivery = _NamedDelivery(self, record, base_delivery)
             try:
-                if record.partition < 0:  # the hot path: the partition follows the key
+                if divert is not None and (refusal := divert.take(record)) is not None:
+                    if refusal.alone:
+                        # Refused by the broker for its topic even on its own: cdc's
+                        # dead-letter topic (16 MB records) may well take the original.
+                        self._dead_letter(
+                            record, reached, refusal.code, refusal.message, refusal.too_large,
+                            on_delivery, send_original=True,
+                        )  # fmt: skip
+                    else:
+                        self._produce_alone(record, on_delivery, divert)
+                elif record.partition < 0:  # the hot path: the partition follows the key
                     headers = record.headers
                     if headers is None:
                         produce(record.topic, record.value, record.key, on_delivery=on_delivery)
@@ -346,6 +383,8 @@ class KafkaSink:
                 # librdkafka's byte (or count) limit: wait for room, then the same record.
                 self._produce_when_room(record, on_delivery, reached)
             except KafkaException as exc:
+                if self._fresh_refusals:  # the transaction is spoilt by one refused before
+                    raise self._refusals_met() from exc
                 self._refused(exc, record, reached, on_delivery)
         # Accounted once the whole unit is produced: a commit never holds half of one.
         if exactly_once:
@@ -507,6 +546,9 @@ class KafkaSink:
                     self.on_wait()
                     continue
                 if is_abortable(exc):
+                    self._serve_refusals()
+                    if self._fresh_refusals:
+                        raise self._refusals_met() from exc
                     self._abort_quietly()
                     raise SinkError(
                         f"a Kafka transaction failed and was aborted ({exc}); nothing after"
@@ -572,6 +614,10 @@ class KafkaSink:
 
     def _raise_failures(self) -> None:
         failures = self._tracker.failures
+        if failures and len(failures) == len(self._fresh_refusals):
+            # Every failure is a refusal remembered for the next run (_NamedDelivery).
+            failures.clear()
+            raise self._refusals_met()
         if failures:
             first = failures[0]
             raise kafka_error(
@@ -629,15 +675,33 @@ class KafkaSink:
             SinkError: no dead-letter topic, a refusal that is not the record's fault, or
                 the dead-letter record refused too.
         """
-        topic = self._dead_letter_topic
-        if topic is None or not is_record_refused(exc):
+        if self._dead_letter_topic is None or not is_record_refused(exc):
             raise self._rejected(exc, record, reached) from exc
         error = error_of(exc)
         too_large = is_too_large(exc)
+        self._dead_letter(
+            record, reached, str(error.name()), str(error.str()), too_large, on_delivery,
+            send_original=not too_large,  # over message.max.bytes: it fits nowhere
+        )  # fmt: skip
+
+    def _dead_letter(  # noqa: PLR0917 - private: _refused's and publish's one path
+        self,
+        record: Record,
+        reached: Position | None,
+        code: str,
+        message: str,
+        too_large: bool,
+        on_delivery: Any,
+        *,
+        send_original: bool,
+    ) -> None:
+        """Produce the dead-letter record of ``record`` (refused with ``code``): its
+        original value when ``send_original`` (and the dead-letter topic takes it), else a
+        description."""
+        topic = self._dead_letter_topic
+        assert topic is not None
         reason = "too_large" if too_large else "refused"
         size = len(record.value or b"")
-        code = str(error.name())
-        message = str(error.str())
         headers: list[tuple[str, bytes]] = [
             *(record.headers or ()),
             ("cdc.dead_letter.topic", record.topic.encode()),
@@ -661,7 +725,7 @@ class KafkaSink:
                 "error": {"code": code, "message": message},
             }
         )
-        original = not too_large
+        original = send_original
         value = record.value if original else description
         headers.append(("cdc.dead_letter.value", b"original" if original else b"description"))
         while True:
@@ -695,6 +759,62 @@ class KafkaSink:
             lsn=lsn,
             error=f"{code}: {message}",
             value="original" if original else "description",
+        )
+
+    def _produce_alone(self, record: Record, on_delivery: Any, refusals: RefusedRecords) -> None:
+        """A record refused at delivery before, perhaps only for the batch it was in:
+        produced in a batch of its own (everything before it acknowledged, then it). A
+        refusal now is its own and restarts the run, which dead-letters it."""
+        self._wait(lambda: not len(self._producer), report=False)
+        refusals.trying(record)
+        self._produce(record, on_delivery)
+        self._wait(lambda: not len(self._producer), report=False)
+        if self._fresh_refusals:
+            raise self._refusals_met()
+        refusals.delivered(record)
+
+    def remember_refusal(self, err: Any, record: Record) -> None:
+        """A record's delivery failed (``_NamedDelivery``): keep a refusal that is the
+        record's own fault for the next run. Anything else (not the record's fault, no
+        position to find it by, the dead-letter topic refusing too) stays what it was: an
+        error that stops the connector."""
+        refusals = self._refusals
+        if refusals is None or not is_record_refused(err):
+            return
+        if record.topic == self._dead_letter_topic:
+            return  # the dead-letter topic refuses too: stop, never drop
+        refusal = Refusal(str(err.name()), str(err.str()), is_too_large(err))
+        if refusals.add(record.topic, record.key, record.headers, refusal):
+            self._fresh_refusals.append((record.topic, refusal))
+
+    def _serve_refusals(self) -> None:
+        """Serve callbacks still queued (the acknowledgements of a failed commit)."""
+        if self._refusals is not None:
+            # A poll error here is the commit's, which the caller raises either way.
+            with contextlib.suppress(KafkaException):
+                self._producer.poll(0)
+
+    def _refusals_met(self) -> SinkError:
+        """The error that restarts the connector after refusals at delivery: everything
+        after the last commit is published again, those records to the dead letters."""
+        fresh, self._fresh_refusals = self._fresh_refusals, []
+        if self._exactly_once:
+            self._abort_quietly()
+        topic, refusal = fresh[0]
+        self._log.warning(
+            "records_refused_at_delivery",
+            records=len(fresh),
+            topic=topic,
+            error=f"{refusal.code}: {refusal.message}",
+            dead_letter_topic=self._dead_letter_topic,
+        )
+        return SinkError(
+            f"Kafka refused {len(fresh)} record(s) at delivery ({refusal.code} for topic"
+            f" {topic!r}): the connector restarts from the last committed position and"
+            f" sends them to the dead-letter topic {self._dead_letter_topic!r}; nothing"
+            f" after LSN {format_lsn(self.confirmed)} was confirmed",
+            topic=topic,
+            retryable=True,
         )
 
     def _rejected(self, exc: BaseException, record: Record, reached: Position | None) -> SinkError:
@@ -748,3 +868,22 @@ class KafkaSink:
                 producer.close()
         except KafkaException as exc:
             self._log.warning("kafka_producer_close_failed", error=str(exc))
+
+
+class _NamedDelivery:
+    """A record's delivery callback when a dead-letter topic is set: it knows which
+    record it is for (librdkafka's delivery report carries no headers), so a refusal at
+    delivery is remembered by name; then the sink's own callback, if any, runs."""
+
+    __slots__ = ("_base", "_record", "_sink")
+
+    def __init__(self, sink: KafkaSink, record: Record, base: Any) -> None:
+        self._sink = sink
+        self._record = record
+        self._base = base
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self._sink.remember_refusal(err, self._record)
+        if self._base is not None:
+            self._base(err, msg)

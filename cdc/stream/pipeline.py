@@ -26,6 +26,7 @@ import structlog
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DaemonConfig
+from cdc.dead_letters import RefusedRecords
 from cdc.envelope import EnvelopeEncoder, TableEncoder
 from cdc.errors import SinkError, SourceError, Stopped
 from cdc.kafka.sink import POSITION_KEY, KafkaSink
@@ -86,11 +87,18 @@ class ConnectorPipeline:
     """Streams one connector until ``stop`` is set; raises CdcError on failure."""
 
     def __init__(
-        self, daemon: DaemonConfig, connector: ConnectorConfig, stop: threading.Event
+        self,
+        daemon: DaemonConfig,
+        connector: ConnectorConfig,
+        stop: threading.Event,
+        refusals: RefusedRecords | None = None,
     ) -> None:
+        """``refusals``: records Kafka refused at delivery in an earlier run of this
+        connector (kept by its runner), for the dead-letter topic."""
         self._daemon = daemon
         self._cfg = connector
         self._stop = stop
+        self._refusals = refusals
         self._topics = connector.effective_topics(daemon)
         self._log = structlog.get_logger("cdc.pipeline").bind(
             connector=connector.name, slot=connector.slot
@@ -207,6 +215,7 @@ class ConnectorPipeline:
             ),
             log=self._log,
             dead_letter_topic=dead_letter_topic,
+            refusals=self._refusals,
         )
         marker: bytes | None = None
         sink.on_wait = self._stop_check  # until the loop takes over: a stop ends the waits

@@ -4,6 +4,8 @@ without the setting the connector stops, as it always did."""
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import orjson
 import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.integration.helpers import (
     Daemon,
@@ -132,6 +135,74 @@ def test_without_the_setting_a_row_kafka_refuses_stops_the_connector(
             assert "message.max.bytes" in failed["error"]
         finally:
             daemon.stop_quietly()
+
+
+TOPIC_LIMIT = 4_000  # the tables' topics' own max.message.bytes: the broker checks it
+
+
+def _small_topics(bootstrap: str, name: str) -> None:
+    """The connector's table topics made beforehand with a small max.message.bytes, as a
+    cluster's policy might have them: a larger row passes librdkafka, not the broker."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    topic = f"{name}.public.customers"
+    configs = {"max.message.bytes": str(TOPIC_LIMIT)}
+    futures = admin.create_topics(
+        [
+            NewTopic(topic, 3, 1, config={**configs, "cleanup.policy": "delete"}),
+            NewTopic(f"{topic}.latest", 3, 1, config={**configs, "cleanup.policy": "compact"}),
+        ]
+    )
+    for future in futures.values():
+        future.result()
+
+
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+def test_a_row_the_broker_refuses_at_delivery_goes_to_the_dead_letters_and_nothing_else_does(
+    postgres_server: Any, kafka_server: Any, tmp_path: Path, delivery: str
+) -> None:
+    """The broker refuses the whole batch the row is in: the run restarts, produces each
+    refused record alone, and only the one refused alone goes to the dead-letter topic
+    (the original value: cdc's own dead-letter topic takes 16 MB); every other row is on
+    both topics, once in exactly_once."""
+    bootstrap = kafka_server.bootstrap_servers
+    with scratch_database(postgres_server, "dlqb", SCHEMA) as (name, dsn):
+        _small_topics(bootstrap, name)
+        connector = _connector(name, dsn, delivery=delivery, dead_letter={"enabled": True})
+        config, connectors = write_config(tmp_path, bootstrap, [connector])
+        daemon = Daemon.start(config, connectors, tmp_path / "daemon.log")
+        try:
+            daemon.wait_for_log("streaming_started")
+            big = base64.b64encode(os.urandom(3 * TOPIC_LIMIT)).decode()  # incompressible
+            with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+                for row in [(1, "small"), (2, big), (3, "after")]:
+                    conn.execute("INSERT INTO customers VALUES (%s, %s)", row)
+            _insert(dsn, (4, "later"))
+            topic = f"{name}.public.customers"
+            wanted = {1, 3, 4}
+            seen = consume(bootstrap, topic, until=lambda m: {x.key["id"] for x in m} >= wanted)
+            latest = consume(
+                bootstrap, f"{topic}.latest", until=lambda m: {x.key["id"] for x in m} >= wanted
+            )
+            dead = _dead_letters(bootstrap, f"{name}.__cdc_dead_letter", 2)
+            refused = daemon.wait_for_log("records_refused_at_delivery")
+            assert daemon.terminate() == 0
+        finally:
+            daemon.stop_quietly()
+    ids = [m.key["id"] for m in seen]
+    assert set(ids) == wanted
+    if delivery == "exactly_once":
+        assert sorted(ids) == [1, 3, 4]  # once each, though the first try was aborted
+    assert {m.key["id"] for m in latest} == wanted
+    records = [_Dead(m) for m in dead]
+    assert {r.headers_dict["cdc.dead_letter.topic"] for r in records} == {
+        topic.encode(),
+        f"{topic}.latest".encode(),
+    }
+    assert all(orjson.loads(r.key) == {"id": 2} for r in records)
+    assert all(r.headers_dict["cdc.dead_letter.reason"] == b"too_large" for r in records)
+    assert all(r.headers_dict["cdc.dead_letter.value"] == b"original" for r in records)
+    assert big.encode() in records[0].value
+    assert refused["level"] == "warning"
 
 
 class _Dead:

@@ -42,6 +42,12 @@ class _Msg:
     def topic(self) -> str:
         return self._produced.topic
 
+    def key(self) -> bytes | None:
+        return self._produced.key
+
+    def headers(self) -> None:
+        return None  # librdkafka's delivery reports carry no headers
+
 
 @dataclass
 class FakeProducer:
@@ -63,11 +69,16 @@ class FakeProducer:
     max_value_bytes: int | None = None
     # produce() refuses every record of these topics with the given error.
     refused_topics: dict[str, KafkaError] = field(default_factory=dict)
+    # The broker refuses a record with this value at delivery (its ack carries the error;
+    # in a transaction, the commit then fails, abortable), as for a topic's own
+    # max.message.bytes or a broker-side policy.
+    refused_at_delivery: dict[bytes, KafkaError] = field(default_factory=dict)
     produced: list[Produced] = field(default_factory=list)
     in_flight: list[Produced] = field(default_factory=list)
     visible: list[Produced] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     transaction: int | None = None
+    spoiled: bool = False  # a record of the open transaction failed at delivery
     transactions: int = 0
     closed: bool = False
     polls: int = 0
@@ -113,10 +124,13 @@ class FakeProducer:
         done = self.in_flight[: len(self.in_flight) if count is None else count]
         del self.in_flight[: len(done)]
         for record in done:
-            if self.delivery_error is None and record.transaction is None:
+            error = self.refused_at_delivery.get(record.value or b"", self.delivery_error)
+            if error is None and record.transaction is None:
                 self.visible.append(record)
+            if error is not None and record.transaction is not None:
+                self.spoiled = True  # librdkafka: the transaction must be aborted
             if record.callback is not None:
-                record.callback(self.delivery_error, _Msg(record))
+                record.callback(error, _Msg(record))
         return len(done)
 
     def poll(self, timeout: float = -1) -> int:
@@ -173,6 +187,8 @@ class FakeProducer:
             error, self.commit_error = self.commit_error, None
             raise KafkaException(error)
         self.ack()
+        if self.spoiled:
+            raise KafkaException(abortable("Failed to produce a message"))
         txn = self.transaction
         self.visible.extend(r for r in self.produced if r.transaction == txn)
         self.transaction = None
@@ -180,6 +196,7 @@ class FakeProducer:
 
     def abort_transaction(self, timeout: float = -1) -> None:
         self.calls.append("abort")
+        self.spoiled = False
         self.in_flight = [r for r in self.in_flight if r.transaction != self.transaction]
         self.transaction = None
 

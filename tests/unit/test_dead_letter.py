@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from cdc import metrics
 from cdc.config import ConnectorConfig, DeadLetterConfig
+from cdc.dead_letters import RefusedRecords
 from cdc.envelope import Record
 from cdc.errors import RecordTooLargeError, SinkError
 from cdc.kafka.sink import DeliveryMode, KafkaSink
@@ -25,9 +26,12 @@ DLQ = "c.__cdc_dead_letter"
 LSN_HEADERS = (("cdc.lsn", b"200"), ("cdc.seq", b"1"))
 
 
-def with_dead_letter(producer: FakeProducer, mode: DeliveryMode) -> KafkaSink:
+def with_dead_letter(
+    producer: FakeProducer, mode: DeliveryMode, refusals: RefusedRecords | None = None
+) -> KafkaSink:
     sink = make(producer, mode)
     sink._dead_letter_topic = DLQ
+    sink._refusals = RefusedRecords() if refusals is None else refusals
     return sink
 
 
@@ -190,6 +194,97 @@ def test_errors_that_are_not_the_records_fault_still_stop() -> None:
     with pytest.raises(SinkError, match="Unknown topic"):
         sink.publish(unit(b"v"), Position(200, 1))
     assert producer.produced == []
+
+
+# --- refused at delivery (the broker's own limits and policies) -------------------------------
+
+TOO_LARGE_AT_BROKER = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+
+
+def publish_and_serve(sink: KafkaSink, records: list[Record]) -> None:
+    """One source transaction, then what the loop does at its end (acks, the commit)."""
+    publish_transaction(sink, records)
+    sink.service(idle_boundary=True)
+    sink.service(idle_boundary=True)
+
+
+def refused_run(mode: DeliveryMode, refusals: RefusedRecords, records: list[Record]) -> SinkError:
+    """A run whose broker refuses the big record at delivery: it ends, retryable."""
+    producer = FakeProducer(refused_at_delivery={b"big at the broker": TOO_LARGE_AT_BROKER})
+    sink = with_dead_letter(producer, mode, refusals)
+    with pytest.raises(SinkError) as raised:
+        publish_and_serve(sink, records)
+    assert raised.value.retryable
+    assert sink.confirmed == 100  # nothing confirmed past it
+    if mode == "exactly_once":
+        assert "abort" in producer.calls
+        assert producer.visible_on("t") == []
+    return raised.value
+
+
+@pytest.mark.parametrize("mode", ["exactly_once", "at_least_once"])
+def test_a_record_refused_at_delivery_even_alone_goes_to_the_dead_letters_on_replay(
+    mode: DeliveryMode,
+) -> None:
+    """The run cannot take the record back out of its transaction (or its place in the
+    acknowledgements): it stops, retryable, naming it. The next run, fed the same records
+    again from the last committed position, produces it alone (the broker refuses whole
+    batches); refused again, it goes to the dead-letter topic in the run after."""
+    refusals = RefusedRecords()
+    records = unit(b"small", b"big at the broker", b"after")
+    with capture_logs() as logs:
+        error = refused_run(mode, refusals, records)
+    assert "refused 1 record(s) at delivery (MSG_SIZE_TOO_LARGE for topic 't')" in str(error)
+    assert DLQ in str(error)
+    [warned] = [e for e in logs if e["event"] == "records_refused_at_delivery"]
+    assert warned["dead_letter_topic"] == DLQ
+    refused_run(mode, refusals, records)  # alone, and refused again
+
+    again = FakeProducer()  # the next run: the same records, from the committed position
+    sink = with_dead_letter(again, mode, refusals)
+    publish_and_serve(sink, records)
+    assert [r.value for r in again.visible_on("t")] == [b"small", b"after"]
+    [dead] = again.visible_on(DLQ)
+    assert dead.value == b"big at the broker"  # too large for "t", the original goes here
+    assert headers(dead)["cdc.dead_letter.reason"] == b"too_large"
+    assert headers(dead)["cdc.dead_letter.error_code"] == b"MSG_SIZE_TOO_LARGE"
+    assert headers(dead)["cdc.lsn"] == b"200"
+    assert sink.confirmed == 250
+    assert len(refusals) == 1  # kept: a later replay (after an abort too) diverts it again
+
+
+@pytest.mark.parametrize("mode", ["exactly_once", "at_least_once"])
+def test_a_record_refused_only_for_its_batch_is_published_when_produced_alone(
+    mode: DeliveryMode,
+) -> None:
+    refusals = RefusedRecords()
+    records = unit(b"small", b"big at the broker", b"after")
+    refused_run(mode, refusals, records)
+    again = FakeProducer()  # alone, the broker takes it
+    sink = with_dead_letter(again, mode, refusals)
+    publish_and_serve(sink, records)
+    assert [r.value for r in again.visible_on("t")] == [b"small", b"big at the broker", b"after"]
+    assert again.visible_on(DLQ) == []
+    assert not refusals
+
+
+def test_a_refused_record_without_position_headers_still_stops_for_good() -> None:
+    producer = FakeProducer(refused_at_delivery={b"v": TOO_LARGE_AT_BROKER}, auto_ack=True)
+    sink = with_dead_letter(producer, "at_least_once")
+    with pytest.raises(SinkError) as raised:
+        publish_and_serve(sink, [Record("t", b"k", b"v", None)])
+    assert not raised.value.retryable  # stop, never drop
+    assert "dead-letter" not in str(raised.value)
+    assert not sink._refusals
+
+
+def test_a_delivery_error_that_is_not_the_records_fault_is_not_dead_lettered() -> None:
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, "Local: Message timed out")
+    producer = FakeProducer(refused_at_delivery={b"v": timed_out})
+    sink = with_dead_letter(producer, "at_least_once")
+    with pytest.raises(SinkError, match="timed out"):
+        publish_and_serve(sink, unit(b"v"))
+    assert not sink._refusals
 
 
 # --- the setting ----------------------------------------------------------------------------
