@@ -218,6 +218,15 @@ _OP_FIELDS: Final = {op: b',"op":"%s"' % op.encode() for op in ("c", "u", "d", "
 _INSERT_OP: Final = _OP_FIELDS["c"]
 
 
+def _filled_from_old(new: TupleData, old: TupleData) -> TupleData:
+    """``new`` with each unchanged TOASTed value taken from the old row (FULL) or key,
+    which carries the exact value the server left out."""
+    return tuple(
+        o if n is UNCHANGED_TOAST and o.__class__ is str else n
+        for n, o in zip(new, old)  # noqa: B905 (RowConverter checks lengths)
+    )
+
+
 def _row_json(image: _Image) -> bytes:
     """A row image's JSON: the native encoder's bytes, or the dict serialised. Also the
     compacted record's value."""
@@ -613,11 +622,7 @@ class TableEncoder:
             return self._update(message, tx, lsn, now_us, headers)
         old, new = message.old, message.new
         if old is not None and UNCHANGED_TOAST in new:
-            # The old row (FULL) or key carries the exact value the server left out.
-            new = tuple(
-                o if n is UNCHANGED_TOAST and o.__class__ is str else n
-                for n, o in zip(new, old)  # noqa: B905 (RowConverter checks lengths)
-            )
+            new = _filled_from_old(new, old)
         new_passes = self._passes(new, lsn)
         # No old row: the key did not change, and the filter reads identity columns only.
         old_passes = new_passes if old is None else self._passes(old, lsn)
@@ -684,11 +689,7 @@ class TableEncoder:
         if message.old_kind == "K":
             self._check_old_key(lsn)
         if UNCHANGED_TOAST in new:
-            # The old row (FULL) or key carries the exact value the server left out.
-            new = tuple(
-                o if n is UNCHANGED_TOAST and o.__class__ is str else n
-                for n, o in zip(new, old)  # noqa: B905 (RowConverter checks lengths)
-            )
+            new = _filled_from_old(new, old)
         before = self._convert(old, lsn)
         if UNCHANGED_TOAST in new and self.has_key:
             new = self._fill(new, self._key(before))
