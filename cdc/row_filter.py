@@ -179,18 +179,17 @@ class _Parser:
         nodes = [self._and()]
         while self._accept("keyword", "or"):
             nodes.append(self._and())
-        return nodes[0] if len(nodes) == 1 else _any(nodes)
+        return nodes[0] if len(nodes) == 1 else _combined(nodes, decisive=True)
 
     def _and(self) -> _Node:
         nodes = [self._not()]
         while self._accept("keyword", "and"):
             nodes.append(self._not())
-        return nodes[0] if len(nodes) == 1 else _all(nodes)
+        return nodes[0] if len(nodes) == 1 else _combined(nodes, decisive=False)
 
     def _not(self) -> _Node:
         if self._accept("keyword", "not"):
-            inner = self._not()
-            return lambda row: None if (v := inner(row)) is None else not v
+            return _negated(self._not())
         return self._predicate()
 
     def _predicate(self) -> _Node:
@@ -201,8 +200,7 @@ class _Parser:
             self._expect("op", ")")
             return node
         following = self._tokens[min(self._at + 1, len(self._tokens) - 1)]
-        comparison = following.kind == "op" and (following.text in _FLIP or following.text == "!=")
-        if token.kind == "keyword" and token.text in ("true", "false") and not comparison:
+        if token.kind == "keyword" and token.text in ("true", "false") and not _compares(following):
             self._next()
             constant = token.text == "true"
             return lambda _row: constant
@@ -235,7 +233,7 @@ class _Parser:
                 raise self._refuse(f"NOT after column {column!r}")
         if self._accept("keyword", "in"):
             return self._in(column, negated)
-        if token.kind == "op" and (token.text in _FLIP or token.text == "!="):
+        if _compares(token):
             op = self._comparison()
             literal = self._literal()
             return self._compare(column, op, literal)
@@ -287,10 +285,8 @@ class _Parser:
         while self._accept("op", ","):
             nodes.append(self._compare(column, "=", self._literal()))
         self._expect("op", ")")
-        any_of = _any(nodes)
-        if not negated:
-            return any_of
-        return lambda row: None if (v := any_of(row)) is None else not v
+        any_of = _combined(nodes, decisive=True)
+        return _negated(any_of) if negated else any_of
 
     # --- typed comparisons ----------------------------------------------------------------
 
@@ -369,30 +365,29 @@ def _number(text: str) -> tuple[int, Decimal]:
     return (1, Decimal(0)) if value.is_nan() else (0, value)
 
 
-def _any(nodes: list[_Node]) -> _Node:
+def _compares(token: _Token) -> bool:
+    """Whether ``token`` is a comparison operator."""
+    return token.kind == "op" and (token.text in _FLIP or token.text == "!=")
+
+
+def _negated(inner: _Node) -> _Node:
+    """SQL's NOT: unknown stays unknown."""
+    return lambda row: None if (v := inner(row)) is None else not v
+
+
+def _combined(nodes: list[_Node], *, decisive: bool) -> _Node:
+    """SQL's OR (``decisive`` True: one true child decides) or AND (False: one false child
+    decides); otherwise unknown if a child is, else the other value."""
+
     def node(row: Sequence[object]) -> bool | None:
         unknown = False
         for child in nodes:
             value = child(row)
-            if value is True:
-                return True
+            if value is decisive:
+                return decisive
             if value is None:
                 unknown = True
-        return None if unknown else False
-
-    return node
-
-
-def _all(nodes: list[_Node]) -> _Node:
-    def node(row: Sequence[object]) -> bool | None:
-        unknown = False
-        for child in nodes:
-            value = child(row)
-            if value is False:
-                return False
-            if value is None:
-                unknown = True
-        return None if unknown else True
+        return None if unknown else not decisive
 
     return node
 
