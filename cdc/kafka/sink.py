@@ -357,10 +357,7 @@ class KafkaSink:
                     if refusal.alone:
                         # Refused by the broker for its topic even on its own: cdc's
                         # dead-letter topic (16 MB records) may well take the original.
-                        self._dead_letter(
-                            record, reached, refusal.code, refusal.message, refusal.too_large,
-                            on_delivery, send_original=True,
-                        )  # fmt: skip
+                        self._dead_letter(record, reached, refusal, on_delivery, send_original=True)
                     else:
                         self._produce_alone(record, on_delivery, divert)
                 elif record.partition < 0:  # the hot path: the partition follows the key
@@ -677,29 +674,30 @@ class KafkaSink:
         """
         if self._dead_letter_topic is None or not is_record_refused(exc):
             raise self._rejected(exc, record, reached) from exc
-        error = error_of(exc)
-        too_large = is_too_large(exc)
+        refusal = _refusal_of(error_of(exc))
         self._dead_letter(
-            record, reached, str(error.name()), str(error.str()), too_large, on_delivery,
-            send_original=not too_large,  # over message.max.bytes: it fits nowhere
-        )  # fmt: skip
+            record,
+            reached,
+            refusal,
+            on_delivery,
+            send_original=not refusal.too_large,  # over message.max.bytes: it fits nowhere
+        )
 
-    def _dead_letter(  # noqa: PLR0917 - private: _refused's and publish's one path
+    def _dead_letter(
         self,
         record: Record,
         reached: Position | None,
-        code: str,
-        message: str,
-        too_large: bool,
+        refusal: Refusal,
         on_delivery: Any,
         *,
         send_original: bool,
     ) -> None:
-        """Produce the dead-letter record of ``record`` (refused with ``code``): its
+        """Produce the dead-letter record of ``record``, refused as ``refusal`` says: its
         original value when ``send_original`` (and the dead-letter topic takes it), else a
         description."""
         topic = self._dead_letter_topic
         assert topic is not None
+        code, message, too_large = refusal.code, refusal.message, refusal.too_large
         reason = "too_large" if too_large else "refused"
         size = len(record.value or b"")
         headers: list[tuple[str, bytes]] = [
@@ -783,7 +781,7 @@ class KafkaSink:
             return
         if record.topic == self._dead_letter_topic:
             return  # the dead-letter topic refuses too: stop, never drop
-        refusal = Refusal(str(err.name()), str(err.str()), is_too_large(err))
+        refusal = _refusal_of(err)
         if refusals.add(record.topic, record.key, record.headers, refusal):
             self._fresh_refusals.append((record.topic, refusal))
 
@@ -868,6 +866,11 @@ class KafkaSink:
                 producer.close()
         except KafkaException as exc:
             self._log.warning("kafka_producer_close_failed", error=str(exc))
+
+
+def _refusal_of(error: Any) -> Refusal:
+    """What a dead-letter record says of the ``KafkaError`` that refused its original."""
+    return Refusal(str(error.name()), str(error.str()), is_too_large(error))
 
 
 class _NamedDelivery:
