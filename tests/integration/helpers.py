@@ -61,6 +61,20 @@ def scratch_database(server: Any, prefix: str, schema: str = "") -> Iterator[tup
         drop_database(admin_dsn, name, slot=name)
 
 
+def connector_config(name: str, dsn: str, *tables: str, **settings: Any) -> dict[str, Any]:
+    """A connector file's content: its slot and publication named like it (which
+    ``scratch_database`` drops), these ``tables``, status every second, then ``settings``."""
+    return {
+        "name": name,
+        "postgres": {"dsn": dsn},
+        "slot": name,
+        "publication": name,
+        "tables": list(tables),
+        "status_interval_seconds": 1,
+        **settings,
+    }
+
+
 def write_config(
     directory: Path,
     bootstrap_servers: str,

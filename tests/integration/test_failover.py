@@ -19,6 +19,7 @@ from cdc.testing.postgres import PostgresServer, start_postgres
 from tests.integration.helpers import (
     Daemon,
     at_least,
+    connector_config,
     consume,
     scratch_database,
     wait_until,
@@ -41,17 +42,6 @@ def read_only_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pos
         yield server
     finally:
         server.stop()
-
-
-def _connector(name: str, dsn: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.items"],
-        "status_interval_seconds": 1,
-    }
 
 
 def _started_or_restarting(daemon: Daemon) -> dict[str, Any]:
@@ -94,7 +84,9 @@ def test_several_hosts_with_read_write_stream_from_the_writable_one(
             " target_session_attrs=read-write connect_timeout=5"
         )
         config, connectors = write_config(
-            tmp_path, kafka_server.bootstrap_servers, [_connector(name, multi)]
+            tmp_path,
+            kafka_server.bootstrap_servers,
+            [connector_config(name, multi, "public.items")],
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
         try:
@@ -133,7 +125,9 @@ def test_several_hosts_without_read_write_stop_the_connector_with_the_fix(
             f" dbname={name} user=postgres"
         )
         config, connectors = write_config(
-            tmp_path, kafka_server.bootstrap_servers, [_connector(name, multi)]
+            tmp_path,
+            kafka_server.bootstrap_servers,
+            [connector_config(name, multi, "public.items")],
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
         failed = daemon.failure()

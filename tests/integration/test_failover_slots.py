@@ -28,6 +28,7 @@ from cdc.testing.postgres import (
 )
 from tests.integration.helpers import (
     Daemon,
+    connector_config,
     consume,
     read_all,
     unique_name,
@@ -103,17 +104,6 @@ def unsynced_pair(tmp_path: Path) -> Iterator[Pair]:
     yield from _pair(tmp_path, sync_slots=False)
 
 
-def _connector(name: str, dsn: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.items"],
-        "status_interval_seconds": 1,
-    }
-
-
 def _insert(dsn: str, keys: range, note: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
@@ -158,7 +148,9 @@ def test_after_a_failover_the_connector_resumes_from_the_slot_the_standby_synced
     name, dsn = _database(pair.primary)
     _insert(dsn, range(1, 101), "snapshot")
     config, connectors = write_config(
-        tmp_path, kafka_server.bootstrap_servers, [_connector(name, pair.multi_host_dsn(name))]
+        tmp_path,
+        kafka_server.bootstrap_servers,
+        [connector_config(name, pair.multi_host_dsn(name), "public.items")],
     )
     daemon = Daemon.start(config, connectors, tmp_path / "d.log")
     try:
@@ -202,7 +194,9 @@ def test_a_promoted_standby_without_the_slot_stops_the_connector_with_the_fix(
     name, dsn = _database(pair.primary)
     _insert(dsn, range(1, 11), "snapshot")
     config, connectors = write_config(
-        tmp_path, kafka_server.bootstrap_servers, [_connector(name, pair.multi_host_dsn(name))]
+        tmp_path,
+        kafka_server.bootstrap_servers,
+        [connector_config(name, pair.multi_host_dsn(name), "public.items")],
     )
     daemon = Daemon.start(config, connectors, tmp_path / "d.log")
     try:
@@ -233,7 +227,7 @@ def test_a_standby_slot_that_does_not_exist_is_refused_before_streaming(
         name, dsn = _database(server)
         _insert(dsn, range(1, 11), "snapshot")
         config, connectors = write_config(
-            tmp_path, kafka_server.bootstrap_servers, [_connector(name, dsn)]
+            tmp_path, kafka_server.bootstrap_servers, [connector_config(name, dsn, "public.items")]
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
         failed = daemon.failure()

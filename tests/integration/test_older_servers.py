@@ -26,7 +26,13 @@ from cdc.testing.postgres import (
     ensure_postgres_release,
     start_postgres,
 )
-from tests.integration.helpers import Daemon, consume, scratch_database, write_config
+from tests.integration.helpers import (
+    Daemon,
+    connector_config,
+    consume,
+    scratch_database,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,16 +59,13 @@ def postgres_14(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresSe
 
 
 def _connector(name: str, dsn: str, key_file: Path, options: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.customers"],
-        "masking_key": f"${{file:{key_file}}}",
-        "status_interval_seconds": 1,
-        "table_options": {"customers": options},
-    }
+    return connector_config(
+        name,
+        dsn,
+        "public.customers",
+        masking_key=f"${{file:{key_file}}}",
+        table_options={"customers": options},
+    )
 
 
 def test_on_14_the_daemon_drops_excluded_columns_and_masks_in_snapshot_and_stream(
@@ -114,15 +117,9 @@ INSERT INTO accounts VALUES (1, 'eu', 'snapshot-kept'), (2, 'us', 'snapshot-drop
 
 
 def _filter_connector(name: str, dsn: str, where: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.accounts"],
-        "status_interval_seconds": 1,
-        "table_options": {"accounts": {"where": where}},
-    }
+    return connector_config(
+        name, dsn, "public.accounts", table_options={"accounts": {"where": where}}
+    )
 
 
 def test_on_14_cdc_evaluates_the_row_filter_in_the_stream_and_the_snapshot(

@@ -18,7 +18,14 @@ import pytest
 from cdc.testing.kafka import KafkaServer, SaslSslListener, start_kafka
 from cdc.testing.postgres import PostgresServer, start_postgres
 from cdc.testing.tls import LocalPki, make_test_pki
-from tests.integration.helpers import Daemon, at_least, consume, scratch_database, write_config
+from tests.integration.helpers import (
+    Daemon,
+    at_least,
+    connector_config,
+    consume,
+    scratch_database,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -99,17 +106,6 @@ def _tls_dsn(server: PostgresServer, dbname: str, ca: Path) -> str:
     )
 
 
-def _connector(name: str, dsn: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "postgres": {"dsn": dsn},
-        "slot": name,
-        "publication": name,
-        "tables": ["public.items"],
-        "status_interval_seconds": 1,
-    }
-
-
 def _assert_streams_over_tls(
     server: PostgresServer, name: str, dsn: str, daemon: Daemon, read_bootstrap: str
 ) -> None:
@@ -145,7 +141,7 @@ def test_a_connector_streams_over_verified_tls_on_every_connection(
             conn.execute("INSERT INTO items VALUES (1, 'snapshot')")
         dsn = _tls_dsn(tls_postgres, name, pki[0].ca_cert)
         config, connectors = write_config(
-            tmp_path, kafka_server.bootstrap_servers, [_connector(name, dsn)]
+            tmp_path, kafka_server.bootstrap_servers, [connector_config(name, dsn, "public.items")]
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
         try:
@@ -172,7 +168,7 @@ def test_a_wrong_ca_stops_the_connector_with_the_fix_and_is_not_retried(
     with scratch_database(tls_postgres, "tlsca", SCHEMA) as (name, _):
         dsn = _tls_dsn(tls_postgres, name, pki[1].ca_cert)
         config, connectors = write_config(
-            tmp_path, kafka_server.bootstrap_servers, [_connector(name, dsn)]
+            tmp_path, kafka_server.bootstrap_servers, [connector_config(name, dsn, "public.items")]
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
         failed = daemon.failure()
@@ -207,7 +203,7 @@ def test_a_connector_streams_to_kafka_over_sasl_ssl_with_the_password_from_a_fil
         config, connectors = write_config(
             tmp_path,
             sasl_kafka.sasl_ssl_bootstrap_servers,
-            [_connector(name, dsn)],
+            [connector_config(name, dsn, "public.items")],
             kafka_properties=properties,
         )
         daemon = Daemon.start(config, connectors, tmp_path / "d.log")
