@@ -203,16 +203,26 @@ def _under_load(fleet: Fleet, disturb: Any) -> None:
         for writer in writers:
             writer.join()
     for name in fleet.names:
-        end = current_wal_lsn(fleet.dsn(name))
-
-        def caught_up(name: str = name, end: int = end) -> bool:
-            return slot_confirmed_lsn(fleet.admin_dsn, name) >= end
-
-        wait_until(caught_up, timeout=60, what=f"{name} to catch up")
-        seen = Counter(m.key["id"] for m in read_all(fleet.bootstrap, f"{name}.public.orders"))
+        _wait_caught_up(fleet, name, timeout=60)
         assert len(committed[name]) > 20
-        assert set(seen) == set(committed[name])
-        assert [k for k, n in seen.items() if n > 1] == []
+        _assert_each_row_once(fleet, name, set(committed[name]))
+
+
+def _wait_caught_up(fleet: Fleet, name: str, *, timeout: float) -> None:
+    """Until the connector's slot is confirmed past everything written so far."""
+    end = current_wal_lsn(fleet.dsn(name))
+    wait_until(
+        lambda: slot_confirmed_lsn(fleet.admin_dsn, name) >= end,
+        timeout=timeout,
+        what=f"{name} to catch up",
+    )
+
+
+def _assert_each_row_once(fleet: Fleet, name: str, wanted: set[int]) -> None:
+    """The connector's retention topic holds exactly ``wanted``, each key once."""
+    seen = Counter(m.key["id"] for m in read_all(fleet.bootstrap, f"{name}.public.orders"))
+    assert set(seen) == wanted
+    assert [k for k, n in seen.items() if n > 1] == []
 
 
 def _take_over(
@@ -388,16 +398,7 @@ def test_a_fully_busy_instance_stays_in_the_group(fleet: Fleet) -> None:
         for writer in writers:
             writer.join()
     for name in fleet.names:
-        end = current_wal_lsn(fleet.dsn(name))
-
-        def caught_up(name: str = name, end: int = end) -> bool:
-            return slot_confirmed_lsn(fleet.admin_dsn, name) >= end
-
-        wait_until(
-            caught_up,
-            timeout=120,
-            what=f"{name} to catch up",
-        )
+        _wait_caught_up(fleet, name, timeout=120)
     for instance in ("a", "b"):
         lines = [
             line
@@ -416,10 +417,7 @@ def test_a_fully_busy_instance_stays_in_the_group(fleet: Fleet) -> None:
         )
         assert started == {}, started  # none restarted
     for name in fleet.names:
-        wanted = {k for r in committed[name] for k in r}
-        seen = Counter(m.key["id"] for m in read_all(fleet.bootstrap, f"{name}.public.orders"))
-        assert set(seen) == wanted
-        assert [k for k, n in seen.items() if n > 1] == []
+        _assert_each_row_once(fleet, name, {k for r in committed[name] for k in r})
 
 
 def test_instances_with_other_connector_files_run_each_connector_once(fleet: Fleet) -> None:
