@@ -135,6 +135,27 @@ def _database(server: PostgresServer) -> tuple[str, str]:
     return name, dsn
 
 
+def _streaming(
+    pair: Pair, kafka_server: Any, tmp_path: Path, *, snapshot_rows: int
+) -> tuple[str, str, Daemon]:
+    """A database of its own on the primary with ``snapshot_rows`` rows, and a daemon
+    streaming it through the pair's multi-host DSN: (name, primary DSN, daemon)."""
+    name, dsn = _database(pair.primary)
+    _insert(dsn, range(1, snapshot_rows + 1), "snapshot")
+    config, connectors = write_config(
+        tmp_path,
+        kafka_server.bootstrap_servers,
+        [connector_config(name, pair.multi_host_dsn(name), "public.items")],
+    )
+    daemon = Daemon.start(config, connectors, tmp_path / "d.log")
+    try:
+        daemon.wait_for_log("streaming_started", timeout=120)
+    except BaseException:
+        daemon.stop_quietly()
+        raise
+    return name, dsn, daemon
+
+
 def _fail_over(pair: Pair) -> None:
     """The primary dies (SIGKILL, as a lost host), the standby is promoted."""
     pair.primary.kill()
@@ -145,16 +166,8 @@ def test_after_a_failover_the_connector_resumes_from_the_slot_the_standby_synced
     synced_pair: Pair, kafka_server: Any, tmp_path: Path
 ) -> None:
     pair = synced_pair
-    name, dsn = _database(pair.primary)
-    _insert(dsn, range(1, 101), "snapshot")
-    config, connectors = write_config(
-        tmp_path,
-        kafka_server.bootstrap_servers,
-        [connector_config(name, pair.multi_host_dsn(name), "public.items")],
-    )
-    daemon = Daemon.start(config, connectors, tmp_path / "d.log")
+    name, dsn, daemon = _streaming(pair, kafka_server, tmp_path, snapshot_rows=100)
     try:
-        daemon.wait_for_log("streaming_started", timeout=120)
         assert _slots(pair.primary, name) == [(True, False, False)]  # created with FAILOVER
         _insert(dsn, range(101, 201), "before")
         topic = f"{name}.public.items"
@@ -191,16 +204,8 @@ def test_a_promoted_standby_without_the_slot_stops_the_connector_with_the_fix(
     unsynced_pair: Pair, kafka_server: Any, tmp_path: Path
 ) -> None:
     pair = unsynced_pair
-    name, dsn = _database(pair.primary)
-    _insert(dsn, range(1, 11), "snapshot")
-    config, connectors = write_config(
-        tmp_path,
-        kafka_server.bootstrap_servers,
-        [connector_config(name, pair.multi_host_dsn(name), "public.items")],
-    )
-    daemon = Daemon.start(config, connectors, tmp_path / "d.log")
+    name, _dsn, daemon = _streaming(pair, kafka_server, tmp_path, snapshot_rows=10)
     try:
-        daemon.wait_for_log("streaming_started", timeout=120)
         topic = f"{name}.public.items"
         consume(kafka_server.bootstrap_servers, topic, until=lambda m: len(m) >= 10)
         _fail_over(pair)
