@@ -36,6 +36,7 @@ __all__ = [
     "TupleDecode",
     "column_kinds",
     "decode_tuple",
+    "module",
     "native_core_active",
     "native_core_status",
     "row_encoder",
@@ -70,6 +71,12 @@ class _NoNativeError(Exception):
 NativeUnsupported: Final[type[Exception]] = (
     _NoNativeError if _MODULE is None else _MODULE.Unsupported
 )
+
+
+def module() -> ModuleType | None:
+    """The compiled module, or None (not built, or ``CDC_NATIVE=0``): for the edge
+    modules that wrap its I/O parts (``cdc.kafka.native_produce``)."""
+    return _MODULE
 
 
 def native_core_active() -> bool:

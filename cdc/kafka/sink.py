@@ -54,6 +54,7 @@ from cdc.kafka.errors import (
     is_too_large,
     kafka_error,
 )
+from cdc.kafka.native_produce import RecordProduce, record_producer
 from cdc.lsn import format_lsn
 from cdc.positions import (
     CommitPolicy,
@@ -108,6 +109,7 @@ class KafkaSink:
         clock: Callable[[], float] = time.monotonic,
         dead_letter_topic: str | None = None,
         refusals: RefusedRecords | None = None,
+        native_produce: RecordProduce | None = None,
     ) -> None:
         """Args:
         producer: the producer (transactional for ``exactly_once``).
@@ -124,6 +126,9 @@ class KafkaSink:
         refusals: the records refused at delivery by an earlier run of the connector
             (``cdc.dead_letters``), which this one sends to ``dead_letter_topic``; it
             adds the ones it meets.
+        native_produce: the compiled produce on ``producer``'s own handle
+            (``cdc.kafka.native_produce``); used in ``exactly_once`` without a dead-letter
+            topic, where no record needs a delivery report.
         """
         self._producer = producer
         self._mode = mode
@@ -151,6 +156,9 @@ class KafkaSink:
         # "Local: Fatal error" (e.g. fenced by another instance).
         self._fatal_cause: Any = None
         self._labels = {"connector": connector}
+        self._native_produce = (
+            native_produce if self._exactly_once and self._refusals is None else None
+        )
         self._tracker = PositionTracker(0)
         self._ledger = TransactionLedger(0, None)
         self._in_transaction = False
@@ -210,6 +218,10 @@ class KafkaSink:
                 " the daemon config",
                 retryable=False,
             ) from exc
+        native_produce = None
+        if mode == "exactly_once" and dead_letter_topic is None:
+            native_produce, path = record_producer(producer, client_id)
+            log.info("kafka_produce_path", path=path)
         return cls(
             producer,
             mode=mode,
@@ -221,6 +233,7 @@ class KafkaSink:
             log=log,
             dead_letter_topic=dead_letter_topic,
             refusals=refusals,
+            native_produce=native_produce,
         )
 
     # --- state of the sink --------------------------------------------------------------
@@ -332,6 +345,9 @@ class KafkaSink:
             Stopped: a stop was requested while waiting for room (the unit is then only
                 partly produced: ``finish`` aborts rather than commits).
         """
+        if self._native_produce is not None and records.__class__ is list:
+            self._publish_native(records, reached)
+            return
         exactly_once = self._exactly_once
         refusals = self._refusals
         if exactly_once:
@@ -391,6 +407,35 @@ class KafkaSink:
         self._unit_open = False
         if len(self._producer) >= self._max_in_flight:
             self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
+
+    def _publish_native(self, records: list[Record], reached: Position | None) -> None:
+        """``publish`` in ``exactly_once`` through the compiled core: librdkafka takes the
+        records in one call. One it refuses (its queue full, too large, ...) or leaves to
+        confluent-kafka is produced by ``_produce_one``, which raises the exact exception
+        the error handling expects, and the call goes on after it."""
+        produce = self._native_produce
+        assert produce is not None
+        if not self._in_transaction:
+            self._begin()
+        self._unit_open = True
+        total = len(records)
+        index, _ = produce(records, 0)
+        while index < total:
+            self._produce_one(records[index], reached)
+            index, _ = produce(records, index + 1)
+        self._ledger.added(total, reached, self._clock())
+        self._unit_open = False
+        if len(self._producer) >= self._max_in_flight:
+            self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
+
+    def _produce_one(self, record: Record, reached: Position | None) -> None:
+        """One record through confluent-kafka, no delivery report (``exactly_once``)."""
+        try:
+            self._produce(record, None)
+        except BufferError:
+            self._produce_when_room(record, None, reached)
+        except KafkaException as exc:
+            self._refused(exc, record, reached, None)
 
     def _produce(self, record: Record, on_delivery: Any) -> None:
         """One record with its partition and headers, as given."""
@@ -855,6 +900,8 @@ class KafkaSink:
         resolve (bounded; not when abandoned), purge the rest and close the producer, so
         no late delivery of this run lands after the next run's records."""
         producer = self._producer
+        # Its handle dies with the producer: nothing may be produced through it after.
+        self._native_produce = None
         try:
             if self._in_transaction:
                 self._abort_quietly()

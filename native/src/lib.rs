@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
 mod json;
+mod produce;
 mod temporal;
 
 create_exception!(
@@ -353,5 +354,6 @@ fn cdc_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_tuple, m)?)?;
     m.add_class::<RowEncoder>()?;
     m.add("Unsupported", m.py().get_type::<Unsupported>())?;
+    produce::register(m)?;
     Ok(())
 }

@@ -411,3 +411,104 @@ def test_a_bare_fatal_error_is_reported_with_its_cause_fencing(first: str) -> No
     assert "fenced by a newer instance" in str(info.value)
     sink.close()
     assert not producer.closed  # an unusable producer is not asked to abort on close
+
+
+# --- the compiled produce path ---------------------------------------------------------------
+
+
+class FakeNativeProduce:
+    """``cdc.kafka.native_produce``'s ``produce`` over a FakeProducer: hands records to it
+    in order, but stops once at each index in ``refuse`` (librdkafka's queue full, or a
+    record left to confluent-kafka), as the compiled one does."""
+
+    def __init__(self, producer: FakeProducer, refuse: set[int] | None = None) -> None:
+        self.producer = producer
+        self.refuse = set(refuse or ())
+        self.calls: list[int] = []
+
+    def __call__(self, records: list[Record], start: int) -> tuple[int, int]:
+        self.calls.append(start)
+        for index in range(start, len(records)):
+            if index in self.refuse:
+                self.refuse.discard(index)
+                return index, KafkaError._QUEUE_FULL
+            record = records[index]
+            # Queued directly: the fake broker's BufferErrors are for the reference path.
+            held, self.producer.buffer_errors = self.producer.buffer_errors, 0
+            self.producer.produce(record.topic, record.value, record.key, headers=record.headers)
+            self.producer.buffer_errors = held
+        return len(records), 0
+
+
+def native_sink(producer: FakeProducer, native: FakeNativeProduce, **kwargs: object) -> KafkaSink:
+    sink = KafkaSink(
+        producer,
+        mode="exactly_once",
+        state_topic=STATE,
+        max_in_flight=100,
+        policy=POLICY,
+        transactional_id="cdc-c",
+        connector="c",
+        log=structlog.get_logger("test"),
+        clock=Clock(),
+        native_produce=native,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    sink.start(confirmed=100, durable=None, system_id="sys", slot="s")
+    return sink
+
+
+def test_exactly_once_hands_a_unit_to_the_compiled_path_in_one_call() -> None:
+    producer = FakeProducer()
+    native = FakeNativeProduce(producer)
+    sink = native_sink(producer, native)
+    one_transaction(sink, 200, 250, n=5)
+    sink.service(idle_boundary=True)
+    assert native.calls == [0]
+    assert [r.value for r in producer.visible_on("t")] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+    assert sink.confirmed == 250
+
+
+def test_a_record_the_compiled_path_refuses_takes_confluent_kafkas_and_order_holds() -> None:
+    """The refused record is produced by the reference path (here through a full queue,
+    waiting for room), then the compiled path goes on after it."""
+    producer = FakeProducer(buffer_errors=2)
+    native = FakeNativeProduce(producer, refuse={1, 3})
+    sink = native_sink(producer, native)
+    one_transaction(sink, 200, 250, n=5)
+    sink.service(idle_boundary=True)
+    assert native.calls == [0, 2, 4]
+    assert [r.value for r in producer.visible_on("t")] == [b"v0", b"v1", b"v2", b"v3", b"v4"]
+    assert sink.confirmed == 250
+
+
+def test_a_dead_letter_topic_keeps_every_record_on_the_reference_path() -> None:
+    """Refusals at delivery must be known by name: every record needs its own report."""
+    producer = FakeProducer()
+    native = FakeNativeProduce(producer)
+    sink = native_sink(producer, native, dead_letter_topic="c.__cdc_dead_letters")
+    one_transaction(sink, 200, 250, n=2)
+    sink.service(idle_boundary=True)
+    assert native.calls == []
+    assert [r.value for r in producer.visible_on("t")] == [b"v0", b"v1"]
+
+
+def test_at_least_once_never_takes_the_compiled_path() -> None:
+    """Its acknowledgements are the per-record delivery reports the compiled path skips."""
+    producer = FakeProducer()
+    native = FakeNativeProduce(producer)
+    sink = KafkaSink(
+        producer,
+        mode="at_least_once",
+        state_topic=STATE,
+        max_in_flight=100,
+        policy=POLICY,
+        connector="c",
+        log=structlog.get_logger("test"),
+        native_produce=native,
+    )
+    sink.start(confirmed=100, durable=None, system_id="sys", slot="s")
+    one_transaction(sink, 200, 250, n=2)
+    sink.service()
+    assert native.calls == []
+    assert sink.confirmed == 250
