@@ -31,6 +31,7 @@ from cdc.protocol.typeinfo import Converter, JsonValue
 __all__ = [
     "ACTIVE",
     "DISABLED_BY_ENV",
+    "InsertEncode",
     "NativeUnsupported",
     "RowEncode",
     "TupleDecode",
@@ -40,6 +41,7 @@ __all__ = [
     "native_core_active",
     "native_core_status",
     "row_encoder",
+    "row_encoders",
 ]
 
 
@@ -58,6 +60,9 @@ ACTIVE: Final = _MODULE is not None
 
 TupleDecode = Callable[[bytes, int, object], tuple[TupleData, int]]
 RowEncode = Callable[[TupleData], tuple[bytes, bytes]]
+InsertEncode = Callable[
+    [TupleData, tuple[bytes, bytes, bytes], int, int], tuple[bytes, bytes, bytes]
+]
 
 #: ``decode_tuple(data, pos, unchanged) -> (values, offset)``, or None (Python path).
 decode_tuple: Final[TupleDecode | None] = None if _MODULE is None else _MODULE.decode_tuple
@@ -149,6 +154,20 @@ def row_encoder(
     ``encode`` raises ``NativeUnsupported`` for a row it cannot convert exactly, a
     converter's failure included: the Python path then gives the exact error.
     """
+    encoders = row_encoders(columns, converters, key_indexes, unchanged_toast)
+    return None if encoders is None else encoders[0]
+
+
+def row_encoders(
+    columns: Sequence[Column],
+    converters: Sequence[Converter | None],
+    key_indexes: Sequence[int],
+    unchanged_toast: JsonValue,
+) -> tuple[RowEncode, InsertEncode] | None:
+    """``row_encoder``'s ``encode`` and, of the same table, ``insert(values, source,
+    lsn, now_us) -> (event JSON, row JSON, key JSON)``: a whole insert event, ``source``
+    the transaction's ``source`` template split where the LSN goes (three bytes). Both
+    raise ``NativeUnsupported`` alike."""
     if _MODULE is None:
         return None
     names = [c.name for c in columns]
@@ -166,4 +185,5 @@ def row_encoder(
         orjson.dumps,
     )
     encode: RowEncode = encoder.encode
-    return encode
+    insert: InsertEncode = encoder.insert
+    return encode, insert

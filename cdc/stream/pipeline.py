@@ -81,6 +81,9 @@ __all__ = ["ConnectorPipeline"]
 
 # Records per event, for sizing the producer queue: retention + compacted.
 RECORDS_PER_EVENT = 2
+# Metrics and the status board follow the stream this often at most: under load the
+# housekeeping runs hundreds of times a second, and a scrape comes every few seconds.
+REPORT_INTERVAL_S = 0.05
 
 
 class ConnectorPipeline:
@@ -119,6 +122,7 @@ class ConnectorPipeline:
         self._window: ChunkWindow | None = None
         self._snapshots: SnapshotControl | None = None
         self._report: ConnectorReport | None = None
+        self._next_report = 0.0  # monotonic time of the next report.publish
         self._loop: StreamLoop | None = None
         self._router: ChangeRouter | None = None
         self._encoder: EnvelopeEncoder | None = None
@@ -327,7 +331,10 @@ class ConnectorPipeline:
             start_lsn=slot.confirmed_flush_lsn,
             watch=self._watch_wal,
         )
-        self._loop.run()
+        try:
+            self._loop.run()
+        finally:
+            self._publish_report()  # what the stream did since the last report counts too
 
     def _stop_check(self) -> None:
         """While Kafka is waited for before streaming: a stop ends the wait."""
@@ -557,21 +564,15 @@ class ConnectorPipeline:
             driver.pump()
             if snapshots is not None:
                 snapshots.report_incremental(driver)
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + REPORT_INTERVAL_S
+            self._publish_report()
         report, loop, router = self._report, self._loop, self._router
         if report is None or loop is None or router is None:
             return
-        confirmed = sink.confirmed
-        now = time.monotonic()
-        report.publish(
-            transactions=router.transactions,
-            confirmed=confirmed,
-            received=loop.received,
-            server_wal_end=loop.server_wal_end,
-            last_commit_ts_us=router.last_commit_ts_us,
-            sink=sink,
-            driver=driver,
-        )
         if report.progress_due(now):
+            confirmed = sink.confirmed
             report.log_progress(
                 now,
                 transactions=router.transactions,
@@ -580,6 +581,21 @@ class ConnectorPipeline:
                 server_wal_end=loop.server_wal_end,
                 in_flight=len(sink),
             )
+
+    def _publish_report(self) -> None:
+        """Metrics and the status board brought up to date with the stream."""
+        report, loop, router, sink = self._report, self._loop, self._router, self._sink
+        if report is None or loop is None or router is None or sink is None:
+            return
+        report.publish(
+            transactions=router.transactions,
+            confirmed=sink.confirmed,
+            received=loop.received,
+            server_wal_end=loop.server_wal_end,
+            last_commit_ts_us=router.last_commit_ts_us,
+            sink=sink,
+            driver=self._driver,
+        )
 
     def _watch_wal(self) -> None:
         """The WAL the slot holds back, at most once per

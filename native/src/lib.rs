@@ -9,6 +9,8 @@
 //! unusual value) it raises, and the Python caller runs the reference path, which gives
 //! the exact result or the exact error message. Loaded by `cdc/native.py`.
 
+use std::io::Write;
+
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyIndexError, PyValueError};
 use pyo3::ffi;
@@ -282,6 +284,59 @@ impl RowEncoder {
         py: Python<'py>,
         values: &Bound<'py, PyTuple>,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let (row, key) = self.row_and_key(py, values)?;
+        Ok((PyBytes::new(py, &row), PyBytes::new(py, &key)))
+    }
+
+    /// `(event JSON, row JSON, key JSON)` of an inserted row: the event exactly as
+    /// `cdc.envelope.TableEncoder.insert` assembles it (`{"before":null,"after":row,
+    /// "source":...,"transaction":null,"op":"c","ts_ms":..,"ts_us":..,"ts_ns":..}`), with
+    /// `source` the transaction's template `(head, middle, tail)` and the event's `lsn`
+    /// in its two places. Raises `Unsupported` as `encode` does.
+    fn insert<'py>(
+        &self,
+        py: Python<'py>,
+        values: &Bound<'py, PyTuple>,
+        source: (Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>),
+        lsn: u64,
+        now_us: i64,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let (row, key) = self.row_and_key(py, values)?;
+        let (head, middle, tail) = (source.0.as_bytes(), source.1.as_bytes(), source.2.as_bytes());
+        let lsn = lsn.to_string();
+        let lsn = lsn.as_bytes();
+        let mut event: Vec<u8> = Vec::with_capacity(
+            row.len() + head.len() + middle.len() + tail.len() + 2 * lsn.len() + 160,
+        );
+        event.extend_from_slice(b"{\"before\":null,\"after\":");
+        event.extend_from_slice(&row);
+        event.extend_from_slice(b",\"source\":");
+        event.extend_from_slice(head);
+        event.extend_from_slice(lsn);
+        event.extend_from_slice(middle);
+        event.extend_from_slice(lsn);
+        event.extend_from_slice(tail);
+        // Python's now_us // 1000 (floor) and now_us * 1000, exact for any i64.
+        let now = i128::from(now_us);
+        write!(
+            event,
+            ",\"transaction\":null,\"op\":\"c\",\"ts_ms\":{},\"ts_us\":{},\"ts_ns\":{}}}",
+            now.div_euclid(1000),
+            now,
+            now * 1000
+        )
+        .expect("writing to a Vec cannot fail");
+        Ok((
+            PyBytes::new(py, &event),
+            PyBytes::new(py, &row),
+            PyBytes::new(py, &key),
+        ))
+    }
+}
+
+impl RowEncoder {
+    /// The row's JSON and its key's JSON (see `encode`).
+    fn row_and_key(&self, py: Python<'_>, values: &Bound<'_, PyTuple>) -> PyResult<(Vec<u8>, Vec<u8>)> {
         let count = self.kinds.len();
         if values.len() != count {
             return Err(Unsupported::new_err("tuple length"));
@@ -345,7 +400,7 @@ impl RowEncoder {
             key.extend_from_slice(&out[start..end]);
         }
         key.push(b'}');
-        Ok((PyBytes::new(py, &out), PyBytes::new(py, &key)))
+        Ok((out, key))
     }
 }
 
