@@ -3,9 +3,11 @@
 //!
 //! - `decode_tuple`: `cdc.protocol.pgoutput._read_tuple_py`, one pgoutput TupleData;
 //! - `RowEncoder.encode`: `orjson.dumps(RowConverter.convert(values))` and the record key
-//!   for the column kinds below, under the default `ValueOptions`.
+//!   for the column kinds below, under the default `ValueOptions`; `RowEncoder.insert`:
+//!   an inserted row's whole event, as `cdc.envelope.TableEncoder.insert` assembles it;
+//! - `RecordProducer.produce` (produce.rs): `Producer.produce()` of each record of a unit.
 //!
-//! Neither ever guesses: on any input it is not certain to handle exactly (an error, an
+//! None ever guesses: on any input it is not certain to handle exactly (an error, an
 //! unusual value) it raises, and the Python caller runs the reference path, which gives
 //! the exact result or the exact error message. Loaded by `cdc/native.py`.
 
