@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any, Literal
 
 import orjson
@@ -79,10 +80,20 @@ WAIT_STEP_S = 0.1
 COMMIT_TIMEOUT_S = 60.0
 # On close, in-flight requests get this long to resolve before they are purged.
 CLOSE_FLUSH_S = 10.0
+# Records of a unit that is not a list (an incremental snapshot chunk, encoded as it is
+# produced) reach the compiled produce in lists of this many: few calls, little memory.
+NATIVE_BATCH = 1000
 
 
 def _nothing() -> None:
     """The default ``on_wait``: nothing to keep alive."""
+
+
+def _batches(records: Iterable[Record]) -> Iterator[list[Record]]:
+    """``records`` in lists of at most ``NATIVE_BATCH``, taken as they come."""
+    iterator = iter(records)
+    while batch := list(islice(iterator, NATIVE_BATCH)):
+        yield batch
 
 
 class KafkaSink:
@@ -345,7 +356,7 @@ class KafkaSink:
             Stopped: a stop was requested while waiting for room (the unit is then only
                 partly produced: ``finish`` aborts rather than commits).
         """
-        if self._native_produce is not None and records.__class__ is list:
+        if self._native_produce is not None:
             self._publish_native(records, reached)
             return
         exactly_once = self._exactly_once
@@ -408,21 +419,27 @@ class KafkaSink:
         if len(self._producer) >= self._max_in_flight:
             self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
 
-    def _publish_native(self, records: list[Record], reached: Position | None) -> None:
-        """``publish`` in ``exactly_once`` through the compiled core: librdkafka takes the
-        records in one call. One it refuses (its queue full, too large, ...) or leaves to
-        confluent-kafka is produced by ``_produce_one``, which raises the exact exception
-        the error handling expects, and the call goes on after it."""
+    def _publish_native(self, records: Iterable[Record], reached: Position | None) -> None:
+        """``publish`` in ``exactly_once`` through the compiled core: librdkafka takes a
+        list of records in one call (an incremental snapshot chunk, which is encoded as it
+        is produced, in lists of ``NATIVE_BATCH``). One it refuses (its queue full, too
+        large, ...) or leaves to confluent-kafka is produced by ``_produce_one``, which
+        raises the exact exception the error handling expects, and the call goes on after
+        it."""
         produce = self._native_produce
         assert produce is not None
         if not self._in_transaction:
             self._begin()
         self._unit_open = True
-        total = len(records)
-        index, _ = produce(records, 0)
-        while index < total:
-            self._produce_one(records[index], reached)
-            index, _ = produce(records, index + 1)
+        total = 0
+        batches = (records,) if records.__class__ is list else _batches(records)
+        for batch in batches:
+            size = len(batch)
+            index, _ = produce(batch, 0)
+            while index < size:
+                self._produce_one(batch[index], reached)
+                index, _ = produce(batch, index + 1)
+            total += size
         self._ledger.added(total, reached, self._clock())
         self._unit_open = False
         if len(self._producer) >= self._max_in_flight:

@@ -9,7 +9,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from cdc.envelope import Record
 from cdc.errors import FencedError, RecordTooLargeError, SinkError, Stopped
-from cdc.kafka.sink import POSITION_KEY, DeliveryMode, KafkaSink
+from cdc.kafka.sink import NATIVE_BATCH, POSITION_KEY, DeliveryMode, KafkaSink
 from cdc.positions import COMPLETE, CommitPolicy, Position, StoredPosition
 
 from .fakes import FakeProducer, abortable
@@ -511,4 +511,19 @@ def test_at_least_once_never_takes_the_compiled_path() -> None:
     one_transaction(sink, 200, 250, n=2)
     sink.service()
     assert native.calls == []
+    assert sink.confirmed == 250
+
+
+def test_a_unit_encoded_as_it_is_produced_reaches_the_compiled_path_in_bounded_lists() -> None:
+    """An incremental snapshot chunk is an iterator: it is taken NATIVE_BATCH records at
+    a time, never whole, and each record is produced once, in order."""
+    producer = FakeProducer()
+    native = FakeNativeProduce(producer)
+    sink = native_sink(producer, native)
+    count = NATIVE_BATCH * 2 + 3
+    sink.publish(iter(records(count)), Position(200, 1))
+    sink.end_group(end_lsn=250, commit_ts_us=1, reached=Position(200, COMPLETE))
+    sink.service(idle_boundary=True)
+    assert native.calls == [0, 0, 0]  # three lists: two full, one of 3
+    assert [r.value for r in producer.visible_on("t")] == [b"v%d" % i for i in range(count)]
     assert sink.confirmed == 250
