@@ -19,6 +19,7 @@ __all__ = [
     "FLEET_CONNECTORS_OWNED",
     "FLEET_REBALANCES",
     "IN_FLIGHT_RECORDS",
+    "KAFKA_COMMIT_SECONDS",
     "LAG_BYTES",
     "LAST_COMMIT_TIMESTAMP",
     "RECEIVED_LSN",
@@ -67,6 +68,17 @@ COMMIT_TO_ACK_SECONDS = Histogram(
     buckets=(
         0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
         0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ),
+)  # fmt: skip
+KAFKA_COMMIT_SECONDS = Histogram(
+    "cdc_kafka_commit_seconds",
+    "exactly_once: how long commit_transaction() took (flushing what is in flight, then"
+    " Kafka's transaction commit): the floor of the commit-to-consumer latency, and the"
+    " time the stream waits on each commit",
+    ["connector"],
+    buckets=(
+        0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5,
+        0.75, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
     ),
 )  # fmt: skip
 SNAPSHOT_ROWS = Counter(

@@ -167,6 +167,7 @@ class KafkaSink:
         # "Local: Fatal error" (e.g. fenced by another instance).
         self._fatal_cause: Any = None
         self._labels = {"connector": connector}
+        self._commit_seconds = metrics.KAFKA_COMMIT_SECONDS.labels(connector=connector)
         self._native_produce = (
             native_produce if self._exactly_once and self._refusals is None else None
         )
@@ -595,6 +596,7 @@ class KafkaSink:
         except KafkaException as exc:
             self._abort_quietly()
             raise self._error(exc, f"writing state to {self._state_topic!r}") from exc
+        started = time.monotonic()
         deadline = self._clock() + COMMIT_TIMEOUT_S
         while True:
             try:
@@ -615,6 +617,7 @@ class KafkaSink:
                         " connector restarts from the last committed position"
                     ) from exc
                 raise self._error(exc, "committing a Kafka transaction") from exc
+        self._commit_seconds.observe(time.monotonic() - started)
         self._in_transaction = False
         self.completed.extend(ledger.committed())
 
