@@ -517,9 +517,17 @@ def _latency(pg: Any, kafka: Any, base: Path, mode: str) -> dict[str, Any]:
         return {"latency_error": error}
     latencies = sorted(counter.latencies_us)
     p50, p99 = _histogram_quantiles(metrics_port, "cdc_commit_to_ack_seconds", (0.5, 0.99))
+    commits: dict[str, Any] = {}
+    if mode == "exactly_once":  # the floor of the latency: each Kafka commit's duration
+        c50, c99 = _histogram_quantiles(metrics_port, "cdc_kafka_commit_seconds", (0.5, 0.99))
+        commits = {
+            "latency_kafka_commit_p50_ms": round(c50, 1),
+            "latency_kafka_commit_p99_ms": round(c99, 1),
+        }
     produced = sorted(counter.produce_latencies_us)
     daemon.stop()
     return {
+        **commits,
         "latency_offered_rows_per_s": round(total / offered_s),
         "latency_p50_ms": round(latencies[len(latencies) // 2] / 1000, 1),
         "latency_p99_ms": round(latencies[int(len(latencies) * 0.99)] / 1000, 1),
