@@ -6,6 +6,7 @@ int, ~100-char text, numeric, timestamptz, small jsonb).
 
     .venv/bin/python -m bench.e2e [--rows 100000] [--tx-rows 1000] [--modes both] [--keep DIR]
         [--kafka-property KEY=VALUE ...]  # producer settings, daemon and Kafka-only alike
+        [--connector-setting KEY=VALUE ...]  # e.g. max_in_flight_events=5000
 
 Measures, on throwaway PostgreSQL and Kafka started beside the daemon, for each delivery
 mode (``at_least_once`` and ``exactly_once``, in the same run, so they compare):
@@ -170,6 +171,9 @@ class TopicCounter(threading.Thread):
 # --kafka-property KEY=VALUE: producer settings for this run, given to the daemon
 # (kafka.properties) and to the Kafka-only ceiling alike, so the ratio stays like for like.
 KAFKA_PROPERTIES: dict[str, Any] = {}
+# Connector settings of every daemon the bench starts (--connector-setting), e.g.
+# max_in_flight_events, whose window is most of the memory a full-speed stream uses.
+CONNECTOR_SETTINGS: dict[str, Any] = {}
 
 
 def _warm_up(bootstrap: str, records: int = 200_000) -> None:
@@ -246,6 +250,7 @@ class DaemonProcess:
                     "tables": ["public.bench"],
                     "snapshot": snapshot or {"mode": "never"},
                     "delivery": delivery,
+                    **CONNECTOR_SETTINGS,
                 }
             )
         )
@@ -712,6 +717,8 @@ def run(
         }
         if KAFKA_PROPERTIES:
             result["kafka_properties"] = KAFKA_PROPERTIES
+        if CONNECTOR_SETTINGS:
+            result["connector_settings"] = CONNECTOR_SETTINGS
         for mode in modes:
             backlog_topics = [f"backlog_{mode}.public.bench", f"backlog_{mode}.public.bench.latest"]
             figures = {
@@ -766,10 +773,20 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a producer setting for the daemon and the Kafka-only ceiling (repeatable)",
     )
+    parser.add_argument(
+        "--connector-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a top-level connector setting of the daemons, e.g. max_in_flight_events=5000",
+    )
     args = parser.parse_args()
     for item in args.kafka_property:
         key, _, value = item.partition("=")
         KAFKA_PROPERTIES[key] = int(value) if value.isdigit() else value
+    for item in args.connector_setting:
+        key, _, value = item.partition("=")
+        CONNECTOR_SETTINGS[key] = int(value) if value.isdigit() else value
     modes = ("at_least_once", "exactly_once") if args.modes == "both" else (args.modes,)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

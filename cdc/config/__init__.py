@@ -819,7 +819,7 @@ class ConnectorConfig(_Model):
     messages: MessagesConfig = Field(default_factory=MessagesConfig)
     outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     status_interval_seconds: Annotated[float, Field(gt=0, le=60)] = 10.0
-    max_in_flight_events: Annotated[int, Field(ge=1)] = 20_000
+    max_in_flight_events: Annotated[int, Field(ge=1)] = 5_000
     # exactly_once: Kafka transactions, no change lost or repeated, even across crashes
     # (consumers read read_committed); at_least_once: the idempotent producer, no change
     # lost, some repeated after a crash (docs/delivery.md).

@@ -346,7 +346,7 @@ def test_minimal_connector_gets_documented_defaults() -> None:
     assert config.table_names is None
     assert (config.create_slot, config.create_publication, config.enabled) == (True, True, True)
     assert config.status_interval_seconds == 10
-    assert config.max_in_flight_events == 20_000
+    assert config.max_in_flight_events == 5_000
     assert config.delivery == "exactly_once"
     assert (config.exactly_once.commit_interval_ms, config.exactly_once.max_records) == (
         500,
