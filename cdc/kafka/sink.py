@@ -78,6 +78,8 @@ KAFKA_CALL_TIMEOUT_S = 30.0
 WAIT_STEP_S = 0.1
 # commit_transaction is retried after a timeout (librdkafka allows it) up to this long.
 COMMIT_TIMEOUT_S = 60.0
+# A backpressure wait is logged once it lasts this long (shorter ones are flow control).
+BACKPRESSURE_LOG_AFTER_S = 1.0
 # On close, in-flight requests get this long to resolve before they are purged.
 CLOSE_FLUSH_S = 10.0
 # Records of a unit that is not a list (an incremental snapshot chunk, encoded as it is
@@ -472,12 +474,13 @@ class KafkaSink:
         """The slow path of ``publish``: librdkafka's queue is full (bytes or records) and
         frees room only when polled. Poll, keep the slot informed, try again."""
         started = self._clock()
-        self._log.info("kafka_backpressure_started", in_flight=len(self._producer), bytes=True)
+        logged = False
         while True:
             self._poll(WAIT_STEP_S)
             if not self._exactly_once:
                 self._raise_failures()
             self.on_wait()
+            logged = logged or self._log_backpressure(started, bytes_limit=True)
             try:
                 self._produce(record, on_delivery)
                 break
@@ -486,7 +489,7 @@ class KafkaSink:
             except KafkaException as exc:
                 self._refused(exc, record, reached, on_delivery)
                 break
-        self._waited(started)
+        self._waited(started, logged=logged)
 
     def end_group(
         self, *, end_lsn: int, commit_ts_us: int | None = None, reached: Position | None = None
@@ -700,13 +703,14 @@ class KafkaSink:
         if ready():
             return
         started = self._clock()
-        if report:
-            self._log.info("kafka_backpressure_started", in_flight=len(self._producer))
+        logged = False
         while not ready():
             self._poll(WAIT_STEP_S)
             if not self._exactly_once:
                 self._raise_failures()
             self.on_wait()
+            if report and not logged:
+                logged = self._log_backpressure(started, bytes_limit=False)
             if timeout is not None and self._clock() - started > timeout:
                 raise SinkError(
                     f"Kafka did not acknowledge {len(self._producer)} records within"
@@ -714,12 +718,23 @@ class KafkaSink:
                     " confirmed"
                 )
         if report:
-            self._waited(started)
+            self._waited(started, logged=logged)
 
-    def _waited(self, started: float) -> None:
+    def _log_backpressure(self, started: float, *, bytes_limit: bool) -> bool:
+        """Log a wait once it lasted ``BACKPRESSURE_LOG_AFTER_S``: shorter ones are the
+        flow control of a stream at full speed (dozens a second while a backlog drains),
+        counted in ``cdc_backpressure_seconds_total`` but not news."""
+        if self._clock() - started < BACKPRESSURE_LOG_AFTER_S:
+            return False
+        extra = {"bytes": True} if bytes_limit else {}
+        self._log.info("kafka_backpressure_started", in_flight=len(self._producer), **extra)
+        return True
+
+    def _waited(self, started: float, *, logged: bool) -> None:
         waited = self._clock() - started
         metrics.BACKPRESSURE_SECONDS.labels(**self._labels).inc(waited)
-        self._log.info("kafka_backpressure_ended", waited_s=round(waited, 3))
+        if logged:
+            self._log.info("kafka_backpressure_ended", waited_s=round(waited, 3))
 
     def _refused(
         self, exc: KafkaException, record: Record, reached: Position | None, on_delivery: Any

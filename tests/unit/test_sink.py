@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 import structlog
+import structlog.testing
 from confluent_kafka import KafkaError, KafkaException
 
 from cdc.envelope import Record
@@ -527,3 +528,27 @@ def test_a_unit_encoded_as_it_is_produced_reaches_the_compiled_path_in_bounded_l
     assert native.calls == [0, 0, 0]  # three lists: two full, one of 3
     assert [r.value for r in producer.visible_on("t")] == [b"v%d" % i for i in range(count)]
     assert sink.confirmed == 250
+
+
+def test_a_short_backpressure_wait_is_counted_but_not_logged() -> None:
+    """Waits of a stream at full speed are flow control, dozens a second: not news."""
+    with structlog.testing.capture_logs() as logs:
+        producer = FakeProducer(buffer_errors=2)
+        sink = make(producer)
+        one_transaction(sink, 200, 250, n=3)
+    assert not [e for e in logs if e["event"].startswith("kafka_backpressure")]
+
+
+def test_a_backpressure_wait_longer_than_a_second_is_logged_once() -> None:
+    clock = Clock()
+    with structlog.testing.capture_logs() as logs:
+        producer = FakeProducer(buffer_errors=6)
+        sink = make(producer, clock=clock)
+
+        def later() -> None:
+            clock.now += 0.5
+
+        sink.on_wait = later
+        one_transaction(sink, 200, 250, n=3)
+    events = [e["event"] for e in logs if e["event"].startswith("kafka_backpressure")]
+    assert events == ["kafka_backpressure_started", "kafka_backpressure_ended"]
