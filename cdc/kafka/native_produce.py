@@ -93,10 +93,11 @@ def record_producer(producer: object, client_id: str) -> tuple[RecordProduce | N
         return None, "python (a librdkafka other than confluent-kafka's answered)"
     # confluent_kafka.h: typedef struct { PyObject_HEAD rd_kafka_t *rk; ... } Handle;
     handle = ctypes.c_void_p.from_address(id(producer) + object.__basicsize__).value
-    if not handle or kind(handle) != _RD_KAFKA_PRODUCER:
-        return None, "python (the producer's handle was not found)"
-    handle_name = name(handle) or b""
-    if not handle_name.startswith(f"{client_id}#producer-".encode()):
+    if (
+        not handle
+        or kind(handle) != _RD_KAFKA_PRODUCER
+        or not (name(handle) or b"").startswith(f"{client_id}#producer-".encode())
+    ):
         return None, "python (the producer's handle was not found)"
     compiled = module.RecordProducer(producer, handle, *functions)
     produce: RecordProduce = compiled.produce

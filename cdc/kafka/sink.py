@@ -91,6 +91,13 @@ def _nothing() -> None:
     """The default ``on_wait``: nothing to keep alive."""
 
 
+def _takes_native_produce(mode: DeliveryMode, dead_letter_topic: str | None) -> bool:
+    """Whether records may go through the compiled produce, which gives them no delivery
+    report: in ``exactly_once`` (a failed record fails the commit), and without a
+    dead-letter topic (a refusal at delivery must be known by record)."""
+    return mode == "exactly_once" and dead_letter_topic is None
+
+
 def _batches(records: Iterable[Record]) -> Iterator[list[Record]]:
     """``records`` in lists of at most ``NATIVE_BATCH``, taken as they come."""
     iterator = iter(records)
@@ -171,7 +178,7 @@ class KafkaSink:
         self._labels = {"connector": connector}
         self._commit_seconds = metrics.KAFKA_COMMIT_SECONDS.labels(connector=connector)
         self._native_produce = (
-            native_produce if self._exactly_once and self._refusals is None else None
+            native_produce if _takes_native_produce(mode, dead_letter_topic) else None
         )
         self._tracker = PositionTracker(0)
         self._ledger = TransactionLedger(0, None)
@@ -233,7 +240,7 @@ class KafkaSink:
                 retryable=False,
             ) from exc
         native_produce = None
-        if mode == "exactly_once" and dead_letter_topic is None:
+        if _takes_native_produce(mode, dead_letter_topic):
             native_produce, path = record_producer(producer, client_id)
             log.info("kafka_produce_path", path=path)
         return cls(
@@ -418,9 +425,7 @@ class KafkaSink:
             self._ledger.added(count, reached, self._clock())
         else:
             tx.pending += count
-        self._unit_open = False
-        if len(self._producer) >= self._max_in_flight:
-            self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
+        self._unit_produced()
 
     def _publish_native(self, records: Iterable[Record], reached: Position | None) -> None:
         """``publish`` in ``exactly_once`` through the compiled core: librdkafka takes a
@@ -444,6 +449,11 @@ class KafkaSink:
                 index, _ = produce(batch, index + 1)
             total += size
         self._ledger.added(total, reached, self._clock())
+        self._unit_produced()
+
+    def _unit_produced(self) -> None:
+        """A unit is whole in librdkafka (and accounted): above the in-flight bound, wait
+        until half of it is acknowledged."""
         self._unit_open = False
         if len(self._producer) >= self._max_in_flight:
             self._wait(lambda: len(self._producer) < self._max_in_flight // 2)
@@ -480,7 +490,8 @@ class KafkaSink:
             if not self._exactly_once:
                 self._raise_failures()
             self.on_wait()
-            logged = logged or self._log_backpressure(started, bytes_limit=True)
+            if not logged:
+                logged = self._log_backpressure(started, bytes_limit=True)
             try:
                 self._produce(record, on_delivery)
                 break
@@ -599,8 +610,8 @@ class KafkaSink:
         except KafkaException as exc:
             self._abort_quietly()
             raise self._error(exc, f"writing state to {self._state_topic!r}") from exc
-        started = time.monotonic()
-        deadline = self._clock() + COMMIT_TIMEOUT_S
+        started = self._clock()
+        deadline = started + COMMIT_TIMEOUT_S
         while True:
             try:
                 self._producer.commit_transaction(WAIT_STEP_S * 10)
@@ -620,7 +631,7 @@ class KafkaSink:
                         " connector restarts from the last committed position"
                     ) from exc
                 raise self._error(exc, "committing a Kafka transaction") from exc
-        self._commit_seconds.observe(time.monotonic() - started)
+        self._commit_seconds.observe(self._clock() - started)
         self._in_transaction = False
         self.completed.extend(ledger.committed())
 

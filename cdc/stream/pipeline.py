@@ -572,12 +572,11 @@ class ConnectorPipeline:
         if report is None or loop is None or router is None:
             return
         if report.progress_due(now):
-            confirmed = sink.confirmed
             report.log_progress(
                 now,
                 transactions=router.transactions,
                 logical_messages=router.logical_messages,
-                confirmed=confirmed,
+                confirmed=sink.confirmed,
                 server_wal_end=loop.server_wal_end,
                 in_flight=len(sink),
             )
