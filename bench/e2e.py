@@ -746,6 +746,12 @@ def run(
         pg.stop()
 
 
+def _key_values(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` arguments as a dict; digits become an int."""
+    pairs = (item.partition("=") for item in items)
+    return {key: int(value) if value.isdigit() else value for key, _, value in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
@@ -781,12 +787,8 @@ def main() -> None:
         help="a top-level connector setting of the daemons, e.g. max_in_flight_events=5000",
     )
     args = parser.parse_args()
-    for item in args.kafka_property:
-        key, _, value = item.partition("=")
-        KAFKA_PROPERTIES[key] = int(value) if value.isdigit() else value
-    for item in args.connector_setting:
-        key, _, value = item.partition("=")
-        CONNECTOR_SETTINGS[key] = int(value) if value.isdigit() else value
+    KAFKA_PROPERTIES.update(_key_values(args.kafka_property))
+    CONNECTOR_SETTINGS.update(_key_values(args.connector_setting))
     modes = ("at_least_once", "exactly_once") if args.modes == "both" else (args.modes,)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
