@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 import structlog
@@ -36,6 +38,8 @@ def make(
     clock: Clock | None = None,
     confirmed: int = 100,
     durable: StoredPosition | None = None,
+    native_produce: Any = None,
+    dead_letter_topic: str | None = None,
 ) -> KafkaSink:
     sink = KafkaSink(
         producer,
@@ -47,6 +51,8 @@ def make(
         connector="c",
         log=structlog.get_logger("test"),
         clock=clock or Clock(),
+        native_produce=native_produce,
+        dead_letter_topic=dead_letter_topic,
     )
     sink.start(confirmed=confirmed, durable=durable, system_id="sys", slot="s")
     return sink
@@ -441,28 +447,10 @@ class FakeNativeProduce:
         return len(records), 0
 
 
-def native_sink(producer: FakeProducer, native: FakeNativeProduce, **kwargs: object) -> KafkaSink:
-    sink = KafkaSink(
-        producer,
-        mode="exactly_once",
-        state_topic=STATE,
-        max_in_flight=100,
-        policy=POLICY,
-        transactional_id="cdc-c",
-        connector="c",
-        log=structlog.get_logger("test"),
-        clock=Clock(),
-        native_produce=native,
-        **kwargs,  # type: ignore[arg-type]
-    )
-    sink.start(confirmed=100, durable=None, system_id="sys", slot="s")
-    return sink
-
-
 def test_exactly_once_hands_a_unit_to_the_compiled_path_in_one_call() -> None:
     producer = FakeProducer()
     native = FakeNativeProduce(producer)
-    sink = native_sink(producer, native)
+    sink = make(producer, native_produce=native)
     one_transaction(sink, 200, 250, n=5)
     sink.service(idle_boundary=True)
     assert native.calls == [0]
@@ -475,7 +463,7 @@ def test_a_record_the_compiled_path_refuses_takes_confluent_kafkas_and_order_hol
     waiting for room), then the compiled path goes on after it."""
     producer = FakeProducer(buffer_errors=2)
     native = FakeNativeProduce(producer, refuse={1, 3})
-    sink = native_sink(producer, native)
+    sink = make(producer, native_produce=native)
     one_transaction(sink, 200, 250, n=5)
     sink.service(idle_boundary=True)
     assert native.calls == [0, 2, 4]
@@ -487,7 +475,7 @@ def test_a_dead_letter_topic_keeps_every_record_on_the_reference_path() -> None:
     """Refusals at delivery must be known by name: every record needs its own report."""
     producer = FakeProducer()
     native = FakeNativeProduce(producer)
-    sink = native_sink(producer, native, dead_letter_topic="c.__cdc_dead_letters")
+    sink = make(producer, native_produce=native, dead_letter_topic="c.__cdc_dead_letters")
     one_transaction(sink, 200, 250, n=2)
     sink.service(idle_boundary=True)
     assert native.calls == []
@@ -498,17 +486,7 @@ def test_at_least_once_never_takes_the_compiled_path() -> None:
     """Its acknowledgements are the per-record delivery reports the compiled path skips."""
     producer = FakeProducer()
     native = FakeNativeProduce(producer)
-    sink = KafkaSink(
-        producer,
-        mode="at_least_once",
-        state_topic=STATE,
-        max_in_flight=100,
-        policy=POLICY,
-        connector="c",
-        log=structlog.get_logger("test"),
-        native_produce=native,
-    )
-    sink.start(confirmed=100, durable=None, system_id="sys", slot="s")
+    sink = make(producer, "at_least_once", native_produce=native)
     one_transaction(sink, 200, 250, n=2)
     sink.service()
     assert native.calls == []
@@ -520,7 +498,7 @@ def test_a_unit_encoded_as_it_is_produced_reaches_the_compiled_path_in_bounded_l
     a time, never whole, and each record is produced once, in order."""
     producer = FakeProducer()
     native = FakeNativeProduce(producer)
-    sink = native_sink(producer, native)
+    sink = make(producer, native_produce=native)
     count = NATIVE_BATCH * 2 + 3
     sink.publish(iter(records(count)), Position(200, 1))
     sink.end_group(end_lsn=250, commit_ts_us=1, reached=Position(200, COMPLETE))
