@@ -86,18 +86,25 @@ impl RecordProducer {
     /// `Ok(null)` for none, `Err(())` for a shape left to the Python path.
     fn headers(&self, headers: &Bound<'_, PyAny>) -> Result<*mut c_void, ()> {
         if headers.is_none() {
-            return Ok(std::ptr::null_mut());
-        }
-        let items: Vec<Bound<'_, PyAny>> = if let Ok(list) = headers.cast_exact::<PyList>() {
-            list.iter().collect()
+            Ok(std::ptr::null_mut())
+        } else if let Ok(list) = headers.cast_exact::<PyList>() {
+            self.header_list(list.len(), list.iter())
         } else if let Ok(tuple) = headers.cast_exact::<PyTuple>() {
-            tuple.iter().collect()
+            self.header_list(tuple.len(), tuple.iter())
         } else {
-            return Err(());
-        };
+            Err(())
+        }
+    }
+
+    /// The `count` `(name, value)` pairs of `items` as a librdkafka headers list.
+    fn header_list<'py>(
+        &self,
+        count: usize,
+        items: impl Iterator<Item = Bound<'py, PyAny>>,
+    ) -> Result<*mut c_void, ()> {
         // SAFETY: a function of the loaded librdkafka, resolved and checked by the caller.
-        let hdrs = unsafe { (self.headers_new)(items.len()) };
-        for item in &items {
+        let hdrs = unsafe { (self.headers_new)(count) };
+        for item in items {
             let pair = item.cast::<PyTuple>().ok().filter(|p| p.len() == 2);
             let added = pair.and_then(|pair| {
                 let name = pair.get_item(0).ok()?;
